@@ -1,0 +1,324 @@
+//! Records shared by daxrace's kernel programs and its userspace.
+//!
+//! Everything here crosses the kernel/user boundary as raw bytes, so every type
+//! is `#[repr(C)]`, fixed-size and free of padding the compiler could choose.
+//! Numeric values of the enums are part of the recorded trace format: append,
+//! never renumber.
+#![no_std]
+
+/// Name of the ring buffer map that carries [`Record`]s to userspace.
+pub const EVENTS_MAP: &str = "EVENTS";
+/// Name of the per-CPU array of [`Counter`]s.
+pub const COUNTERS_MAP: &str = "COUNTERS";
+/// Name of the hash map of watched pages (page address -> first seen busy, ns).
+pub const WATCHED_MAP: &str = "WATCHED";
+/// Name of the global holding [`KernelConfig`].
+pub const CONFIG_GLOBAL: &str = "CONFIG";
+
+/// What a [`Record`] says happened.
+#[repr(u16)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordKind {
+    /// A filesystem operation that must break DAX layouts first (context hook:
+    /// ext4 tracepoints). `op` is an [`FsOp`], `a`/`b` the byte range.
+    FsOp = 1,
+    /// A break-layouts call started. `op` is an [`FsKind`].
+    BreakEnter = 2,
+    /// A break-layouts call returned `a` (0 or -errno). `op` is an [`FsKind`].
+    BreakExit = 3,
+    /// A busy-page scan returned `page` (0: no busy page). `a`/`b`: range scanned.
+    BusyScan = 4,
+    /// A task started waiting for `page` to go idle.
+    WaitStart = 5,
+    /// The devmap put path is dropping `refs` references from `page`;
+    /// `refcount` is the count before the drop.
+    PinDropped = 6,
+    /// A release path that bypasses the devmap put (Debian 6.1's
+    /// `__bio_release_pages`) released a watched page; `refcount` is the count after.
+    PageReleased = 7,
+    /// `wake_up_var` was called for a watched page.
+    WakeUp = 8,
+    /// `dax_disassociate_entry`: `op` is the `trunc` flag, `page_mapping` what
+    /// `page->mapping` held, `mapping` the mapping being truncated.
+    Disassociate = 9,
+    /// `dax_delete_mapping_entry(mapping, index)`: `a` is the index.
+    DeleteEntry = 10,
+}
+
+impl RecordKind {
+    pub const fn from_u16(v: u16) -> Option<Self> {
+        Some(match v {
+            1 => Self::FsOp,
+            2 => Self::BreakEnter,
+            3 => Self::BreakExit,
+            4 => Self::BusyScan,
+            5 => Self::WaitStart,
+            6 => Self::PinDropped,
+            7 => Self::PageReleased,
+            8 => Self::WakeUp,
+            9 => Self::Disassociate,
+            10 => Self::DeleteEntry,
+            _ => return None,
+        })
+    }
+}
+
+/// Filesystem operations seen through the context hooks.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FsOp {
+    PunchHole = 1,
+    ZeroRange = 2,
+    CollapseRange = 3,
+    InsertRange = 4,
+    Truncate = 5,
+}
+
+impl FsOp {
+    pub const fn from_u32(v: u32) -> Option<Self> {
+        Some(match v {
+            1 => Self::PunchHole,
+            2 => Self::ZeroRange,
+            3 => Self::CollapseRange,
+            4 => Self::InsertRange,
+            5 => Self::Truncate,
+            _ => return None,
+        })
+    }
+}
+
+/// Which filesystem's break-layouts a record belongs to.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FsKind {
+    Unknown = 0,
+    Ext4 = 1,
+    Xfs = 2,
+    /// The generic `dax_break_layout()` of 6.15+, called by both.
+    Generic = 3,
+}
+
+impl FsKind {
+    pub const fn from_u32(v: u32) -> Self {
+        match v {
+            1 => Self::Ext4,
+            2 => Self::Xfs,
+            3 => Self::Generic,
+            _ => Self::Unknown,
+        }
+    }
+}
+
+/// One fixed-size record in the ring buffer. Fields not used by a kind are 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Record {
+    /// A [`RecordKind`].
+    pub kind: u16,
+    /// The logical hook that emitted it (index into userspace's probe plan).
+    pub hook: u16,
+    pub cpu: u32,
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC.
+    pub ts_ns: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: [u8; 16],
+    /// `s_dev` of the inode's superblock (kernel encoding), 0 when unknown.
+    pub dev: u32,
+    /// Kind-specific small value: [`FsOp`], [`FsKind`], or a flag.
+    pub op: u32,
+    pub ino: u64,
+    /// `struct address_space *` the operation works on, 0 when unknown.
+    pub mapping: u64,
+    /// `struct page *` (or folio) the record is about, 0 when none.
+    pub page: u64,
+    pub pfn: u64,
+    /// `page->mapping` as read by the hook.
+    pub page_mapping: u64,
+    /// `page->_refcount` as read by the hook.
+    pub refcount: i32,
+    /// References dropped by a put.
+    pub refs: u32,
+    /// Kind-specific: offset, return value, index.
+    pub a: i64,
+    /// Kind-specific: length, end of range.
+    pub b: i64,
+}
+
+impl Record {
+    pub const SIZE: usize = core::mem::size_of::<Record>();
+
+    pub const fn zeroed() -> Self {
+        Record {
+            kind: 0,
+            hook: 0,
+            cpu: 0,
+            ts_ns: 0,
+            pid: 0,
+            tid: 0,
+            comm: [0; 16],
+            dev: 0,
+            op: 0,
+            ino: 0,
+            mapping: 0,
+            page: 0,
+            pfn: 0,
+            page_mapping: 0,
+            refcount: 0,
+            refs: 0,
+            a: 0,
+            b: 0,
+        }
+    }
+}
+
+/// The logical hooks, the same on every kernel. Which kernel function and
+/// attach kind serves each one is the probe plan's business (userspace).
+#[repr(u16)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum HookId {
+    Ext4PunchHole = 0,
+    Ext4ZeroRange = 1,
+    Ext4CollapseRange = 2,
+    Ext4InsertRange = 3,
+    Ext4Truncate = 4,
+    Ext4Break = 5,
+    XfsBreak = 6,
+    GenericBreak = 7,
+    BusyScan = 8,
+    WaitStart = 9,
+    PinDropped = 10,
+    BioRelease = 11,
+    WakeUp = 12,
+    Disassociate = 13,
+    DeleteEntry = 14,
+}
+
+impl HookId {
+    pub const ALL: [HookId; 15] = [
+        HookId::Ext4PunchHole,
+        HookId::Ext4ZeroRange,
+        HookId::Ext4CollapseRange,
+        HookId::Ext4InsertRange,
+        HookId::Ext4Truncate,
+        HookId::Ext4Break,
+        HookId::XfsBreak,
+        HookId::GenericBreak,
+        HookId::BusyScan,
+        HookId::WaitStart,
+        HookId::PinDropped,
+        HookId::BioRelease,
+        HookId::WakeUp,
+        HookId::Disassociate,
+        HookId::DeleteEntry,
+    ];
+
+    pub fn from_u16(v: u16) -> Option<Self> {
+        Self::ALL.get(v as usize).copied()
+    }
+}
+
+/// Per-CPU counters kept by the kernel programs (index into [`COUNTERS_MAP`]).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// A record could not be reserved in the ring buffer: it is lost.
+    RingbufFull = 0,
+    /// A page-put or release hook fired on a page nobody is watching.
+    PutUnwatched = 1,
+    /// A page-put or release hook fired on a watched page (a record was emitted).
+    PutWatched = 2,
+    /// A kernel read (`bpf_probe_read_kernel`) failed; the record carries zeros there.
+    ReadFailed = 3,
+    /// The watched-page map was full: a busy page could not be watched.
+    WatchFull = 4,
+    /// A release path listed more pages than a program may walk.
+    BioTruncated = 5,
+}
+
+pub const COUNTER_COUNT: u32 = 6;
+
+/// Kernel facts handed to the programs at load time (from BTF and kallsyms).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelConfig {
+    /// Offset of `_refcount` in `struct page` (and `struct folio`).
+    pub page_refcount: u32,
+    /// Offset of `mapping` in `struct page`.
+    pub page_mapping: u32,
+    /// `sizeof(struct page)`, for pfn arithmetic.
+    pub page_struct_size: u32,
+    pub inode_ino: u32,
+    /// Offset of `i_size` in `struct inode`.
+    pub inode_size: u32,
+    pub inode_sb: u32,
+    pub sb_dev: u32,
+    /// Offset of `host` in `struct address_space`.
+    pub mapping_host: u32,
+    pub bio_io_vec: u32,
+    pub bio_vcnt: u32,
+    /// `sizeof(struct bio_vec)`.
+    pub bio_vec_size: u32,
+    /// Refcount of an idle fsdax page: 1 before 6.15, 0 from 6.15.
+    pub idle_refcount: u32,
+    /// Set to 1 when the wait/wake hooks see `&page->_refcount` (before 6.15)
+    /// rather than the page itself.
+    pub wait_on_refcount: u32,
+    pub _pad: u32,
+    /// Address of the kernel variable `vmemmap_base` (0: use the default base).
+    pub vmemmap_base_addr: u64,
+    /// Used when `vmemmap_base_addr` is 0.
+    pub vmemmap_default: u64,
+}
+
+impl KernelConfig {
+    /// Offsets seen on x86_64 from 4.18 to 6.18 (KERNELS.md); used only when
+    /// BTF is missing, and then with a warning.
+    pub const X86_64_DEFAULTS: KernelConfig = KernelConfig {
+        page_refcount: 52,
+        page_mapping: 24,
+        page_struct_size: 64,
+        inode_ino: 64,
+        inode_size: 80,
+        inode_sb: 40,
+        sb_dev: 16,
+        mapping_host: 0,
+        bio_io_vec: 112,
+        bio_vcnt: 96,
+        bio_vec_size: 16,
+        idle_refcount: 1,
+        wait_on_refcount: 1,
+        _pad: 0,
+        vmemmap_base_addr: 0,
+        vmemmap_default: 0xffff_ea00_0000_0000,
+    };
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: plain #[repr(C)] data with no padding holes and no pointers.
+    unsafe impl aya::Pod for super::Record {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::KernelConfig {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_has_no_implicit_padding() {
+        // 2+2+4+8+4+4+16+4+4+8*5+4+4+8+8
+        assert_eq!(Record::SIZE, 112);
+        assert_eq!(core::mem::size_of::<KernelConfig>(), 14 * 4 + 16);
+    }
+
+    #[test]
+    fn kinds_round_trip() {
+        for v in 1..=10u16 {
+            assert_eq!(RecordKind::from_u16(v).unwrap() as u16, v);
+        }
+        assert!(RecordKind::from_u16(0).is_none());
+        assert!(RecordKind::from_u16(11).is_none());
+    }
+}

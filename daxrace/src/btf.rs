@@ -1,0 +1,352 @@
+//! A small reader for the kernel's BTF (`/sys/kernel/btf/vmlinux`): just what
+//! the probe plan and the kernel facts need (struct member offsets through
+//! anonymous unions, struct sizes, whether a function or tracepoint type
+//! exists). aya parses BTF too, but does not expose member lookup by name.
+use std::path::Path;
+
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BtfError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("not BTF: {0}")]
+    Format(&'static str),
+}
+
+const KIND_STRUCT: u8 = 4;
+const KIND_UNION: u8 = 5;
+const KIND_TYPEDEF: u8 = 8;
+const KIND_FUNC: u8 = 12;
+
+#[derive(Clone, Copy, Debug)]
+struct Type {
+    kind: u8,
+    /// Set on structs whose member offsets carry bitfield sizes.
+    kind_flag: bool,
+    name_off: u32,
+    /// Size for structs/unions, referenced type id for typedefs and the like.
+    size_or_type: u32,
+    /// Index of the first member in `Btf::members` (structs/unions).
+    first_member: u32,
+    vlen: u16,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Member {
+    name_off: u32,
+    type_id: u32,
+    /// Bit offset inside the containing struct.
+    bit_offset: u32,
+}
+
+/// Parsed BTF (types and strings).
+pub struct Btf {
+    /// `types[0]` is the void type (id 0).
+    types: Vec<Type>,
+    members: Vec<Member>,
+    strings: Vec<u8>,
+}
+
+fn u32_at(b: &[u8], off: usize) -> Result<u32, BtfError> {
+    b.get(off..off + 4)
+        .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+        .ok_or(BtfError::Format("truncated"))
+}
+
+impl Btf {
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self, BtfError> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|source| BtfError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&bytes)
+    }
+
+    pub fn parse(b: &[u8]) -> Result<Self, BtfError> {
+        if b.len() < 24 || b[0..2] != [0x9f, 0xeb] {
+            return Err(BtfError::Format(
+                "bad magic (only little-endian BTF is read)",
+            ));
+        }
+        let hdr_len = u32_at(b, 4)? as usize;
+        let type_off = u32_at(b, 8)? as usize;
+        let type_len = u32_at(b, 12)? as usize;
+        let str_off = u32_at(b, 16)? as usize;
+        let str_len = u32_at(b, 20)? as usize;
+        let types_start = hdr_len + type_off;
+        let types_end = types_start + type_len;
+        let strings = b
+            .get(hdr_len + str_off..hdr_len + str_off + str_len)
+            .ok_or(BtfError::Format("string section out of bounds"))?
+            .to_vec();
+        let tb = b
+            .get(types_start..types_end)
+            .ok_or(BtfError::Format("type section out of bounds"))?;
+
+        let mut types = vec![Type {
+            kind: 0,
+            kind_flag: false,
+            name_off: 0,
+            size_or_type: 0,
+            first_member: 0,
+            vlen: 0,
+        }];
+        let mut members = Vec::new();
+        let mut off = 0usize;
+        while off < tb.len() {
+            let name_off = u32_at(tb, off)?;
+            let info = u32_at(tb, off + 4)?;
+            let size_or_type = u32_at(tb, off + 8)?;
+            off += 12;
+            let vlen = (info & 0xffff) as u16;
+            let kind = ((info >> 24) & 0x1f) as u8;
+            let kind_flag = info >> 31 == 1;
+            let first_member = members.len() as u32;
+            let extra = match kind {
+                1 => 4,  // INT
+                3 => 12, // ARRAY
+                KIND_STRUCT | KIND_UNION => {
+                    for i in 0..vlen as usize {
+                        let m = off + i * 12;
+                        let raw = u32_at(tb, m + 8)?;
+                        members.push(Member {
+                            name_off: u32_at(tb, m)?,
+                            type_id: u32_at(tb, m + 4)?,
+                            bit_offset: if kind_flag { raw & 0x00ff_ffff } else { raw },
+                        });
+                    }
+                    12 * vlen as usize
+                }
+                6 => 8 * vlen as usize,   // ENUM
+                13 => 8 * vlen as usize,  // FUNC_PROTO
+                14 => 4,                  // VAR
+                15 => 12 * vlen as usize, // DATASEC
+                17 => 4,                  // DECL_TAG
+                19 => 12 * vlen as usize, // ENUM64
+                2 | 7 | 8 | 9 | 10 | 11 | 12 | 16 | 18 => 0,
+                _ => return Err(BtfError::Format("unknown type kind")),
+            };
+            off += extra;
+            types.push(Type {
+                kind,
+                kind_flag,
+                name_off,
+                size_or_type,
+                first_member,
+                vlen,
+            });
+        }
+        Ok(Btf {
+            types,
+            members,
+            strings,
+        })
+    }
+
+    fn name(&self, off: u32) -> &str {
+        let rest = self.strings.get(off as usize..).unwrap_or(&[]);
+        let end = rest.iter().position(|&c| c == 0).unwrap_or(rest.len());
+        std::str::from_utf8(&rest[..end]).unwrap_or("")
+    }
+
+    fn find(&self, kind: u8, name: &str) -> Option<&Type> {
+        self.types
+            .iter()
+            .find(|t| t.kind == kind && self.name(t.name_off) == name)
+    }
+
+    /// Follows typedefs, const, volatile and the like to the underlying type.
+    fn resolve(&self, mut id: u32) -> Option<&Type> {
+        for _ in 0..32 {
+            let t = self.types.get(id as usize)?;
+            match t.kind {
+                8..=11 | 18 => id = t.size_or_type,
+                _ => return Some(t),
+            }
+        }
+        None
+    }
+
+    /// Byte offset of `member` in `struct name`, looking inside anonymous
+    /// structs and unions (where `struct page` keeps `mapping`).
+    pub fn member_offset(&self, struct_name: &str, member: &str) -> Option<u32> {
+        let t = self
+            .find(KIND_STRUCT, struct_name)
+            .or_else(|| self.find(KIND_UNION, struct_name))?;
+        self.member_bits(t, member, 0).map(|bits| bits / 8)
+    }
+
+    fn member_bits(&self, t: &Type, member: &str, depth: u32) -> Option<u32> {
+        if depth > 8 || !(t.kind == KIND_STRUCT || t.kind == KIND_UNION) {
+            return None;
+        }
+        let ms = &self.members[t.first_member as usize..(t.first_member + t.vlen as u32) as usize];
+        for m in ms {
+            if self.name(m.name_off) == member {
+                return Some(m.bit_offset);
+            }
+        }
+        for m in ms
+            .iter()
+            .filter(|m| m.name_off == 0 || self.name(m.name_off).is_empty())
+        {
+            if let Some(inner) = self.resolve(m.type_id) {
+                if let Some(bits) = self.member_bits(inner, member, depth + 1) {
+                    return Some(m.bit_offset + bits);
+                }
+            }
+        }
+        None
+    }
+
+    pub fn struct_size(&self, name: &str) -> Option<u32> {
+        self.find(KIND_STRUCT, name).map(|t| t.size_or_type)
+    }
+
+    /// Whether the kernel has a function of that name (fentry can target it).
+    pub fn has_func(&self, name: &str) -> bool {
+        self.find(KIND_FUNC, name).is_some()
+    }
+
+    /// Whether a BTF tracepoint of that name exists (`btf_trace_<name>`).
+    pub fn has_tracepoint(&self, name: &str) -> bool {
+        self.find(KIND_TYPEDEF, &format!("btf_trace_{name}"))
+            .is_some()
+    }
+
+    /// Whether the struct exists at all (e.g. `struct folio`).
+    pub fn has_struct(&self, name: &str) -> bool {
+        self.find(KIND_STRUCT, name).is_some()
+    }
+
+    /// Whether `struct name` packs bitfield sizes into member offsets.
+    pub fn has_bitfields(&self, name: &str) -> Option<bool> {
+        self.find(KIND_STRUCT, name).map(|t| t.kind_flag)
+    }
+
+    #[cfg(test)]
+    fn kind_flag_of(&self, name: &str) -> Option<bool> {
+        self.find(KIND_STRUCT, name).map(|t| t.kind_flag)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Builds a tiny BTF blob: `struct inner { int a; int b; }`,
+    /// `struct outer { long x; union { struct inner; long y; }; int z; }`.
+    fn blob() -> Vec<u8> {
+        let mut strings = b"\0int\0a\0b\0inner\0outer\0x\0y\0z\0long\0f\0btf_trace_t\0".to_vec();
+        let s = |name: &str, strings: &Vec<u8>| -> u32 {
+            let needle = [name.as_bytes(), b"\0"].concat();
+            strings
+                .windows(needle.len())
+                .enumerate()
+                .find(|(i, w)| *w == needle.as_slice() && (*i == 0 || strings[i - 1] == 0))
+                .map(|(i, _)| i as u32)
+                .expect("string present")
+        };
+        let mut t = Vec::new();
+        let push = |t: &mut Vec<u8>, v: u32| t.extend_from_slice(&v.to_le_bytes());
+        // 1: int
+        push(&mut t, s("int", &strings));
+        push(&mut t, 1 << 24);
+        push(&mut t, 4);
+        push(&mut t, 32);
+        // 2: long
+        push(&mut t, s("long", &strings));
+        push(&mut t, 1 << 24);
+        push(&mut t, 8);
+        push(&mut t, 64);
+        // 3: struct inner { int a @0; int b @32 }
+        push(&mut t, s("inner", &strings));
+        push(&mut t, (4 << 24) | 2);
+        push(&mut t, 8);
+        for (n, off) in [("a", 0u32), ("b", 32)] {
+            push(&mut t, s(n, &strings));
+            push(&mut t, 1);
+            push(&mut t, off);
+        }
+        // 4: anonymous union { struct inner; long y; }
+        push(&mut t, 0);
+        push(&mut t, (5 << 24) | 2);
+        push(&mut t, 8);
+        push(&mut t, 0);
+        push(&mut t, 3);
+        push(&mut t, 0);
+        push(&mut t, s("y", &strings));
+        push(&mut t, 2);
+        push(&mut t, 0);
+        // 5: struct outer { long x @0; union @64; int z @128 }
+        push(&mut t, s("outer", &strings));
+        push(&mut t, (4 << 24) | 3);
+        push(&mut t, 24);
+        push(&mut t, s("x", &strings));
+        push(&mut t, 2);
+        push(&mut t, 0);
+        push(&mut t, 0);
+        push(&mut t, 4);
+        push(&mut t, 64);
+        push(&mut t, s("z", &strings));
+        push(&mut t, 1);
+        push(&mut t, 128);
+        // 6: func f
+        push(&mut t, s("f", &strings));
+        push(&mut t, 12 << 24);
+        push(&mut t, 0);
+        // 7: typedef btf_trace_t
+        push(&mut t, s("btf_trace_t", &strings));
+        push(&mut t, 8 << 24);
+        push(&mut t, 2);
+        strings.push(0);
+        let mut b = vec![0x9f, 0xeb, 1, 0];
+        b.extend_from_slice(&24u32.to_le_bytes());
+        b.extend_from_slice(&0u32.to_le_bytes());
+        b.extend_from_slice(&(t.len() as u32).to_le_bytes());
+        b.extend_from_slice(&(t.len() as u32).to_le_bytes());
+        b.extend_from_slice(&(strings.len() as u32).to_le_bytes());
+        b.extend_from_slice(&t);
+        b.extend_from_slice(&strings);
+        b
+    }
+
+    #[test]
+    fn finds_members_through_anonymous_unions() {
+        let btf = Btf::parse(&blob()).expect("parses");
+        assert_eq!(btf.member_offset("outer", "x"), Some(0));
+        assert_eq!(btf.member_offset("outer", "y"), Some(8));
+        assert_eq!(btf.member_offset("outer", "b"), Some(12));
+        assert_eq!(btf.member_offset("outer", "z"), Some(16));
+        assert_eq!(btf.member_offset("outer", "nope"), None);
+        assert_eq!(btf.struct_size("outer"), Some(24));
+        assert!(btf.has_func("f"));
+        assert!(btf.has_tracepoint("t"));
+        assert!(!btf.has_func("g"));
+        assert_eq!(btf.kind_flag_of("outer"), Some(false));
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        assert!(Btf::parse(b"not btf at all, not even close").is_err());
+        let mut b = blob();
+        b.truncate(40);
+        assert!(Btf::parse(&b).is_err());
+    }
+
+    #[test]
+    fn reads_the_running_kernel_when_it_has_btf() {
+        // Every kernel daxrace targets has BTF; this machine's does too. The
+        // offsets are stable on x86_64 from 4.18 to 6.18 (KERNELS.md).
+        let btf = Btf::from_file(VMLINUX_BTF)
+            .unwrap_or_else(|e| panic!("this kernel must expose BTF for daxrace: {e}"));
+        assert_eq!(btf.member_offset("page", "_refcount"), Some(52));
+        assert_eq!(btf.member_offset("page", "mapping"), Some(24));
+        assert_eq!(btf.struct_size("page"), Some(64));
+    }
+}

@@ -1,0 +1,76 @@
+//! `daxrace probes`: the plan for this kernel and what attached.
+use anyhow::{Context, Result};
+use daxrace::tracer::Tracer;
+
+use super::{print_warnings, AttachArgs};
+
+#[derive(clap::Args)]
+pub struct ProbesArgs {
+    #[command(flatten)]
+    pub attach: AttachArgs,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: ProbesArgs) -> Result<i32> {
+    // Attaching is the only proof that a hook works on this kernel.
+    let tracer = Tracer::load(&args.attach.options()).context("cannot attach")?;
+    if args.json {
+        let doc = serde_json::json!({
+            "kernel": tracer.kernel_release,
+            "facts": tracer.facts,
+            "hooks": tracer.statuses,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+        return Ok(0);
+    }
+    print_warnings(&tracer);
+    println!("kernel {}", tracer.kernel_release);
+    println!(
+        "facts: page._refcount@{} page.mapping@{} sizeof(page)={} idle refcount={} pin bias={}",
+        tracer.facts.page_refcount_offset,
+        tracer.facts.page_mapping_offset,
+        tracer.facts.page_struct_size,
+        tracer.facts.idle_refcount,
+        tracer.facts.pin_bias
+    );
+    println!("{:<20} {:<9} {:<44} how", "hook", "state", "attached to");
+    for s in &tracer.statuses {
+        let state = if s.is_attached() {
+            "attached"
+        } else if s.context {
+            "absent"
+        } else {
+            "MISSING"
+        };
+        let to = s
+            .attached
+            .iter()
+            .map(|a| match &a.module {
+                Some(m) => format!("{} [{m}]", a.symbol),
+                None => a.symbol.clone(),
+            })
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect::<Vec<_>>()
+            .join(", ");
+        let how = s
+            .attached
+            .iter()
+            .map(|a| a.kind.as_str())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect::<Vec<_>>()
+            .join("+");
+        println!("{:<20} {:<9} {:<44} {}", s.hook.as_str(), state, to, how);
+        if !s.is_attached() {
+            for e in &s.errors {
+                println!("{:<20}   why: {e}", "");
+            }
+        }
+    }
+    let attached = tracer.statuses.iter().filter(|s| s.is_attached()).count();
+    println!("{attached} of {} hooks attached", tracer.statuses.len());
+    Ok(0)
+}

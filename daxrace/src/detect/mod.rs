@@ -1,0 +1,1 @@
+//! PLACEHOLDER owned by the detector work (issue 5); replaced wholesale.

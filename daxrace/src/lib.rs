@@ -1,0 +1,14 @@
+//! daxrace: a race detector and tracer for filesystem DAX on persistent memory.
+//!
+//! Data flows one way: kernel hooks (`daxrace-ebpf`) -> ring buffer ->
+//! [`decode`] -> [`detect`] (pure) -> sinks. The probe plan ([`plan`]) is the
+//! only place that knows how kernels differ.
+pub mod btf;
+pub mod decode;
+pub mod detect;
+pub mod event;
+pub mod facts;
+pub mod kallsyms;
+pub mod plan;
+pub mod source;
+pub mod tracer;

@@ -1,0 +1,373 @@
+//! The probe plan: the one place that knows how kernels differ.
+//!
+//! [`HOOKS`] lists every logical hook with the kernel functions (or
+//! tracepoints) that can serve it, in priority order, and the programs that
+//! attach to each. [`resolve`] turns the table into [`PlannedAttach`]es for the
+//! running kernel from `/proc/kallsyms` and BTF; the loader then proves each
+//! one by attaching it, falling back to the next alternative when it fails.
+//! No `if version > ...` anywhere: a kernel is described by what it has.
+use daxrace_common::HookId;
+use serde::Serialize;
+
+use crate::{btf::Btf, event::HookName, kallsyms::Kallsyms};
+
+/// How a program attaches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttachKind {
+    TpBtf,
+    RawTracepoint,
+    Fentry,
+    Fexit,
+    Kprobe,
+    Kretprobe,
+}
+
+impl AttachKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttachKind::TpBtf => "tp_btf",
+            AttachKind::RawTracepoint => "raw_tracepoint",
+            AttachKind::Fentry => "fentry",
+            AttachKind::Fexit => "fexit",
+            AttachKind::Kprobe => "kprobe",
+            AttachKind::Kretprobe => "kretprobe",
+        }
+    }
+}
+
+/// `--attach`: which flavour to use for kernel functions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum AttachPreference {
+    /// fentry/fexit where they attach (cheaper), else kprobes.
+    #[default]
+    Auto,
+    /// kprobes/kretprobes only: the baseline every kernel has.
+    Kprobe,
+    /// fentry/fexit only.
+    Fentry,
+}
+
+/// One program of the eBPF object and how it attaches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Program {
+    pub name: &'static str,
+    pub kind: AttachKind,
+}
+
+const fn prog(name: &'static str, kind: AttachKind) -> Program {
+    Program { name, kind }
+}
+
+/// A way to serve a hook on one kernel symbol: all its programs attach, or none.
+#[derive(Clone, Copy, Debug)]
+pub struct Flavour {
+    pub programs: &'static [Program],
+}
+
+/// A kernel function or tracepoint that can serve a hook.
+#[derive(Clone, Copy, Debug)]
+pub struct Target {
+    /// Function or tracepoint name (function clones such as `.isra.0` are
+    /// resolved from kallsyms).
+    pub symbol: &'static str,
+    /// Alternatives in preference order.
+    pub flavours: &'static [Flavour],
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct HookSpec {
+    pub id: HookId,
+    /// What the hook tells the detector.
+    pub purpose: &'static str,
+    /// Candidates in priority order.
+    pub targets: &'static [Target],
+    /// Attach every available target, not just the first: for functions that
+    /// call each other where either may be inlined (the busy scan pair).
+    pub attach_all: bool,
+    /// Context hooks are nice to have; a missing DAX hook is a coverage gap.
+    pub context: bool,
+}
+
+use AttachKind::*;
+
+/// A tracepoint served by a BTF tracepoint program, else by a raw tracepoint
+/// program (module tracepoints have no vmlinux BTF type).
+macro_rules! tracepoint {
+    ($tp:literal, $btf:literal, $raw:literal) => {
+        Target {
+            symbol: $tp,
+            flavours: &[
+                Flavour {
+                    programs: &[prog($btf, TpBtf)],
+                },
+                Flavour {
+                    programs: &[prog($raw, RawTracepoint)],
+                },
+            ],
+        }
+    };
+}
+
+pub static HOOKS: &[HookSpec] = &[
+    HookSpec {
+        id: HookId::Ext4PunchHole,
+        purpose: "ext4 hole punch (context)",
+        targets: &[tracepoint!(
+            "ext4_punch_hole",
+            "tp_ext4_punch_hole",
+            "raw_ext4_punch_hole"
+        )],
+        attach_all: false,
+        context: true,
+    },
+    HookSpec {
+        id: HookId::Ext4ZeroRange,
+        purpose: "ext4 zero range (context)",
+        targets: &[tracepoint!(
+            "ext4_zero_range",
+            "tp_ext4_zero_range",
+            "raw_ext4_zero_range"
+        )],
+        attach_all: false,
+        context: true,
+    },
+    HookSpec {
+        id: HookId::Ext4CollapseRange,
+        purpose: "ext4 collapse range (context)",
+        targets: &[tracepoint!(
+            "ext4_collapse_range",
+            "tp_ext4_collapse_range",
+            "raw_ext4_collapse_range"
+        )],
+        attach_all: false,
+        context: true,
+    },
+    HookSpec {
+        id: HookId::Ext4InsertRange,
+        purpose: "ext4 insert range (context)",
+        targets: &[tracepoint!(
+            "ext4_insert_range",
+            "tp_ext4_insert_range",
+            "raw_ext4_insert_range"
+        )],
+        attach_all: false,
+        context: true,
+    },
+    HookSpec {
+        id: HookId::Ext4Truncate,
+        purpose: "ext4 truncate (context)",
+        targets: &[tracepoint!(
+            "ext4_truncate_enter",
+            "tp_ext4_truncate_enter",
+            "raw_ext4_truncate_enter"
+        )],
+        attach_all: false,
+        context: true,
+    },
+];
+
+/// What the plan proposes for one hook on this kernel, before attaching.
+#[derive(Clone, Debug)]
+pub struct PlannedAttach {
+    pub hook: HookId,
+    /// Symbols that exist here, each with the flavours allowed by the
+    /// preference and the kernel, in order.
+    pub candidates: Vec<Candidate>,
+    /// Why there is nothing to try, when `candidates` is empty.
+    pub missing: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Candidate {
+    /// Table name of the target.
+    pub symbol: &'static str,
+    /// Name to attach to (a clone such as `foo.isra.0`, or the tracepoint).
+    pub attach_to: String,
+    pub module: Option<String>,
+    pub flavours: Vec<Flavour>,
+}
+
+/// What the running kernel offers, as far as the plan is concerned.
+pub struct KernelView<'a> {
+    pub kallsyms: &'a Kallsyms,
+    /// `None` when the kernel has no BTF: only kprobes and raw tracepoints remain.
+    pub btf: Option<&'a Btf>,
+}
+
+fn flavour_allowed(f: &Flavour, pref: AttachPreference) -> bool {
+    f.programs.iter().all(|p| match p.kind {
+        Fentry | Fexit => pref != AttachPreference::Kprobe,
+        Kprobe | Kretprobe => pref != AttachPreference::Fentry,
+        TpBtf | RawTracepoint => true,
+    })
+}
+
+/// Whether the kernel can possibly serve this flavour on this symbol.
+fn flavour_possible(f: &Flavour, view: &KernelView<'_>, attach_to: &str, module: bool) -> bool {
+    f.programs.iter().all(|p| match p.kind {
+        // BTF tracepoints need the type in vmlinux BTF (module ones are not there).
+        TpBtf => view.btf.is_some_and(|b| b.has_tracepoint(attach_to)),
+        RawTracepoint => true,
+        // aya resolves fentry targets in vmlinux BTF only; clones are not in BTF.
+        Fentry | Fexit => !module && view.btf.is_some_and(|b| b.has_func(attach_to)),
+        Kprobe | Kretprobe => !view.kallsyms.is_empty(),
+    })
+}
+
+fn is_tracepoint(t: &Target) -> bool {
+    t.flavours
+        .iter()
+        .flat_map(|f| f.programs)
+        .any(|p| matches!(p.kind, TpBtf | RawTracepoint))
+}
+
+/// Turns the table into what to try on this kernel.
+pub fn resolve(view: &KernelView<'_>, pref: AttachPreference) -> Vec<PlannedAttach> {
+    HOOKS
+        .iter()
+        .map(|spec| resolve_hook(spec, view, pref))
+        .collect()
+}
+
+fn resolve_hook(spec: &HookSpec, view: &KernelView<'_>, pref: AttachPreference) -> PlannedAttach {
+    let mut candidates = Vec::new();
+    let mut absent = Vec::new();
+    for t in spec.targets {
+        let (attach_to, module) = if is_tracepoint(t) {
+            (t.symbol.to_string(), None)
+        } else {
+            match view.kallsyms.resolve_function(t.symbol) {
+                Some(sym) => (sym.name.clone(), sym.module.clone()),
+                None => {
+                    absent.push(t.symbol);
+                    continue;
+                }
+            }
+        };
+        let flavours: Vec<Flavour> = t
+            .flavours
+            .iter()
+            .filter(|f| flavour_allowed(f, pref))
+            .filter(|f| flavour_possible(f, view, &attach_to, module.is_some()))
+            .copied()
+            .collect();
+        if flavours.is_empty() {
+            absent.push(t.symbol);
+            continue;
+        }
+        candidates.push(Candidate {
+            symbol: t.symbol,
+            attach_to,
+            module,
+            flavours,
+        });
+    }
+    let missing = candidates.is_empty().then(|| {
+        format!(
+            "no candidate on this kernel (looked for {}{})",
+            absent.join(", "),
+            match pref {
+                AttachPreference::Auto => "",
+                AttachPreference::Kprobe => " with --attach kprobe",
+                AttachPreference::Fentry => " with --attach fentry",
+            }
+        )
+    });
+    PlannedAttach {
+        hook: spec.id,
+        candidates,
+        missing,
+    }
+}
+
+pub fn spec(hook: HookId) -> &'static HookSpec {
+    HOOKS
+        .iter()
+        .find(|s| s.id == hook)
+        .expect("every HookId has a row in HOOKS")
+}
+
+/// The outcome of attaching one hook, as `daxrace probes` and the metrics show it.
+#[derive(Clone, Debug, Serialize)]
+pub struct HookStatus {
+    pub hook: HookName,
+    pub purpose: &'static str,
+    pub context: bool,
+    /// What attached: `(symbol, kind)` per program link.
+    pub attached: Vec<AttachedProgram>,
+    /// Why it did not attach (or which alternatives failed before one worked).
+    pub errors: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct AttachedProgram {
+    pub symbol: String,
+    pub module: Option<String>,
+    pub program: &'static str,
+    pub kind: AttachKind,
+}
+
+impl HookStatus {
+    pub fn is_attached(&self) -> bool {
+        !self.attached.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_hook_has_exactly_one_row_and_programs_are_unique() {
+        let mut seen = std::collections::HashSet::new();
+        for s in HOOKS {
+            assert!(seen.insert(s.id), "{:?} has two rows", s.id);
+            assert!(!s.targets.is_empty(), "{:?} has no targets", s.id);
+        }
+        let mut names = std::collections::HashMap::new();
+        for s in HOOKS {
+            for t in s.targets {
+                for f in t.flavours {
+                    for p in f.programs {
+                        // One program may serve several symbols only with kprobes
+                        // (fentry and tp_btf programs are bound to one target at load).
+                        if let Some(prev) = names.insert(p.name, (t.symbol, p.kind)) {
+                            assert!(
+                                matches!(p.kind, Kprobe | Kretprobe | RawTracepoint)
+                                    || prev.0 == t.symbol,
+                                "{} is used for {} and {}",
+                                p.name,
+                                prev.0,
+                                t.symbol
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_kernel_without_btf_falls_back_to_raw_tracepoints() {
+        let k = Kallsyms::parse("ffffffff81000000 T _stext\n");
+        let plan = resolve(
+            &KernelView {
+                kallsyms: &k,
+                btf: None,
+            },
+            AttachPreference::Auto,
+        );
+        let punch = plan
+            .iter()
+            .find(|p| p.hook == HookId::Ext4PunchHole)
+            .expect("planned");
+        assert_eq!(punch.candidates.len(), 1);
+        let kinds: Vec<_> = punch.candidates[0]
+            .flavours
+            .iter()
+            .flat_map(|f| f.programs.iter().map(|p| p.kind))
+            .collect();
+        assert_eq!(kinds, vec![RawTracepoint]);
+    }
+}

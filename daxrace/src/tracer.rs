@@ -1,0 +1,333 @@
+//! Loads the eBPF object into the running kernel, attaches the probe plan, and
+//! hands out the ring buffer and counters. The only module that speaks aya.
+use std::collections::HashSet;
+
+use aya::{
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::{BtfTracePoint, FEntry, FExit, KProbe, RawTracePoint},
+    Ebpf, EbpfLoader,
+};
+use daxrace_common::{Counter, COUNTERS_MAP, COUNTER_COUNT, EVENTS_MAP};
+
+use crate::{
+    btf::{Btf, VMLINUX_BTF},
+    event::HookName,
+    facts::KernelFacts,
+    kallsyms::Kallsyms,
+    plan::{
+        self, AttachKind, AttachPreference, AttachedProgram, HookStatus, KernelView, PlannedAttach,
+    },
+};
+
+/// The compiled kernel programs (built by build.rs).
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/daxrace.bpf.o"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum TraceError {
+    #[error("daxrace needs root, or CAP_BPF + CAP_PERFMON (CAP_SYS_ADMIN on kernels before 5.8): run it with sudo")]
+    NotPrivileged,
+    #[error("cannot read /proc/kallsyms: {0}")]
+    Kallsyms(std::io::Error),
+    #[error("the kernel refused to create the BPF maps ({0}); is BPF disabled (kernel.unprivileged_bpf_disabled, lockdown) or the memlock limit too low?")]
+    Load(#[source] aya::EbpfError),
+    #[error("map {0} missing from the eBPF object (build mismatch): rebuild daxrace")]
+    MissingMap(&'static str),
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("--strict: hooks not attached: {0}")]
+    Strict(String),
+    #[error("no hook attached at all on this kernel: see `daxrace probes` for why")]
+    NothingAttached,
+}
+
+/// Start-up options that shape loading and attaching.
+#[derive(Clone, Debug)]
+pub struct TracerOptions {
+    pub attach: AttachPreference,
+    pub strict: bool,
+    /// Ring buffer size in bytes (a power of two, at least one page).
+    pub ring_buffer_bytes: u32,
+    /// Attach only these hooks (all when empty).
+    pub only: Vec<daxrace_common::HookId>,
+}
+
+impl Default for TracerOptions {
+    fn default() -> Self {
+        TracerOptions {
+            attach: AttachPreference::Auto,
+            strict: false,
+            ring_buffer_bytes: 1 << 22,
+            only: Vec::new(),
+        }
+    }
+}
+
+pub struct Tracer {
+    ebpf: Ebpf,
+    pub facts: KernelFacts,
+    pub statuses: Vec<HookStatus>,
+    pub kernel_release: String,
+    /// Programs already loaded (a kprobe program may serve several symbols).
+    loaded: HashSet<&'static str>,
+    btf_aya: Option<aya::Btf>,
+}
+
+/// CapEff bits from /proc/self/status.
+fn effective_caps() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(0)
+}
+
+pub fn check_privileges() -> Result<(), TraceError> {
+    const CAP_SYS_ADMIN: u64 = 1 << 21;
+    const CAP_PERFMON: u64 = 1 << 38;
+    const CAP_BPF: u64 = 1 << 39;
+    let caps = effective_caps();
+    if caps & CAP_SYS_ADMIN != 0 || (caps & CAP_BPF != 0 && caps & CAP_PERFMON != 0) {
+        Ok(())
+    } else {
+        Err(TraceError::NotPrivileged)
+    }
+}
+
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn raise_memlock() {
+    let lim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain syscall with a valid struct. Failure only matters on
+    // kernels before 5.11 (no memcg accounting), where load will then say so.
+    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) };
+}
+
+impl Tracer {
+    /// Loads the object with the kernel facts; attaches nothing yet.
+    pub fn load(opts: &TracerOptions) -> Result<Tracer, TraceError> {
+        check_privileges()?;
+        raise_memlock();
+        let kallsyms = Kallsyms::read().map_err(TraceError::Kallsyms)?;
+        let btf = Btf::from_file(VMLINUX_BTF).ok();
+        let facts = KernelFacts::gather(btf.as_ref(), &kallsyms);
+        let btf_aya = aya::Btf::from_sys_fs().ok();
+        let ebpf = EbpfLoader::new()
+            .btf(btf_aya.as_ref())
+            .override_global(daxrace_common::CONFIG_GLOBAL, &facts.config, true)
+            .map_max_entries(EVENTS_MAP, opts.ring_buffer_bytes)
+            .load(OBJECT)
+            .map_err(TraceError::Load)?;
+        let mut tracer = Tracer {
+            ebpf,
+            facts,
+            statuses: Vec::new(),
+            kernel_release: kernel_release(),
+            loaded: HashSet::new(),
+            btf_aya,
+        };
+        let plan = plan::resolve(
+            &KernelView {
+                kallsyms: &kallsyms,
+                btf: btf.as_ref(),
+            },
+            opts.attach,
+        );
+        for p in plan {
+            if !opts.only.is_empty() && !opts.only.contains(&p.hook) {
+                continue;
+            }
+            let status = tracer.attach_hook(&p);
+            tracer.statuses.push(status);
+        }
+        if tracer.statuses.iter().all(|s| !s.is_attached()) {
+            return Err(TraceError::NothingAttached);
+        }
+        if opts.strict {
+            let missing: Vec<_> = tracer
+                .statuses
+                .iter()
+                .filter(|s| !s.is_attached())
+                .map(|s| s.hook.to_string())
+                .collect();
+            if !missing.is_empty() {
+                return Err(TraceError::Strict(missing.join(", ")));
+            }
+        }
+        Ok(tracer)
+    }
+
+    fn attach_hook(&mut self, p: &PlannedAttach) -> HookStatus {
+        let spec = plan::spec(p.hook);
+        let mut status = HookStatus {
+            hook: HookName(p.hook),
+            purpose: spec.purpose,
+            context: spec.context,
+            attached: Vec::new(),
+            errors: p.missing.iter().cloned().collect(),
+        };
+        for cand in &p.candidates {
+            let mut ok = false;
+            for flavour in &cand.flavours {
+                let mut links = Vec::new();
+                let mut failed = None;
+                for program in flavour.programs {
+                    match self.attach_program(program.name, program.kind, &cand.attach_to) {
+                        Ok(()) => links.push(AttachedProgram {
+                            symbol: cand.attach_to.clone(),
+                            module: cand.module.clone(),
+                            program: program.name,
+                            kind: program.kind,
+                        }),
+                        Err(e) => {
+                            failed = Some(format!(
+                                "{} {} on {}: {e}",
+                                program.kind.as_str(),
+                                program.name,
+                                cand.attach_to
+                            ));
+                            break;
+                        }
+                    }
+                }
+                // A flavour whose programs did not all attach would record
+                // half of a hook (an entry without its return): it counts as
+                // failed; the links that did attach stay harmlessly idle.
+                match failed {
+                    None => {
+                        status.attached.extend(links);
+                        ok = true;
+                        break;
+                    }
+                    Some(e) => status.errors.push(e),
+                }
+            }
+            if ok && !spec.attach_all {
+                break;
+            }
+        }
+        status
+    }
+
+    fn attach_program(
+        &mut self,
+        name: &'static str,
+        kind: AttachKind,
+        target: &str,
+    ) -> Result<(), String> {
+        let first_load = self.loaded.insert(name);
+        let btf = self.btf_aya.as_ref();
+        let prog = self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| format!("program {name} missing from the object"))?;
+        let e = |e: aya::programs::ProgramError| short_error(&e);
+        match kind {
+            AttachKind::TpBtf => {
+                let p: &mut BtfTracePoint = prog.try_into().map_err(e)?;
+                let btf = btf.ok_or("no kernel BTF")?;
+                if first_load {
+                    p.load(target, btf).map_err(e)?;
+                }
+                p.attach().map_err(e)?;
+            }
+            AttachKind::RawTracepoint => {
+                let p: &mut RawTracePoint = prog.try_into().map_err(e)?;
+                if first_load {
+                    p.load().map_err(e)?;
+                }
+                p.attach(target).map_err(e)?;
+            }
+            AttachKind::Fentry => {
+                let p: &mut FEntry = prog.try_into().map_err(e)?;
+                let btf = btf.ok_or("no kernel BTF")?;
+                if first_load {
+                    p.load(target, btf).map_err(e)?;
+                }
+                p.attach().map_err(e)?;
+            }
+            AttachKind::Fexit => {
+                let p: &mut FExit = prog.try_into().map_err(e)?;
+                let btf = btf.ok_or("no kernel BTF")?;
+                if first_load {
+                    p.load(target, btf).map_err(e)?;
+                }
+                p.attach().map_err(e)?;
+            }
+            AttachKind::Kprobe | AttachKind::Kretprobe => {
+                let p: &mut KProbe = prog.try_into().map_err(e)?;
+                if first_load {
+                    p.load().map_err(e)?;
+                }
+                p.attach(target, 0).map_err(e)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes the ring buffer (once) for the event reader.
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, TraceError> {
+        let map = self
+            .ebpf
+            .take_map(EVENTS_MAP)
+            .ok_or(TraceError::MissingMap(EVENTS_MAP))?;
+        RingBuf::try_from(map).map_err(|source| TraceError::Map {
+            name: EVENTS_MAP,
+            source,
+        })
+    }
+
+    /// Per-CPU counters summed over CPUs, indexed by [`Counter`].
+    pub fn counters(&self) -> Result<KernelCounters, TraceError> {
+        let map = self
+            .ebpf
+            .map(COUNTERS_MAP)
+            .ok_or(TraceError::MissingMap(COUNTERS_MAP))?;
+        let arr: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(map).map_err(|source| TraceError::Map {
+                name: COUNTERS_MAP,
+                source,
+            })?;
+        let mut out = KernelCounters::default();
+        for i in 0..COUNTER_COUNT {
+            let v = arr.get(&i, 0).map_err(|source| TraceError::Map {
+                name: COUNTERS_MAP,
+                source,
+            })?;
+            out.values[i as usize] = v.iter().sum();
+        }
+        Ok(out)
+    }
+}
+
+/// The kernel-side counters at one moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct KernelCounters {
+    pub values: [u64; COUNTER_COUNT as usize],
+}
+
+impl KernelCounters {
+    pub fn get(&self, c: Counter) -> u64 {
+        self.values[c as usize]
+    }
+}
+
+/// aya's errors can carry a whole verifier log; one line is what a status needs.
+fn short_error(e: &aya::programs::ProgramError) -> String {
+    let s = e.to_string();
+    let first = s.split(". Verifier output").next().unwrap_or(&s);
+    first.chars().take(200).collect()
+}

@@ -1,0 +1,53 @@
+//! Project tasks: `cargo xtask <command>`. The README's two commands are
+//! `cargo xtask demo` (the main job) and `cargo xtask test` (the tests).
+mod setup;
+mod test;
+mod vm;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "daxrace project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what the build and tests need (Debian packages, bpf-linker); idempotent.
+    Setup,
+    /// Set up, then build daxrace and its workloads (release).
+    Build,
+    /// Set up, build, and run every test: lints, unit tests, the host kernel
+    /// round trip, and the VM tests on every supported kernel series.
+    Test(test::TestArgs),
+    /// Boot a Debian kernel under QEMU with emulated pmem and DAX mounts and run a command in it.
+    Vm(vm::VmArgs),
+    /// The main job on a machine without pmem: boot the newest kernel with
+    /// emulated pmem, run `daxrace run` under the pin-and-punch workload.
+    Demo(vm::DemoArgs),
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Setup => setup::setup(),
+        Cmd::Build => {
+            setup::setup()?;
+            setup::build_release()
+        }
+        Cmd::Test(args) => test::run(args),
+        Cmd::Vm(args) => {
+            setup::setup()?;
+            setup::build_release()?;
+            let code = vm::run(args)?;
+            std::process::exit(code)
+        }
+        Cmd::Demo(args) => {
+            setup::setup()?;
+            setup::build_release()?;
+            vm::demo(args)
+        }
+    }
+}
