@@ -1,0 +1,52 @@
+//! `cargo xtask test`: the README's test command and what CI runs.
+use std::time::Instant;
+
+use anyhow::Result;
+
+use crate::{setup, vm};
+
+#[derive(clap::Args)]
+pub struct TestArgs {
+    /// Skip the VM tests (quick local runs; CI runs everything).
+    #[arg(long)]
+    pub no_vm: bool,
+}
+
+fn step(name: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
+    println!("==> {name}");
+    let t = Instant::now();
+    f()?;
+    println!("==> {name}: ok ({:.1}s)", t.elapsed().as_secs_f64());
+    Ok(())
+}
+
+pub fn run(args: TestArgs) -> Result<()> {
+    let root = setup::workspace_root();
+    let t = Instant::now();
+    step("setup", setup::setup)?;
+    step("format", || {
+        setup::run(setup::cargo().current_dir(&root).args(["fmt", "--all", "--check"]))
+    })?;
+    step("clippy", || {
+        setup::run(setup::cargo().current_dir(&root).args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))
+    })?;
+    step(
+        "unit, model and host kernel round-trip tests (cargo test)",
+        || setup::run(setup::cargo().current_dir(&root).args(["test", "--workspace"])),
+    )?;
+    if args.no_vm {
+        println!("==> VM tests skipped (--no-vm)");
+    } else {
+        step("release build for the VM", setup::build_release)?;
+        step("VM tests on every supported kernel series", vm::test_all)?;
+    }
+    println!("==> all tests passed in {:.0}s", t.elapsed().as_secs_f64());
+    Ok(())
+}

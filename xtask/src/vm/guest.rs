@@ -1,0 +1,370 @@
+//! One guest boot: the init script, the QEMU command line, and the console
+//! reader that streams the command's output, measures the boot and takes the
+//! exit status from a marker line.
+use std::{
+    collections::VecDeque,
+    io::{BufRead, BufReader, Write},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+use super::kernel::Kernel;
+
+const MARK_READY: &str = "@@DAXRACE-READY";
+const MARK_EXIT: &str = "@@DAXRACE-EXIT";
+const MARK_FAIL: &str = "@@DAXRACE-FAIL";
+const MARK_DMESG: &str = "@@DAXRACE-DMESG";
+/// Boot to a shell with DAX mounts takes 7 to 30 s under TCG; far beyond
+/// that the kernel is stuck.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+/// Each pmem device: 512 MiB of RAM reserved with `memmap=512M!<start>`.
+const PMEM_MIB: u64 = 512;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+pub enum Fs {
+    Ext4,
+    Xfs,
+    Both,
+}
+
+impl Fs {
+    pub fn list(self) -> &'static [&'static str] {
+        match self {
+            Fs::Ext4 => &["ext4"],
+            Fs::Xfs => &["xfs"],
+            Fs::Both => &["ext4", "xfs"],
+        }
+    }
+}
+
+pub struct Spec<'a> {
+    pub kernel: &'a Kernel,
+    pub fs: Fs,
+    /// Shell code run as root in the guest (by busybox sh).
+    pub script: String,
+    /// Limit for the command, after boot.
+    pub timeout: Duration,
+    /// Print the kernel's boot messages too.
+    pub verbose: bool,
+    /// Print the command's output as it comes (tests keep it quiet and show
+    /// it on failure).
+    pub stream: bool,
+}
+
+pub struct Outcome {
+    pub status: i32,
+    /// Host time from starting QEMU to the guest's ready marker (mounts done).
+    pub boot: Duration,
+    /// The guest's own uptime at the ready marker.
+    pub guest_uptime: f64,
+    /// Host time the command took.
+    pub command: Duration,
+    /// The command's output lines (console, CR stripped).
+    pub output: Vec<String>,
+    /// Kernel warnings and errors logged while the command ran.
+    pub dmesg: Vec<String>,
+}
+
+/// Quotes one word for the guest's sh.
+pub fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b))
+    {
+        return s.to_string();
+    }
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+fn module_params(name: &str) -> &'static str {
+    match name {
+        // One 128 MiB RAM disk for the non-DAX scratch ext4.
+        "brd" => "rd_nr=1 rd_size=131072 max_part=0",
+        // No device at load: workloads create theirs through configfs with
+        // the completion delay they want.
+        "null_blk" => "nr_devices=0",
+        _ => "",
+    }
+}
+
+fn init_script(spec: &Spec) -> String {
+    let mut s = String::from(
+        r#"#!/bin/sh
+# PID 1 of the daxrace test guest (written by `cargo xtask vm`).
+export PATH=/usr/local/bin:/usr/local/sbin:/usr/bin:/usr/sbin:/bin:/sbin HOME=/root TERM=dumb
+fail() { echo "@@DAXRACE-FAIL $*"; poweroff -f; sleep 10; }
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t tmpfs -o mode=1777 tmpfs /tmp
+mount -t debugfs debugfs /sys/kernel/debug
+mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
+mount -t bpf bpffs /sys/fs/bpf || echo "vm: warning: no bpffs"
+[ -e /sys/kernel/btf/vmlinux ] || echo "vm: warning: no /sys/kernel/btf/vmlinux"
+"#,
+    );
+    for m in &spec.kernel.modules {
+        let file = m.file_name().unwrap_or_default().to_string_lossy();
+        let name = file.trim_end_matches(".ko");
+        s += &format!(
+            "insmod /lib/modules/{file} {} 2>/tmp/insmod.err || grep -q 'File exists' /tmp/insmod.err || echo \"vm: warning: insmod {name}: $(cat /tmp/insmod.err)\"\n",
+            module_params(name)
+        );
+    }
+    s += r#"mount -t configfs configfs /sys/kernel/config 2>/dev/null
+wait_dev() { i=0; while [ ! -b "$1" ]; do i=$((i+1)); [ $i -gt 100 ] && fail "no $1: the pmem (nd_e820, nd_pmem) or brd module did not create it"; sleep 0.05; done; }
+mkdir -p /mnt/scratch
+wait_dev /dev/ram0
+mke2fs -q -F -t ext4 -E nodiscard /dev/ram0 || fail "mke2fs on /dev/ram0 failed"
+mount -t ext4 /dev/ram0 /mnt/scratch || fail "cannot mount the scratch ext4"
+export DAX_SCRATCH=/mnt/scratch
+"#;
+    for (i, fs) in spec.fs.list().iter().enumerate() {
+        let dev = format!("/dev/pmem{i}");
+        let mnt = format!("/mnt/{fs}");
+        let mkfs = match *fs {
+            "ext4" => format!("mke2fs -q -F -t ext4 -E nodiscard {dev}"),
+            _ => format!("mkfs.xfs -q -f -m reflink=0 {dev}"),
+        };
+        let var = format!("DAX_{}", fs.to_uppercase());
+        s += &format!(
+            r#"wait_dev {dev}
+{mkfs} || fail "mkfs {fs} on {dev} failed"
+mkdir -p {mnt}
+mount -t {fs} -o dax {dev} {mnt} || fail "mount -t {fs} -o dax {dev} failed"
+grep " {mnt} " /proc/mounts | grep -q dax=always || fail "{fs} on {dev} is mounted without DAX (no dax=always in /proc/mounts): $(grep " {mnt} " /proc/mounts)"
+export {var}={mnt}
+"#
+        );
+    }
+    s += &format!(
+        r#"export DAX_FS="{fs}"
+dmesg_lines=$(dmesg | wc -l)
+echo "{MARK_READY} $(cut -d' ' -f1 /proc/uptime)"
+cd /root
+(
+{script}
+) </dev/null
+rc=$?
+echo "{MARK_EXIT} $rc"
+echo "{MARK_DMESG}"
+dmesg -r | tail -n +$((dmesg_lines + 1)) | grep '^<[0-4]>'
+poweroff -f
+sleep 10
+"#,
+        fs = spec.fs.list().join(" "),
+        script = spec.script,
+    );
+    s
+}
+
+/// Boots the kernel with the command and waits for it.
+pub fn boot(spec: &Spec, binaries: &[PathBuf]) -> Result<Outcome> {
+    let cache = super::kernel::cache_dir();
+    let work = cache.join("run");
+    std::fs::create_dir_all(&work)?;
+    let initrd = work.join(format!("initramfs-{}.cpio", std::process::id()));
+    let script = init_script(spec);
+    super::initramfs::build(
+        &initrd,
+        &super::initramfs::Contents {
+            init_script: &script,
+            modules: &spec.kernel.modules,
+            binaries,
+        },
+    )?;
+    let res = run_qemu(spec, &initrd);
+    let _ = std::fs::remove_file(&initrd);
+    res
+}
+
+fn qemu_command(spec: &Spec, initrd: &Path) -> Command {
+    let n = spec.fs.list().len() as u64;
+    // RAM: 1 GiB for the kernel and the workloads, then the pmem ranges.
+    let mem_mib = 1024 + n * PMEM_MIB + 512;
+    let memmap: Vec<String> = (0..n)
+        .map(|i| format!("memmap={PMEM_MIB}M!{}M", 1024 + i * PMEM_MIB))
+        .collect();
+    let append = format!(
+        // quiet: only errors reach the (slow, emulated) serial console while
+        // booting; warnings are collected from dmesg after the command.
+        // cryptomgr.notests saves about 1.4 s; panic=-1 with -no-reboot turns
+        // a panic into QEMU's exit.
+        "console=ttyS0 quiet panic=-1 cryptomgr.notests {}",
+        memmap.join(" ")
+    );
+    let mut c = Command::new("qemu-system-x86_64");
+    c.args(["-accel", "tcg", "-cpu", "max", "-smp", "1"])
+        .args(["-m", &format!("{mem_mib}M")])
+        .args(["-nodefaults", "-no-user-config", "-display", "none"])
+        .args(["-serial", "stdio", "-no-reboot"])
+        .arg("-kernel")
+        .arg(&spec.kernel.boot_image)
+        .arg("-initrd")
+        .arg(initrd)
+        .args(["-append", &append])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    c
+}
+
+enum Line {
+    Out(String),
+    Err(String),
+    Eof,
+}
+
+fn run_qemu(spec: &Spec, initrd: &Path) -> Result<Outcome> {
+    let start = Instant::now();
+    let mut child = qemu_command(spec, initrd)
+        .spawn()
+        .context("cannot start qemu-system-x86_64: run `cargo xtask setup` (qemu-system-x86)")?;
+    let (tx, rx) = mpsc::channel();
+    let out = child.stdout.take().expect("piped");
+    let err = child.stderr.take().expect("piped");
+    let tx2 = tx.clone();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).split(b'\n').map_while(Result::ok) {
+            let l = String::from_utf8_lossy(&l).trim_end_matches('\r').to_string();
+            if tx.send(Line::Out(l)).is_err() {
+                return;
+            }
+        }
+        let _ = tx.send(Line::Eof);
+    });
+    std::thread::spawn(move || {
+        for l in BufReader::new(err).lines().map_while(Result::ok) {
+            if tx2.send(Line::Err(l)).is_err() {
+                return;
+            }
+        }
+    });
+
+    let mut boot_log: VecDeque<String> = VecDeque::new();
+    let mut ready: Option<(Instant, f64)> = None;
+    let mut status: Option<(i32, Instant)> = None;
+    let mut in_dmesg = false;
+    let mut output = Vec::new();
+    let mut dmesg = Vec::new();
+    let mut qemu_err = Vec::new();
+    let stdout = std::io::stdout();
+    let result = loop {
+        let deadline = match ready {
+            None => start + BOOT_TIMEOUT,
+            Some((t, _)) if status.is_none() => t + spec.timeout,
+            // After the exit marker only the warnings and poweroff remain.
+            Some(_) => Instant::now().max(start) + Duration::from_secs(30),
+        };
+        let now = Instant::now();
+        let msg = if now >= deadline {
+            Err(mpsc::RecvTimeoutError::Timeout)
+        } else {
+            rx.recv_timeout(deadline - now)
+        };
+        match msg {
+            Ok(Line::Out(l)) => {
+                if let Some(rest) = find_marker(&l, MARK_READY) {
+                    ready = Some((Instant::now(), rest.trim().parse().unwrap_or(0.0)));
+                } else if let Some(rest) = find_marker(&l, MARK_EXIT) {
+                    status = Some((rest.trim().parse().unwrap_or(255), Instant::now()));
+                } else if find_marker(&l, MARK_DMESG).is_some() {
+                    in_dmesg = true;
+                } else if let Some(rest) = find_marker(&l, MARK_FAIL) {
+                    break Err(anyhow::anyhow!("guest set-up failed: {}", rest.trim()));
+                } else if ready.is_none() {
+                    if spec.verbose {
+                        println!("{l}");
+                    }
+                    boot_log.push_back(l);
+                    if boot_log.len() > 60 {
+                        boot_log.pop_front();
+                    }
+                } else if in_dmesg {
+                    if !l.trim().is_empty() {
+                        dmesg.push(l);
+                    }
+                } else if status.is_none() {
+                    if spec.stream {
+                        let mut o = stdout.lock();
+                        let _ = writeln!(o, "{l}");
+                        let _ = o.flush();
+                    }
+                    output.push(l);
+                }
+            }
+            Ok(Line::Err(l)) => qemu_err.push(l),
+            Ok(Line::Eof) => break Ok(()),
+            Err(_) => {
+                let _ = child.kill();
+                let what = if ready.is_none() {
+                    format!(
+                        "the guest did not boot within {} s",
+                        BOOT_TIMEOUT.as_secs()
+                    )
+                } else if status.is_none() {
+                    format!(
+                        "the guest command did not finish within {} s (a task is probably stuck in the kernel; raise --timeout if it was just slow); guest killed",
+                        spec.timeout.as_secs()
+                    )
+                } else {
+                    break Ok(()); // finished; only poweroff hung
+                };
+                break Err(anyhow::anyhow!(what));
+            }
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let boot_tail = || {
+        boot_log
+            .iter()
+            .chain(qemu_err.iter())
+            .map(|l| format!("  | {l}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    if let Err(e) = result {
+        if ready.is_none() && !spec.verbose {
+            eprintln!("vm: last console lines:\n{}", boot_tail());
+        }
+        return Err(e);
+    }
+    let Some((ready_at, guest_uptime)) = ready else {
+        bail!(
+            "the guest stopped before it was ready (kernel panic or QEMU error); last console lines:\n{}",
+            boot_tail()
+        );
+    };
+    let Some((status, exit_at)) = status else {
+        bail!(
+            "the guest stopped while the command ran (kernel panic?); last lines:\n{}",
+            output
+                .iter()
+                .rev()
+                .take(40)
+                .rev()
+                .chain(qemu_err.iter())
+                .map(|l| format!("  | {l}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    };
+    Ok(Outcome {
+        status,
+        boot: ready_at - start,
+        guest_uptime,
+        command: exit_at - ready_at,
+        output,
+        dmesg,
+    })
+}
+
+/// The marker may follow kernel text on the same console line.
+fn find_marker<'a>(line: &'a str, marker: &str) -> Option<&'a str> {
+    line.find(marker).map(|i| &line[i + marker.len()..])
+}
