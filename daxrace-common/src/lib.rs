@@ -234,9 +234,49 @@ pub enum Counter {
     WatchFull = 4,
     /// A release path listed more pages than a program may walk.
     BioTruncated = 5,
+    /// A truncation disassociated an idle, unwatched page (nothing to report).
+    DisassociateQuiet = 6,
+    /// A mapping entry was deleted by a task whose last break saw no busy page.
+    DeleteQuiet = 7,
+    /// A per-task state map was full: a break or scan could not be tracked.
+    StateFull = 8,
+    /// A break-layouts call that never scanned for busy pages (xfs lease
+    /// breaks on plain writes): not recorded.
+    BreakQuiet = 9,
 }
 
-pub const COUNTER_COUNT: u32 = 6;
+pub const COUNTER_COUNT: u32 = 10;
+
+impl Counter {
+    pub const ALL: [Counter; COUNTER_COUNT as usize] = [
+        Counter::RingbufFull,
+        Counter::PutUnwatched,
+        Counter::PutWatched,
+        Counter::ReadFailed,
+        Counter::WatchFull,
+        Counter::BioTruncated,
+        Counter::DisassociateQuiet,
+        Counter::DeleteQuiet,
+        Counter::StateFull,
+        Counter::BreakQuiet,
+    ];
+
+    /// Metric label.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Counter::RingbufFull => "ringbuf_full",
+            Counter::PutUnwatched => "put_unwatched",
+            Counter::PutWatched => "put_watched",
+            Counter::ReadFailed => "read_failed",
+            Counter::WatchFull => "watch_full",
+            Counter::BioTruncated => "bio_truncated",
+            Counter::DisassociateQuiet => "disassociate_quiet",
+            Counter::DeleteQuiet => "delete_quiet",
+            Counter::StateFull => "state_full",
+            Counter::BreakQuiet => "break_quiet",
+        }
+    }
+}
 
 /// Kernel facts handed to the programs at load time (from BTF and kallsyms).
 #[repr(C)]
@@ -259,6 +299,12 @@ pub struct KernelConfig {
     pub bio_vcnt: u32,
     /// `sizeof(struct bio_vec)`.
     pub bio_vec_size: u32,
+    /// Offsets of `bv_page`, `bv_len`, `bv_offset` in `struct bio_vec`.
+    pub bvec_page: u32,
+    pub bvec_len: u32,
+    pub bvec_offset: u32,
+    /// Offset of `i_mapping` in `struct inode`.
+    pub inode_mapping: u32,
     /// Refcount of an idle fsdax page: 1 before 6.15, 0 from 6.15.
     pub idle_refcount: u32,
     /// Set to 1 when the wait/wake hooks see `&page->_refcount` (before 6.15)
@@ -286,6 +332,10 @@ impl KernelConfig {
         bio_io_vec: 112,
         bio_vcnt: 96,
         bio_vec_size: 16,
+        bvec_page: 0,
+        bvec_len: 8,
+        bvec_offset: 12,
+        inode_mapping: 48,
         idle_refcount: 1,
         wait_on_refcount: 1,
         _pad: 0,
@@ -310,7 +360,7 @@ mod tests {
     fn record_has_no_implicit_padding() {
         // 2+2+4+8+4+4+16+4+4+8*5+4+4+8+8
         assert_eq!(Record::SIZE, 112);
-        assert_eq!(core::mem::size_of::<KernelConfig>(), 14 * 4 + 16);
+        assert_eq!(core::mem::size_of::<KernelConfig>(), 18 * 4 + 16);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 #![no_main]
 
 mod context;
+mod dax;
 mod emit;
 
 #[cfg(not(test))]

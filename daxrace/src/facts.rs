@@ -67,6 +67,10 @@ impl KernelFacts {
             mapping_host: offset(btf, "address_space", "host", d.mapping_host, w),
             bio_io_vec: offset(btf, "bio", "bi_io_vec", d.bio_io_vec, w),
             bio_vcnt: offset(btf, "bio", "bi_vcnt", d.bio_vcnt, w),
+            bvec_page: offset(btf, "bio_vec", "bv_page", d.bvec_page, w),
+            bvec_len: offset(btf, "bio_vec", "bv_len", d.bvec_len, w),
+            bvec_offset: offset(btf, "bio_vec", "bv_offset", d.bvec_offset, w),
+            inode_mapping: offset(btf, "inode", "i_mapping", d.inode_mapping, w),
             bio_vec_size: btf
                 .and_then(|b| b.struct_size("bio_vec"))
                 .unwrap_or(d.bio_vec_size),

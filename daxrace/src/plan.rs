@@ -109,6 +109,31 @@ macro_rules! tracepoint {
     };
 }
 
+/// A kernel function: fentry/fexit programs first (cheaper), then
+/// kprobe/kretprobe (every kernel has them). Either list may be empty.
+macro_rules! function {
+    ($sym:literal, [$($fe:expr),*], [$($kp:expr),*]) => {
+        Target {
+            symbol: $sym,
+            flavours: &[
+                $(Flavour { programs: $fe },)*
+                $(Flavour { programs: $kp },)*
+            ],
+        }
+    };
+}
+
+const BREAK_EXT4: &[Program] = &[
+    prog("kp_ext4_break", Kprobe),
+    prog("kr_ext4_break", Kretprobe),
+];
+const BREAK_XFS: &[Program] = &[
+    prog("kp_xfs_break", Kprobe),
+    prog("kr_xfs_break", Kretprobe),
+];
+const PIN_DROPPED_REFS: &[Program] = &[prog("kp_pin_dropped_refs", Kprobe)];
+const PIN_DROPPED_ONE: &[Program] = &[prog("kp_pin_dropped_one", Kprobe)];
+
 pub static HOOKS: &[HookSpec] = &[
     HookSpec {
         id: HookId::Ext4PunchHole,
@@ -164,6 +189,156 @@ pub static HOOKS: &[HookSpec] = &[
         )],
         attach_all: false,
         context: true,
+    },
+    HookSpec {
+        id: HookId::Ext4Break,
+        purpose: "ext4 break-layouts call (the wait loop)",
+        // ext4 is a module on distribution kernels: kprobes only.
+        targets: &[function!("ext4_break_layouts", [], [BREAK_EXT4])],
+        attach_all: false,
+        context: false,
+    },
+    HookSpec {
+        id: HookId::XfsBreak,
+        purpose: "xfs break-layouts call (the wait loop)",
+        // xfs_break_layouts() holds the retry loop on every version; on 6.1
+        // xfs_break_dax_layouts() is one scan and one wait per call.
+        targets: &[
+            function!("xfs_break_layouts", [], [BREAK_XFS]),
+            function!("xfs_break_dax_layouts", [], [BREAK_XFS]),
+        ],
+        attach_all: false,
+        context: false,
+    },
+    HookSpec {
+        id: HookId::GenericBreak,
+        purpose: "generic dax_break_layout() (6.15+, nested in the fs ones)",
+        targets: &[function!(
+            "dax_break_layout",
+            [&[
+                prog("fe_generic_break", Fentry),
+                prog("fx_generic_break", Fexit)
+            ]],
+            [&[
+                prog("kp_generic_break", Kprobe),
+                prog("kr_generic_break", Kretprobe)
+            ]]
+        )],
+        attach_all: false,
+        context: true,
+    },
+    HookSpec {
+        id: HookId::BusyScan,
+        purpose: "busy-page scan and the page it returned",
+        // Either may be inlined into the other: attach both; the programs
+        // record only the outermost call.
+        targets: &[
+            function!(
+                "dax_layout_busy_page_range",
+                [&[
+                    prog("fe_busy_scan_range", Fentry),
+                    prog("fx_busy_scan_range", Fexit)
+                ]],
+                [&[
+                    prog("kp_busy_scan_range", Kprobe),
+                    prog("kr_busy_scan", Kretprobe)
+                ]]
+            ),
+            function!(
+                "dax_layout_busy_page",
+                [&[prog("fe_busy_scan", Fentry), prog("fx_busy_scan", Fexit)]],
+                [&[
+                    prog("kp_busy_scan", Kprobe),
+                    prog("kr_busy_scan", Kretprobe)
+                ]]
+            ),
+        ],
+        attach_all: true,
+        context: false,
+    },
+    HookSpec {
+        id: HookId::WaitStart,
+        purpose: "a task starts waiting for a watched page to go idle",
+        targets: &[function!(
+            "init_wait_var_entry",
+            [&[prog("fe_wait_start", Fentry)]],
+            [&[prog("kp_wait_start", Kprobe)]]
+        )],
+        attach_all: false,
+        context: false,
+    },
+    HookSpec {
+        id: HookId::PinDropped,
+        purpose: "devmap put path: pins dropped from a watched page",
+        targets: &[
+            function!(
+                "__put_devmap_managed_folio_refs",
+                [&[prog("fe_pin_dropped_folio_refs", Fentry)]],
+                [PIN_DROPPED_REFS]
+            ),
+            function!(
+                "__put_devmap_managed_page_refs",
+                [&[prog("fe_pin_dropped_page_refs", Fentry)]],
+                [PIN_DROPPED_REFS]
+            ),
+            function!("put_devmap_managed_page", [], [PIN_DROPPED_ONE]),
+            function!("__put_devmap_managed_page", [], [PIN_DROPPED_ONE]),
+            // 6.15+: no devmap put; the folio is freed when it goes idle.
+            function!(
+                "free_zone_device_folio",
+                [&[prog("fe_page_freed", Fentry)]],
+                [&[prog("kp_page_freed", Kprobe)]]
+            ),
+        ],
+        attach_all: false,
+        context: false,
+    },
+    HookSpec {
+        id: HookId::BioRelease,
+        purpose: "bio release path (bypasses the devmap put on Debian 6.1)",
+        targets: &[function!(
+            "__bio_release_pages",
+            [&[prog("fx_bio_release", Fexit)]],
+            [&[
+                prog("kp_bio_release", Kprobe),
+                prog("kr_bio_release", Kretprobe)
+            ]]
+        )],
+        attach_all: false,
+        context: false,
+    },
+    HookSpec {
+        id: HookId::WakeUp,
+        purpose: "wake-up of a watched page's waiters",
+        targets: &[function!(
+            "wake_up_var",
+            [&[prog("fe_wake_up", Fentry)]],
+            [&[prog("kp_wake_up", Kprobe)]]
+        )],
+        attach_all: false,
+        context: false,
+    },
+    HookSpec {
+        id: HookId::Disassociate,
+        purpose: "a DAX page leaves its file (truncation)",
+        targets: &[function!(
+            "dax_disassociate_entry",
+            [&[prog("fe_disassociate", Fentry)]],
+            [&[prog("kp_disassociate", Kprobe)]]
+        )],
+        attach_all: false,
+        context: false,
+    },
+    HookSpec {
+        id: HookId::DeleteEntry,
+        purpose: "a DAX mapping entry is deleted (truncation, where disassociate is inlined)",
+        targets: &[function!(
+            "dax_delete_mapping_entry",
+            [&[prog("fe_delete_entry", Fentry)]],
+            [&[prog("kp_delete_entry", Kprobe)]]
+        )],
+        attach_all: false,
+        context: false,
     },
 ];
 

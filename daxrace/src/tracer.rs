@@ -328,6 +328,13 @@ impl KernelCounters {
 /// aya's errors can carry a whole verifier log; one line is what a status needs.
 fn short_error(e: &aya::programs::ProgramError) -> String {
     let s = e.to_string();
+    if s.contains("event_source/devices/kprobe") {
+        return "kprobes are not available on this kernel (CONFIG_KPROBES off?)".into();
+    }
+    if s.contains("BPF_PROG_LOAD") && s.contains("os error 1)") {
+        return "the kernel refused to load the program (EPERM: lockdown, or no fentry on this kernel)"
+            .into();
+    }
     let first = s.split(". Verifier output").next().unwrap_or(&s);
     first.chars().take(200).collect()
 }

@@ -9,16 +9,25 @@ use anyhow::{bail, Context, Result};
 
 /// Debian packages and what they are for.
 const PACKAGES: &[(&str, &str)] = &[
-    ("rustc-web", "rustc with a prebuilt core for bpfel-unknown-none"),
+    (
+        "rustc-web",
+        "rustc with a prebuilt core for bpfel-unknown-none",
+    ),
     ("cargo-web", "the cargo that drives that rustc"),
     ("libstd-rust-web-dev-bpf", "core for the BPF target"),
     ("llvm-22-dev", "LLVM for bpf-linker"),
-    ("qemu-system-x86", "booting Debian kernels with emulated pmem"),
+    (
+        "qemu-system-x86",
+        "booting Debian kernels with emulated pmem",
+    ),
     ("busybox-static", "the guest's userland"),
     ("kmod", "depmod/modprobe for guest modules"),
     ("xfsprogs", "mkfs.xfs for DAX mounts"),
     ("e2fsprogs", "mkfs.ext4 for DAX mounts"),
-    ("prometheus", "the real Prometheus server and promtool for the metrics tests"),
+    (
+        "prometheus",
+        "the real Prometheus server and promtool for the metrics tests",
+    ),
 ];
 
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -79,7 +88,11 @@ pub fn setup() -> Result<()> {
         if !is_root() {
             bail!(
                 "setup needs root to install Debian packages {}: run `sudo cargo xtask setup`",
-                missing.iter().map(|(p, _)| *p).collect::<Vec<_>>().join(" ")
+                missing
+                    .iter()
+                    .map(|(p, _)| *p)
+                    .collect::<Vec<_>>()
+                    .join(" ")
             );
         }
         println!("setup: installing Debian packages (first run only):");
@@ -114,9 +127,13 @@ pub fn setup() -> Result<()> {
 
 /// Builds the release binaries the VM and the demo run.
 pub fn build_release() -> Result<()> {
-    run(cargo()
-        .current_dir(workspace_root())
-        .args(["build", "--release", "--package", "daxrace", "--bins"]))
+    run(cargo().current_dir(workspace_root()).args([
+        "build",
+        "--release",
+        "--package",
+        "daxrace",
+        "--bins",
+    ]))
 }
 
 /// Where `build_release` puts a binary.

@@ -25,7 +25,11 @@ pub fn run(args: TestArgs) -> Result<()> {
     let t = Instant::now();
     step("setup", setup::setup)?;
     step("format", || {
-        setup::run(setup::cargo().current_dir(&root).args(["fmt", "--all", "--check"]))
+        setup::run(
+            setup::cargo()
+                .current_dir(&root)
+                .args(["fmt", "--all", "--check"]),
+        )
     })?;
     step("clippy", || {
         setup::run(setup::cargo().current_dir(&root).args([
@@ -39,7 +43,13 @@ pub fn run(args: TestArgs) -> Result<()> {
     })?;
     step(
         "unit, model and host kernel round-trip tests (cargo test)",
-        || setup::run(setup::cargo().current_dir(&root).args(["test", "--workspace"])),
+        || {
+            setup::run(
+                setup::cargo()
+                    .current_dir(&root)
+                    .args(["test", "--workspace"]),
+            )
+        },
     )?;
     if args.no_vm {
         println!("==> VM tests skipped (--no-vm)");

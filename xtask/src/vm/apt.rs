@@ -10,7 +10,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 
 /// Suites searched for kernels, by the kind of mirror that carries them.
 /// bookworm (6.1), bookworm-backports and trixie (6.12), trixie-backports and
@@ -139,7 +139,8 @@ impl Apt {
         let text = self.show("linux-image-amd64")?;
         let mut best: Option<(String, String)> = None; // (meta version, image name)
         for stanza in text.split("\n\n") {
-            let (Some(version), Some(depends)) = (field(stanza, "Version"), field(stanza, "Depends"))
+            let (Some(version), Some(depends)) =
+                (field(stanza, "Version"), field(stanza, "Depends"))
             else {
                 continue;
             };
@@ -212,7 +213,11 @@ impl Apt {
             }
         }
         if debs.len() != k.packages.len() {
-            bail!("apt-get download gave {} of {} packages", debs.len(), k.packages.len());
+            bail!(
+                "apt-get download gave {} of {} packages",
+                debs.len(),
+                k.packages.len()
+            );
         }
         Ok(debs)
     }
@@ -270,7 +275,9 @@ fn system_sources() -> Vec<Source> {
         files.extend(v);
     }
     for f in files {
-        let Ok(text) = fs::read_to_string(&f) else { continue };
+        let Ok(text) = fs::read_to_string(&f) else {
+            continue;
+        };
         let name = f.to_string_lossy();
         if name.ends_with(".sources") {
             for stanza in text.split("\n\n") {
@@ -301,7 +308,9 @@ fn system_sources() -> Vec<Source> {
         } else if name.ends_with(".list") {
             for l in text.lines() {
                 let l = l.trim();
-                let Some(rest) = l.strip_prefix("deb ") else { continue };
+                let Some(rest) = l.strip_prefix("deb ") else {
+                    continue;
+                };
                 let mut rest = rest.trim();
                 let mut signed_by = None;
                 if rest.starts_with('[') {
@@ -314,7 +323,9 @@ fn system_sources() -> Vec<Source> {
                     rest = rest[end + 1..].trim();
                 }
                 let mut it = rest.split_whitespace();
-                let (Some(uri), Some(suite)) = (it.next(), it.next()) else { continue };
+                let (Some(uri), Some(suite)) = (it.next(), it.next()) else {
+                    continue;
+                };
                 out.push(Source {
                     uris: vec![uri.to_string()],
                     suites: vec![suite.to_string()],
@@ -332,8 +343,10 @@ fn sources_list() -> Result<String> {
     let sources = system_sources();
     let is_debian_suite = |s: &str| {
         let base = s.split('-').next().unwrap_or(s);
-        ["bookworm", "trixie", "forky", "sid", "stable", "testing", "unstable", "bullseye"]
-            .contains(&base)
+        [
+            "bookworm", "trixie", "forky", "sid", "stable", "testing", "unstable", "bullseye",
+        ]
+        .contains(&base)
     };
     let main = sources.iter().find(|s| {
         s.suites
@@ -426,8 +439,14 @@ pub fn compare_versions(a: &str, b: &str) -> Ordering {
             while b.get(j).is_some_and(u8::is_ascii_digit) {
                 j += 1;
             }
-            let na: u128 = std::str::from_utf8(&a[si..i]).ok().and_then(|s| s.parse().ok()).unwrap_or(0);
-            let nb: u128 = std::str::from_utf8(&b[sj..j]).ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+            let na: u128 = std::str::from_utf8(&a[si..i])
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            let nb: u128 = std::str::from_utf8(&b[sj..j])
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
             if na != nb {
                 return na.cmp(&nb);
             }
@@ -439,11 +458,6 @@ pub fn compare_versions(a: &str, b: &str) -> Ordering {
     ea.cmp(&eb)
         .then_with(|| part(ua, ub))
         .then_with(|| part(ra, rb))
-}
-
-/// Reads one field out of the resolved meta data, for the caller's report.
-pub fn describe(k: &KernelPkg) -> String {
-    format!("{} {}", k.image, k.version)
 }
 
 #[cfg(test)]
@@ -463,8 +477,20 @@ mod tests {
             "1:0.1-1",
         ];
         for w in sorted.windows(2) {
-            assert_eq!(compare_versions(w[0], w[1]), Ordering::Less, "{} < {}", w[0], w[1]);
-            assert_eq!(compare_versions(w[1], w[0]), Ordering::Greater, "{} > {}", w[1], w[0]);
+            assert_eq!(
+                compare_versions(w[0], w[1]),
+                Ordering::Less,
+                "{} < {}",
+                w[0],
+                w[1]
+            );
+            assert_eq!(
+                compare_versions(w[1], w[0]),
+                Ordering::Greater,
+                "{} > {}",
+                w[1],
+                w[0]
+            );
         }
         assert_eq!(compare_versions("1.0~rc1", "1.0"), Ordering::Less);
         assert_eq!(compare_versions("1.0a", "1.0+"), Ordering::Less);

@@ -230,7 +230,9 @@ fn run_qemu(spec: &Spec, initrd: &Path) -> Result<Outcome> {
     let tx2 = tx.clone();
     std::thread::spawn(move || {
         for l in BufReader::new(out).split(b'\n').map_while(Result::ok) {
-            let l = String::from_utf8_lossy(&l).trim_end_matches('\r').to_string();
+            let l = String::from_utf8_lossy(&l)
+                .trim_end_matches('\r')
+                .to_string();
             if tx.send(Line::Out(l)).is_err() {
                 return;
             }
@@ -302,10 +304,7 @@ fn run_qemu(spec: &Spec, initrd: &Path) -> Result<Outcome> {
             Err(_) => {
                 let _ = child.kill();
                 let what = if ready.is_none() {
-                    format!(
-                        "the guest did not boot within {} s",
-                        BOOT_TIMEOUT.as_secs()
-                    )
+                    format!("the guest did not boot within {} s", BOOT_TIMEOUT.as_secs())
                 } else if status.is_none() {
                     format!(
                         "the guest command did not finish within {} s (a task is probably stuck in the kernel; raise --timeout if it was just slow); guest killed",

@@ -161,8 +161,19 @@ pub fn build(out: &Path, c: &Contents) -> Result<u64> {
     let f = fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
     let mut cpio = Cpio::new(BufWriter::new(f));
     for d in [
-        "dev", "proc", "sys", "tmp", "run", "mnt", "root", "etc", "usr/bin", "usr/sbin", "sbin",
-        "bin", "usr/local/bin",
+        "dev",
+        "proc",
+        "sys",
+        "tmp",
+        "run",
+        "mnt",
+        "root",
+        "etc",
+        "usr/bin",
+        "usr/sbin",
+        "sbin",
+        "bin",
+        "usr/local/bin",
     ] {
         cpio.dir(d)?;
     }

@@ -71,9 +71,13 @@ pub fn fetch(series: &str) -> Result<Kernel> {
         }
     }
     let mut pkg = apt.resolve(series)?;
-    let mut dir = cache.join("kernels").join(format!("{}_{}", pkg.image, pkg.version));
+    let mut dir = cache
+        .join("kernels")
+        .join(format!("{}_{}", pkg.image, pkg.version));
     if !dir.join("complete").exists() {
-        let tmp = cache.join("tmp").join(format!("{}-{}", pkg.image, std::process::id()));
+        let tmp = cache
+            .join("tmp")
+            .join(format!("{}-{}", pkg.image, std::process::id()));
         let _ = fs::remove_dir_all(&tmp);
         let debs = match apt.download(&pkg, &tmp.join("debs")) {
             Ok(d) => d,
@@ -83,7 +87,9 @@ pub fn fetch(series: &str) -> Result<Kernel> {
                 eprintln!("vm: {e:#}; refreshing the package lists");
                 apt.update()?;
                 pkg = apt.resolve(series)?;
-                dir = cache.join("kernels").join(format!("{}_{}", pkg.image, pkg.version));
+                dir = cache
+                    .join("kernels")
+                    .join(format!("{}_{}", pkg.image, pkg.version));
                 let _ = fs::remove_dir_all(&tmp);
                 apt.download(&pkg, &tmp.join("debs"))?
             }
@@ -103,11 +109,17 @@ pub fn fetch(series: &str) -> Result<Kernel> {
 
 fn cached_fallback(cache: &Path, series: &str) -> Result<Kernel> {
     let mut best: Option<(String, PathBuf)> = None;
-    for e in fs::read_dir(cache.join("kernels")).into_iter().flatten().flatten() {
+    for e in fs::read_dir(cache.join("kernels"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         let dir = e.path();
         let Ok(k) = load(&dir) else { continue };
         let in_series = series == "newest"
-            || k.release.strip_prefix(series).is_some_and(|r| r.starts_with(['.', '-']));
+            || k.release
+                .strip_prefix(series)
+                .is_some_and(|r| r.starts_with(['.', '-']));
         if in_series
             && best.as_ref().is_none_or(|(v, _)| {
                 super::apt::compare_versions(&k.version, v) == std::cmp::Ordering::Greater
@@ -211,7 +223,9 @@ fn prepare(pkg: &KernelPkg, debs: &[PathBuf], root: &Path, dir: &Path) -> Result
             continue; // not a module in this kernel: built in or gone
         }
         for line in String::from_utf8_lossy(&out.stdout).lines() {
-            let Some(path) = line.strip_prefix("insmod ") else { continue };
+            let Some(path) = line.strip_prefix("insmod ") else {
+                continue;
+            };
             let path = path.split_whitespace().next().unwrap_or(path);
             let file = Path::new(path);
             let base = file.file_name().unwrap_or_default().to_string_lossy();
@@ -294,7 +308,9 @@ fn extract_vmlinux(bz: &[u8]) -> Result<Vec<u8>> {
     let u32_at = |o: usize| u32::from_le_bytes(bz[o..o + 4].try_into().unwrap()) as usize;
     let start = (setup_sects + 1) * 512 + u32_at(0x248);
     let len = u32_at(0x24c);
-    let payload = bz.get(start..start + len).context("payload outside the bzImage")?;
+    let payload = bz
+        .get(start..start + len)
+        .context("payload outside the bzImage")?;
     let size = u32::from_le_bytes(payload[len - 4..].try_into().unwrap()) as usize;
     let (tool, args): (&str, &[&str]) = if payload.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
         ("zstd", &["-dc"])

@@ -1,0 +1,644 @@
+//! The DAX hooks: break-layouts calls, busy-page scans, waits and wake-ups on
+//! a page's refcount, the paths that drop pins, and truncation.
+//!
+//! Each hook has one body taking plain values; the fentry/fexit and
+//! kprobe/kretprobe programs below are thin shells around it, so the two
+//! flavours cannot drift apart. The probe plan in userspace decides which
+//! shell attaches to which kernel symbol.
+//!
+//! Filtering happens here: a page becomes *watched* when a busy scan returns
+//! it; the page-put and release hooks (millions of calls a second under
+//! direct I/O) only emit records for watched pages and count the rest.
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::{fentry, fexit, kprobe, kretprobe, map},
+    maps::{HashMap, LruHashMap},
+    programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
+};
+use daxrace_common::{Counter, FsKind, HookId, KernelConfig, Record, RecordKind};
+
+use crate::emit::{config, count, fill_inode, new_record, read_at, submit};
+
+/// A break-layouts call in progress on one task. Its BreakEnter record is
+/// only sent once the call scans for busy pages: xfs_break_layouts() also runs
+/// on every plain write (to break leases) and must not flood the ring.
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct BreakState {
+    mapping: u64,
+    ino: u64,
+    ts_ns: u64,
+    dev: u32,
+    fs: u32,
+    hook: u32,
+    /// The BreakEnter record was sent.
+    emitted: u32,
+    /// Nesting depth: on 6.15+ the generic dax_break_layout() runs inside
+    /// ext4/xfs's own; only the outermost call is recorded.
+    depth: u32,
+    /// A busy scan inside this call returned a page.
+    saw_busy: u32,
+}
+
+/// A busy scan in progress on one task (dax_layout_busy_page may call
+/// dax_layout_busy_page_range: only the outermost is recorded).
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct ScanState {
+    mapping: u64,
+    start: i64,
+    end: i64,
+    depth: u32,
+    _pad: u32,
+}
+
+#[map]
+static BREAKS: HashMap<u32, BreakState> = HashMap::with_max_entries(4096, 0);
+
+#[map]
+static SCANS: HashMap<u32, ScanState> = HashMap::with_max_entries(4096, 0);
+
+/// Pages a busy scan returned: page address -> when first seen busy (ns).
+/// LRU so an abandoned page cannot fill it.
+#[map]
+static WATCHED: LruHashMap<u64, u64> = LruHashMap::with_max_entries(8192, 0);
+
+/// Tasks whose last break-layouts call saw a busy page -> its mapping: their
+/// truncation that follows is worth recording entry by entry.
+#[map]
+static RECENT_BUSY: LruHashMap<u32, u64> = LruHashMap::with_max_entries(4096, 0);
+
+/// kprobe flavour of the bio release hook: the bio, from entry to return.
+#[map]
+static BIO_STASH: HashMap<u32, u64> = HashMap::with_max_entries(4096, 0);
+
+/// Most pages one release walks (64 pages: a 256 KiB direct I/O); more are
+/// counted as `BioTruncated`.
+const MAX_BIO_PAGES: u32 = 64;
+const PAGE_SHIFT: u32 = 12;
+/// A DAX xarray entry is `xa_mk_value(flags | pfn << DAX_SHIFT)`.
+const DAX_SHIFT: u32 = 4;
+const DAX_ZERO_PAGE: u64 = 1 << 2;
+const DAX_EMPTY: u64 = 1 << 3;
+/// `page->mapping` of a shared (reflinked) DAX page: not a real mapping.
+const PAGE_MAPPING_DAX_COW: u64 = 1;
+/// `dax_layout_busy_page(mapping)` scans the whole file.
+const LLONG_MAX: i64 = i64::MAX;
+
+#[inline(always)]
+fn tid() -> u32 {
+    bpf_get_current_pid_tgid() as u32
+}
+
+#[inline(always)]
+fn vmemmap(cfg: &KernelConfig) -> u64 {
+    if cfg.vmemmap_base_addr != 0 {
+        let base = read_at::<u64>(cfg.vmemmap_base_addr, 0);
+        if base != 0 {
+            return base;
+        }
+    }
+    cfg.vmemmap_default
+}
+
+/// Fills the page fields: pfn, refcount, page->mapping, and the inode the
+/// page belongs to when it still has one.
+#[inline(always)]
+fn fill_page(r: &mut Record, cfg: &KernelConfig, page: u64) {
+    r.page = page;
+    let size = cfg.page_struct_size as u64;
+    let base = vmemmap(cfg);
+    if size != 0 && page >= base {
+        r.pfn = (page - base) / size;
+    }
+    r.refcount = read_at::<i32>(page, cfg.page_refcount);
+    let page_mapping = read_at::<u64>(page, cfg.page_mapping);
+    r.page_mapping = page_mapping;
+    fill_from_mapping(r, cfg, page_mapping);
+}
+
+#[inline(always)]
+fn fill_from_mapping(r: &mut Record, cfg: &KernelConfig, mapping: u64) {
+    if mapping > PAGE_MAPPING_DAX_COW {
+        let host = read_at::<u64>(mapping, cfg.mapping_host);
+        fill_inode(r, cfg, host);
+    }
+}
+
+/// The page behind a wait/wake variable: `&page->_refcount` before 6.15,
+/// the page itself after.
+#[inline(always)]
+fn var_to_page(cfg: &KernelConfig, var: u64) -> u64 {
+    if cfg.wait_on_refcount != 0 {
+        var.wrapping_sub(cfg.page_refcount as u64)
+    } else {
+        var
+    }
+}
+
+#[inline(always)]
+fn watched(page: u64) -> bool {
+    // SAFETY: the value is only tested for presence.
+    unsafe { WATCHED.get(&page).is_some() }
+}
+
+// ---- break layouts -------------------------------------------------------
+
+#[inline(always)]
+fn break_enter(hook: HookId, fs: FsKind, inode: u64) -> u32 {
+    let tid = tid();
+    if let Some(st) = BREAKS.get_ptr_mut(&tid) {
+        // SAFETY: pointer from a map lookup, valid for this program run.
+        unsafe { (*st).depth += 1 };
+        return 0;
+    }
+    let cfg = config();
+    let mut r = Record::zeroed();
+    fill_inode(&mut r, &cfg, inode);
+    let st = BreakState {
+        mapping: read_at::<u64>(inode, cfg.inode_mapping),
+        ino: r.ino,
+        // SAFETY: plain helper call.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        dev: r.dev,
+        fs: fs as u32,
+        hook: hook as u32,
+        emitted: 0,
+        depth: 1,
+        saw_busy: 0,
+    };
+    if BREAKS.insert(&tid, &st, 0).is_err() {
+        count(Counter::StateFull);
+    }
+    let _ = RECENT_BUSY.remove(&tid);
+    0
+}
+
+/// Sends the deferred BreakEnter of the task's break call, once.
+#[inline(always)]
+fn break_scanned(tid: u32) {
+    let Some(st) = BREAKS.get_ptr_mut(&tid) else {
+        return;
+    };
+    // SAFETY: pointer from a map lookup, valid for this program run.
+    let st = unsafe { &mut *st };
+    if st.emitted != 0 {
+        return;
+    }
+    st.emitted = 1;
+    let hook = HookId::from_u16(st.hook as u16).unwrap_or(HookId::GenericBreak);
+    let mut r = new_record(RecordKind::BreakEnter, hook);
+    r.ts_ns = st.ts_ns;
+    r.ino = st.ino;
+    r.dev = st.dev;
+    r.op = st.fs;
+    r.mapping = st.mapping;
+    submit(&r);
+}
+
+#[inline(always)]
+fn break_exit(hook: HookId, fs: FsKind, ret: i64) -> u32 {
+    let tid = tid();
+    let Some(st) = BREAKS.get_ptr_mut(&tid) else {
+        // Attached while the call was running: its entry was never seen.
+        return 0;
+    };
+    // SAFETY: pointer from a map lookup, valid for this program run.
+    let st = unsafe { &mut *st };
+    if st.depth > 1 {
+        st.depth -= 1;
+        return 0;
+    }
+    let mapping = st.mapping;
+    let emitted = st.emitted != 0;
+    if st.saw_busy != 0 {
+        let _ = RECENT_BUSY.insert(&tid, &mapping, 0);
+    }
+    let _ = BREAKS.remove(&tid);
+    if !emitted {
+        count(Counter::BreakQuiet);
+        return 0;
+    }
+    let mut r = new_record(RecordKind::BreakExit, hook);
+    r.op = fs as u32;
+    r.mapping = mapping;
+    r.a = ret;
+    submit(&r);
+    0
+}
+
+macro_rules! kprobe_break {
+    ($enter:ident, $exit:ident, $hook:expr, $fs:expr) => {
+        #[kprobe]
+        pub fn $enter(ctx: ProbeContext) -> u32 {
+            break_enter($hook, $fs, ctx.arg::<u64>(0).unwrap_or(0))
+        }
+
+        #[kretprobe]
+        pub fn $exit(ctx: RetProbeContext) -> u32 {
+            break_exit($hook, $fs, ctx.ret::<i32>() as i64)
+        }
+    };
+}
+
+// ext4 and xfs are modules on distribution kernels: kprobes only (aya
+// resolves fentry targets in vmlinux BTF only).
+kprobe_break!(
+    kp_ext4_break,
+    kr_ext4_break,
+    HookId::Ext4Break,
+    FsKind::Ext4
+);
+kprobe_break!(kp_xfs_break, kr_xfs_break, HookId::XfsBreak, FsKind::Xfs);
+kprobe_break!(
+    kp_generic_break,
+    kr_generic_break,
+    HookId::GenericBreak,
+    FsKind::Generic
+);
+
+#[fentry]
+pub fn fe_generic_break(ctx: FEntryContext) -> u32 {
+    break_enter(HookId::GenericBreak, FsKind::Generic, ctx.arg::<u64>(0))
+}
+
+#[fexit]
+pub fn fx_generic_break(ctx: FExitContext) -> u32 {
+    break_exit(
+        HookId::GenericBreak,
+        FsKind::Generic,
+        ctx.ret::<i32>().unwrap_or(0) as i64,
+    )
+}
+
+// ---- busy scan ------------------------------------------------------------
+
+#[inline(always)]
+fn scan_enter(mapping: u64, start: i64, end: i64) -> u32 {
+    let tid = tid();
+    if let Some(st) = SCANS.get_ptr_mut(&tid) {
+        // SAFETY: pointer from a map lookup, valid for this program run.
+        unsafe { (*st).depth += 1 };
+        return 0;
+    }
+    let st = ScanState {
+        mapping,
+        start,
+        end,
+        depth: 1,
+        _pad: 0,
+    };
+    if SCANS.insert(&tid, &st, 0).is_err() {
+        count(Counter::StateFull);
+    }
+    0
+}
+
+#[inline(always)]
+fn scan_exit(page: u64) -> u32 {
+    let tid = tid();
+    let Some(st) = SCANS.get_ptr_mut(&tid) else {
+        // Attached while a scan was running: its arguments are unknown.
+        return 0;
+    };
+    // SAFETY: pointer from a map lookup, valid for this program run.
+    let st = unsafe { &mut *st };
+    if st.depth > 1 {
+        st.depth -= 1;
+        return 0;
+    }
+    let (mapping, start, end) = (st.mapping, st.start, st.end);
+    let _ = SCANS.remove(&tid);
+    break_scanned(tid);
+    let cfg = config();
+    let mut r = new_record(RecordKind::BusyScan, HookId::BusyScan);
+    r.mapping = mapping;
+    r.a = start;
+    r.b = end;
+    fill_from_mapping(&mut r, &cfg, mapping);
+    if page != 0 {
+        fill_page(&mut r, &cfg, page);
+        // SAFETY: plain helper call.
+        let now = unsafe { bpf_ktime_get_ns() };
+        if WATCHED.insert(&page, &now, 0).is_err() {
+            count(Counter::WatchFull);
+        }
+        if let Some(b) = BREAKS.get_ptr_mut(&tid) {
+            // SAFETY: pointer from a map lookup, valid for this program run.
+            unsafe { (*b).saw_busy = 1 };
+        }
+    }
+    submit(&r);
+    0
+}
+
+#[kprobe]
+pub fn kp_busy_scan_range(ctx: ProbeContext) -> u32 {
+    scan_enter(
+        ctx.arg::<u64>(0).unwrap_or(0),
+        ctx.arg::<i64>(1).unwrap_or(0),
+        ctx.arg::<i64>(2).unwrap_or(0),
+    )
+}
+
+#[kprobe]
+pub fn kp_busy_scan(ctx: ProbeContext) -> u32 {
+    scan_enter(ctx.arg::<u64>(0).unwrap_or(0), 0, LLONG_MAX)
+}
+
+#[kretprobe]
+pub fn kr_busy_scan(ctx: RetProbeContext) -> u32 {
+    scan_exit(ctx.ret::<u64>())
+}
+
+#[fentry]
+pub fn fe_busy_scan_range(ctx: FEntryContext) -> u32 {
+    scan_enter(ctx.arg::<u64>(0), ctx.arg::<i64>(1), ctx.arg::<i64>(2))
+}
+
+#[fexit]
+pub fn fx_busy_scan_range(ctx: FExitContext) -> u32 {
+    scan_exit(ctx.ret::<u64>().unwrap_or(0))
+}
+
+#[fentry]
+pub fn fe_busy_scan(ctx: FEntryContext) -> u32 {
+    scan_enter(ctx.arg::<u64>(0), 0, LLONG_MAX)
+}
+
+#[fexit]
+pub fn fx_busy_scan(ctx: FExitContext) -> u32 {
+    scan_exit(ctx.ret::<u64>().unwrap_or(0))
+}
+
+// ---- wait and wake on a watched page ------------------------------------
+
+#[inline(always)]
+fn page_event(kind: RecordKind, hook: HookId, var: u64) -> u32 {
+    let cfg = config();
+    let page = var_to_page(&cfg, var);
+    if !watched(page) {
+        return 0;
+    }
+    let mut r = new_record(kind, hook);
+    fill_page(&mut r, &cfg, page);
+    submit(&r);
+    0
+}
+
+#[kprobe]
+pub fn kp_wait_start(ctx: ProbeContext) -> u32 {
+    page_event(
+        RecordKind::WaitStart,
+        HookId::WaitStart,
+        ctx.arg::<u64>(1).unwrap_or(0),
+    )
+}
+
+#[fentry]
+pub fn fe_wait_start(ctx: FEntryContext) -> u32 {
+    page_event(RecordKind::WaitStart, HookId::WaitStart, ctx.arg::<u64>(1))
+}
+
+#[kprobe]
+pub fn kp_wake_up(ctx: ProbeContext) -> u32 {
+    page_event(
+        RecordKind::WakeUp,
+        HookId::WakeUp,
+        ctx.arg::<u64>(0).unwrap_or(0),
+    )
+}
+
+#[fentry]
+pub fn fe_wake_up(ctx: FEntryContext) -> u32 {
+    page_event(RecordKind::WakeUp, HookId::WakeUp, ctx.arg::<u64>(0))
+}
+
+// ---- pins dropped ---------------------------------------------------------
+
+/// The devmap put path: `refs` references are about to be dropped.
+#[inline(always)]
+fn pin_dropped(page: u64, refs: u32) -> u32 {
+    if !watched(page) {
+        count(Counter::PutUnwatched);
+        return 0;
+    }
+    count(Counter::PutWatched);
+    let cfg = config();
+    let mut r = new_record(RecordKind::PinDropped, HookId::PinDropped);
+    fill_page(&mut r, &cfg, page);
+    r.refs = refs;
+    submit(&r);
+    0
+}
+
+/// `free_zone_device_folio(folio)` (6.15+): the page already went idle.
+#[inline(always)]
+fn page_freed(page: u64) -> u32 {
+    if !watched(page) {
+        count(Counter::PutUnwatched);
+        return 0;
+    }
+    count(Counter::PutWatched);
+    page_event(RecordKind::PageReleased, HookId::PinDropped, page)
+}
+
+#[kprobe]
+pub fn kp_pin_dropped_refs(ctx: ProbeContext) -> u32 {
+    pin_dropped(
+        ctx.arg::<u64>(0).unwrap_or(0),
+        ctx.arg::<u32>(1).unwrap_or(0),
+    )
+}
+
+#[kprobe]
+pub fn kp_pin_dropped_one(ctx: ProbeContext) -> u32 {
+    pin_dropped(ctx.arg::<u64>(0).unwrap_or(0), 1)
+}
+
+#[kprobe]
+pub fn kp_page_freed(ctx: ProbeContext) -> u32 {
+    // Shares the wait/wake translation: the folio is the page here.
+    page_freed(ctx.arg::<u64>(0).unwrap_or(0))
+}
+
+#[fentry]
+pub fn fe_pin_dropped_folio_refs(ctx: FEntryContext) -> u32 {
+    pin_dropped(ctx.arg::<u64>(0), ctx.arg::<u32>(1))
+}
+
+#[fentry]
+pub fn fe_pin_dropped_page_refs(ctx: FEntryContext) -> u32 {
+    pin_dropped(ctx.arg::<u64>(0), ctx.arg::<u32>(1))
+}
+
+#[fentry]
+pub fn fe_page_freed(ctx: FEntryContext) -> u32 {
+    page_freed(ctx.arg::<u64>(0))
+}
+
+// ---- release path that bypasses the devmap put (Debian 6.1) --------------
+
+/// After `__bio_release_pages(bio)` dropped its references: report every
+/// watched page of the bio with its refcount now.
+#[inline(always)]
+fn bio_released(bio: u64) -> u32 {
+    if bio == 0 {
+        return 0;
+    }
+    let cfg = config();
+    let vecs = read_at::<u64>(bio, cfg.bio_io_vec);
+    let vcnt = read_at::<u16>(bio, cfg.bio_vcnt) as u32;
+    let mut idx: u32 = 0;
+    let mut pg: u32 = 0;
+    let mut last: u32 = 0;
+    let mut loaded = false;
+    let mut first_page: u64 = 0;
+    for _ in 0..MAX_BIO_PAGES * 2 {
+        if idx >= vcnt {
+            break;
+        }
+        if !loaded {
+            let bv = vecs + (idx as u64) * (cfg.bio_vec_size as u64);
+            first_page = read_at::<u64>(bv, cfg.bvec_page);
+            let len = read_at::<u32>(bv, cfg.bvec_len);
+            let off = read_at::<u32>(bv, cfg.bvec_offset);
+            pg = off >> PAGE_SHIFT;
+            last = if len == 0 {
+                pg
+            } else {
+                (off + len - 1) >> PAGE_SHIFT
+            };
+            loaded = true;
+        }
+        if pg > last {
+            idx += 1;
+            loaded = false;
+            continue;
+        }
+        let page = first_page + (pg as u64) * (cfg.page_struct_size as u64);
+        if watched(page) {
+            count(Counter::PutWatched);
+            let mut r = new_record(RecordKind::PageReleased, HookId::BioRelease);
+            fill_page(&mut r, &cfg, page);
+            submit(&r);
+        } else {
+            count(Counter::PutUnwatched);
+        }
+        pg += 1;
+    }
+    if idx < vcnt {
+        count(Counter::BioTruncated);
+    }
+    0
+}
+
+#[fexit]
+pub fn fx_bio_release(ctx: FExitContext) -> u32 {
+    bio_released(ctx.arg::<u64>(0))
+}
+
+#[kprobe]
+pub fn kp_bio_release(ctx: ProbeContext) -> u32 {
+    let bio = ctx.arg::<u64>(0).unwrap_or(0);
+    if BIO_STASH.insert(&tid(), &bio, 0).is_err() {
+        count(Counter::StateFull);
+    }
+    0
+}
+
+#[kretprobe]
+pub fn kr_bio_release(_ctx: RetProbeContext) -> u32 {
+    let tid = tid();
+    // SAFETY: value copied out before the entry is removed.
+    let bio = unsafe { BIO_STASH.get(&tid).copied() };
+    let _ = BIO_STASH.remove(&tid);
+    bio_released(bio.unwrap_or(0))
+}
+
+// ---- truncation -------------------------------------------------------------
+
+/// `dax_disassociate_entry(entry, mapping, trunc)`: the page leaves the file.
+#[inline(always)]
+fn disassociate(entry: u64, mapping: u64, trunc: bool) -> u32 {
+    if entry & 1 == 0 {
+        return 0; // not a value entry: nothing is mapped
+    }
+    let value = entry >> 1;
+    if value & (DAX_ZERO_PAGE | DAX_EMPTY) != 0 {
+        return 0; // the kernel maps no page for these
+    }
+    let cfg = config();
+    let pfn = value >> DAX_SHIFT;
+    let page = vmemmap(&cfg) + pfn * cfg.page_struct_size as u64;
+    let refcount = read_at::<i32>(page, cfg.page_refcount);
+    let page_mapping = read_at::<u64>(page, cfg.page_mapping);
+    let is_watched = watched(page);
+    let pinned = trunc && refcount > cfg.idle_refcount as i32;
+    let mismatch = page_mapping > PAGE_MAPPING_DAX_COW && page_mapping != mapping;
+    if !(is_watched || pinned || mismatch) {
+        count(Counter::DisassociateQuiet);
+        return 0;
+    }
+    if is_watched && trunc {
+        let _ = WATCHED.remove(&page);
+    }
+    let mut r = new_record(RecordKind::Disassociate, HookId::Disassociate);
+    r.page = page;
+    r.pfn = pfn;
+    r.refcount = refcount;
+    r.page_mapping = page_mapping;
+    r.mapping = mapping;
+    r.op = trunc as u32;
+    fill_from_mapping(&mut r, &cfg, mapping);
+    submit(&r);
+    0
+}
+
+#[kprobe]
+pub fn kp_disassociate(ctx: ProbeContext) -> u32 {
+    disassociate(
+        ctx.arg::<u64>(0).unwrap_or(0),
+        ctx.arg::<u64>(1).unwrap_or(0),
+        ctx.arg::<u8>(2).unwrap_or(0) != 0,
+    )
+}
+
+#[fentry]
+pub fn fe_disassociate(ctx: FEntryContext) -> u32 {
+    disassociate(ctx.arg::<u64>(0), ctx.arg::<u64>(1), ctx.arg::<u8>(2) != 0)
+}
+
+/// `dax_delete_mapping_entry(mapping, index)`: recorded only for tasks whose
+/// last break saw a busy page (where 6.12 inlines the disassociate, this is
+/// the truncation that remains visible).
+#[inline(always)]
+fn delete_entry(mapping: u64, index: u64) -> u32 {
+    let tid = tid();
+    // SAFETY: value copied out.
+    let recent = unsafe { RECENT_BUSY.get(&tid).copied() };
+    if recent != Some(mapping) {
+        count(Counter::DeleteQuiet);
+        return 0;
+    }
+    let cfg = config();
+    let mut r = new_record(RecordKind::DeleteEntry, HookId::DeleteEntry);
+    r.mapping = mapping;
+    r.a = index as i64;
+    fill_from_mapping(&mut r, &cfg, mapping);
+    submit(&r);
+    0
+}
+
+#[kprobe]
+pub fn kp_delete_entry(ctx: ProbeContext) -> u32 {
+    delete_entry(
+        ctx.arg::<u64>(0).unwrap_or(0),
+        ctx.arg::<u64>(1).unwrap_or(0),
+    )
+}
+
+#[fentry]
+pub fn fe_delete_entry(ctx: FEntryContext) -> u32 {
+    delete_entry(ctx.arg::<u64>(0), ctx.arg::<u64>(1))
+}

@@ -1,0 +1,110 @@
+//! What the stream exercised, and what the detector had to forget. "No
+//! findings" from a run that never reached the race window must not look like
+//! a clean bill: these travel with the findings.
+use serde::{Deserialize, Serialize};
+
+use crate::event::Filesystem;
+
+/// A counter per filesystem.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PerFs {
+    pub ext4: u64,
+    pub xfs: u64,
+    pub generic: u64,
+    pub unknown: u64,
+}
+
+impl PerFs {
+    pub fn bump(&mut self, fs: Filesystem) {
+        match fs {
+            Filesystem::Ext4 => self.ext4 += 1,
+            Filesystem::Xfs => self.xfs += 1,
+            Filesystem::Generic => self.generic += 1,
+            Filesystem::Unknown => self.unknown += 1,
+        }
+    }
+
+    pub fn get(&self, fs: Filesystem) -> u64 {
+        match fs {
+            Filesystem::Ext4 => self.ext4,
+            Filesystem::Xfs => self.xfs,
+            Filesystem::Generic => self.generic,
+            Filesystem::Unknown => self.unknown,
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.ext4 + self.xfs + self.generic + self.unknown
+    }
+}
+
+/// How much of the race window the observed stream reached.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Coverage {
+    pub events: u64,
+    /// Break-layouts calls (an xfs retry loop of `xfs_break_dax_layouts`
+    /// iterations counts once; nested hooks of one call count once).
+    pub breaks_started: PerFs,
+    pub breaks_finished: PerFs,
+    /// Calls that returned an error (interrupted by a signal: -512, -4).
+    pub breaks_failed: u64,
+    /// Calls still open when the stream ended.
+    pub breaks_unfinished: u64,
+    pub busy_scans: u64,
+    /// Busy scans that returned a pinned page: the race window was reached.
+    pub busy_scans_with_page: u64,
+    pub waits: u64,
+    /// Time from a wait's start to the waiter's next event, summed and largest.
+    pub wait_ns_total: u64,
+    pub wait_ns_max: u64,
+    /// Distinct pages that a busy scan returned.
+    pub pages_watched: u64,
+    pub disassociations: u64,
+    /// Disassociations with `trunc` set.
+    pub truncations: u64,
+    pub delete_entries: u64,
+    pub pin_drops: u64,
+    /// Releases through a path that bypasses the devmap put (6.1's bio release).
+    pub page_releases: u64,
+    pub wake_ups: u64,
+    pub file_ops: u64,
+    /// Did any busy scan return a page (see [`Coverage::reached_race_window`])?
+    pub reached_race_window: bool,
+}
+
+impl Coverage {
+    /// True once a busy scan returned a page: only then could the race happen.
+    pub fn reached_race_window(&self) -> bool {
+        self.busy_scans_with_page > 0
+    }
+}
+
+/// What the detector's bounds made it drop or could not place. Non-zero values
+/// mean findings may be missing; they are metrics, never silent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DroppedState {
+    /// Open break-layouts calls evicted because `max_windows` was reached.
+    pub windows_evicted: u64,
+    /// Open calls with no event for `window_ttl_ns` (their exit was lost, or
+    /// the task is stuck for good and was already reported).
+    pub windows_expired: u64,
+    /// Finished calls (kept to attribute truncations) evicted by `max_windows`.
+    pub closed_windows_evicted: u64,
+    /// Calls abandoned because the same task entered a call on another mapping
+    /// without the previous one returning (an exit event was lost).
+    pub windows_abandoned: u64,
+    /// Watched pages evicted because `max_pages` was reached.
+    pub pages_evicted: u64,
+    /// Watched pages forgotten after `page_ttl_ns` without an event (normal).
+    pub pages_expired: u64,
+    /// Timeline entries pushed out of a full timeline (`timeline_len`).
+    pub timeline_entries_dropped: u64,
+    /// Finding keys forgotten by the duplicate filter (`max_reported`): a
+    /// finding may be reported again after this.
+    pub reported_keys_forgotten: u64,
+    /// Break exits, scans and waits of tasks with no open call (a lost
+    /// BreakEnter, or a hook that did not attach).
+    pub exits_without_call: u64,
+    pub scans_without_call: u64,
+    pub waits_without_call: u64,
+}
