@@ -74,6 +74,8 @@ pub struct Tracer {
     /// Programs already loaded (a kprobe program may serve several symbols).
     loaded: HashSet<&'static str>,
     btf_aya: Option<aya::Btf>,
+    /// BPF run-time statistics were enabled (`--bpf-stats`).
+    pub stats_enabled: bool,
 }
 
 /// CapEff bits from /proc/self/status.
@@ -138,6 +140,7 @@ impl Tracer {
             kernel_release: kernel_release(),
             loaded: HashSet::new(),
             btf_aya,
+            stats_enabled: false,
         };
         let plan = plan::resolve(
             &KernelView {
@@ -310,6 +313,36 @@ impl Tracer {
             out.values[i as usize] = v.iter().sum();
         }
         Ok(out)
+    }
+}
+
+impl Tracer {
+    /// BPF run statistics per attached program: (name, run count, run time
+    /// ns). Zero unless statistics are enabled (`--bpf-stats`).
+    pub fn program_stats(&self) -> Vec<(String, u64, u64)> {
+        let mut out = Vec::new();
+        if !self.stats_enabled {
+            return out;
+        }
+        let attached: std::collections::BTreeSet<&'static str> = self
+            .statuses
+            .iter()
+            .flat_map(|s| s.attached.iter().map(|a| a.program))
+            .collect();
+        for name in attached {
+            let Some(prog) = self.ebpf.program(name) else {
+                continue;
+            };
+            if let Ok(info) = prog.info() {
+                out.push((
+                    name.to_string(),
+                    info.run_count(),
+                    info.run_time().as_nanos() as u64,
+                ));
+            }
+        }
+        out.sort();
+        out
     }
 }
 

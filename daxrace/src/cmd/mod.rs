@@ -1,4 +1,5 @@
 //! One file per subcommand, plus the options they share.
+pub mod live;
 pub mod probes;
 pub mod replay;
 pub mod run;
@@ -11,6 +12,42 @@ use daxrace::{
 
 /// Exit code for daxrace's own errors (bad input, cannot attach).
 pub const EXIT_ERROR: i32 = 2;
+/// Exit code of `trace` and `replay` when findings of the `--fail-on` kinds
+/// were seen (it wins over the traced command's own status).
+pub const EXIT_FINDINGS: i32 = 10;
+
+/// `--fail-on`: which finding kinds make `trace`/`replay` exit with
+/// [`EXIT_FINDINGS`].
+#[derive(clap::Args, Clone, Debug)]
+pub struct FailOn {
+    /// Comma-separated finding kinds that fail the run, or `bugs` (every kind
+    /// but stall), `all`, `none`.
+    #[arg(long = "fail-on", default_value = "bugs", value_name = "KINDS")]
+    pub spec: String,
+}
+
+impl FailOn {
+    pub fn kinds(&self) -> anyhow::Result<Vec<daxrace::detect::FindingKind>> {
+        use daxrace::detect::FindingKind;
+        let all = FindingKind::ALL;
+        let mut out = Vec::new();
+        for word in self.spec.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+            match word {
+                "all" => out.extend(all),
+                "none" => {}
+                "bugs" => out.extend(all.iter().copied().filter(|k| k.is_bug())),
+                w => match all.iter().find(|k| k.as_str() == w) {
+                    Some(k) => out.push(*k),
+                    None => anyhow::bail!(
+                        "--fail-on: unknown finding kind `{w}` (kinds: {}, or bugs, all, none)",
+                        all.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
+                    ),
+                },
+            }
+        }
+        Ok(out)
+    }
+}
 
 /// Options shared by every command that attaches to the kernel.
 #[derive(clap::Args, Clone, Debug)]

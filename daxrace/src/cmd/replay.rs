@@ -1,14 +1,120 @@
-//! `daxrace replay FILE`: not built yet (issue 7); says so plainly.
-use std::path::PathBuf;
+//! `daxrace replay FILE`: the same detector on a recorded trace.
+use std::{collections::BTreeMap, path::PathBuf};
 
 use anyhow::{bail, Result};
+use daxrace::{
+    detect::Finding,
+    pipeline::{Pipeline, Sinks},
+    sink::report::{render, RunSummary},
+    trace_file::{TraceLine, TraceReader},
+};
+
+use super::{live::DetectArgs, FailOn};
 
 #[derive(clap::Args)]
 pub struct ReplayArgs {
-    /// A JSON lines trace recorded by `daxrace trace --json` or `run --json`.
+    /// A JSON lines trace written by `daxrace trace --json` or `daxrace run --json`.
     pub file: PathBuf,
+    #[command(flatten)]
+    pub detect: DetectArgs,
+    #[command(flatten)]
+    pub fail_on: FailOn,
+    /// Print every event.
+    #[arg(long)]
+    pub events: bool,
 }
 
-pub fn run(_args: ReplayArgs) -> Result<i32> {
-    bail!("`daxrace replay` is not implemented yet (issue 7)")
+/// What identifies a finding when comparing a replay with its recording.
+fn key(f: &Finding) -> (String, u64, u64) {
+    (f.kind.as_str().to_string(), f.pfn, f.ino)
+}
+
+pub fn run(args: ReplayArgs) -> Result<i32> {
+    let mut reader = TraceReader::open(&args.file)?;
+    let h = &reader.header;
+    eprintln!(
+        "daxrace: replaying {} (kernel {}, recorded by daxrace {})",
+        args.file.display(),
+        h.kernel,
+        h.daxrace_version
+    );
+    let fail_kinds = args.fail_on.kinds()?;
+    let cfg = args.detect.config(h.idle_refcount, h.pin_bias);
+    let mut pipeline = Pipeline::new(
+        cfg,
+        Sinks {
+            print_events: args.events,
+            print_findings: false,
+            json: None,
+            metrics: None,
+        },
+    );
+    let mut recorded = Vec::new();
+    let mut footer = None;
+    let mut batch = Vec::with_capacity(4096);
+    while let Some(line) = reader.next_line() {
+        match line? {
+            TraceLine::Event(ev) => {
+                if footer.is_some() {
+                    bail!(
+                        "{}:{}: event after the footer",
+                        args.file.display(),
+                        reader.line_no()
+                    );
+                }
+                batch.push(ev);
+                if batch.len() == batch.capacity() {
+                    pipeline.feed(&batch)?;
+                    batch.clear();
+                }
+            }
+            TraceLine::Finding(f) => recorded.push(*f),
+            TraceLine::Footer(f) => footer = Some(*f),
+            TraceLine::Header(_) => bail!(
+                "{}:{}: a second header (two traces concatenated?)",
+                args.file.display(),
+                reader.line_no()
+            ),
+        }
+    }
+    pipeline.feed(&batch)?;
+    pipeline.finish()?;
+    let lost: BTreeMap<String, u64> = footer
+        .as_ref()
+        .map(|f| f.lost_events.clone())
+        .unwrap_or_default();
+    eprint!(
+        "{}",
+        render(&RunSummary {
+            findings: &pipeline.findings,
+            coverage: pipeline.detector.coverage(),
+            dropped: &pipeline.detector.dropped(),
+            events_by_hook: &pipeline.events_by_hook,
+            lost: &lost,
+            decode_errors: footer
+                .as_ref()
+                .map_or(0, |f| f.decode_errors.values().sum()),
+        })
+    );
+    if footer.is_none() {
+        eprintln!("daxrace: warning: the trace has no footer: it was cut short (tracer killed?); findings are from what was recorded");
+    }
+    let mut replayed: Vec<_> = pipeline.findings.iter().map(key).collect();
+    let mut was: Vec<_> = recorded.iter().map(key).collect();
+    replayed.sort();
+    was.sort();
+    if replayed == was {
+        eprintln!(
+            "daxrace: replay agrees with the recording ({} findings)",
+            was.len()
+        );
+    } else {
+        eprintln!(
+            "daxrace: replay differs from the recording: {} findings now, {} recorded (different detector settings or version?)",
+            replayed.len(),
+            was.len()
+        );
+    }
+    let code = footer.and_then(|f| f.command_status).unwrap_or(0);
+    Ok(super::trace::verdict(&pipeline, &fail_kinds, code))
 }

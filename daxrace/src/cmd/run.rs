@@ -1,21 +1,55 @@
-//! `daxrace run`: attach, stream events, stop cleanly on SIGINT/SIGTERM.
+//! `daxrace run`: the daemon. Attaches the plan, detects races live, logs
+//! findings, serves /metrics and /healthz, stops cleanly on SIGINT/SIGTERM.
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Instant,
+};
+
 use anyhow::{Context, Result};
-use daxrace::{source::LiveSource, tracer::Tracer};
-use daxrace_common::Counter;
+use daxrace::{
+    pipeline::{Pipeline, Sinks},
+    sink::{
+        http::{Health, MetricsServer},
+        metrics::Metrics,
+    },
+    source::LiveSource,
+    trace_file::TraceWriter,
+    tracer::Tracer,
+};
 use tokio::signal::unix::{signal, SignalKind};
 
-use super::{print_warnings, AttachArgs};
+use super::{
+    live::{self, DetectArgs},
+    print_warnings, AttachArgs,
+};
 
 #[derive(clap::Args)]
 pub struct RunArgs {
     #[command(flatten)]
     pub attach: AttachArgs,
+    #[command(flatten)]
+    pub detect: DetectArgs,
+    /// Address for /metrics and /healthz (loopback unless told otherwise).
+    #[arg(long, default_value = "127.0.0.1:9712")]
+    pub listen: SocketAddr,
+    /// Do not serve metrics.
+    #[arg(long)]
+    pub no_metrics: bool,
+    /// Also write every event and finding to this JSON lines file.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
     /// Print every decoded event as it arrives.
     #[arg(long)]
     pub events: bool,
     /// Stop after this many seconds (default: until SIGINT/SIGTERM).
-    #[arg(long)]
+    #[arg(long, value_name = "SECONDS")]
     pub duration: Option<u64>,
+    /// Collect per-program BPF run counts and run time (enables BPF stats
+    /// host-wide while daxrace runs, at a small cost to every BPF program).
+    #[arg(long)]
+    pub bpf_stats: bool,
 }
 
 pub fn run(args: RunArgs) -> Result<i32> {
@@ -27,54 +61,90 @@ pub fn run(args: RunArgs) -> Result<i32> {
 }
 
 async fn run_async(args: RunArgs) -> Result<i32> {
+    // Bind first: a busy port should fail before anything touches the kernel.
+    let server = if args.no_metrics {
+        None
+    } else {
+        Some(MetricsServer::bind(args.listen).await?)
+    };
+    let started = Instant::now();
     let mut tracer = Tracer::load(&args.attach.options()).context("cannot attach")?;
+    let _stats = live::enable_bpf_stats(args.bpf_stats)?;
+    tracer.stats_enabled = args.bpf_stats;
     print_warnings(&tracer);
     let attached = tracer.statuses.iter().filter(|s| s.is_attached()).count();
     eprintln!(
-        "daxrace: {attached} of {} hooks attached on {} (`daxrace probes` shows which)",
+        "daxrace: {attached} of {} hooks attached on {} in {} ms (`daxrace probes` shows which)",
         tracer.statuses.len(),
-        tracer.kernel_release
+        tracer.kernel_release,
+        started.elapsed().as_millis()
     );
+    let metrics = Arc::new(Mutex::new(Metrics::new(&tracer.kernel_release)));
+    {
+        let m = metrics.lock().expect("fresh lock");
+        m.set_probes(&tracer.statuses);
+        m.set_start_time(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0),
+        );
+    }
+    let health = Arc::new(Mutex::new(Health {
+        hooks_attached: attached,
+        hooks_missing: tracer.statuses.len() - attached,
+    }));
+    if let Some(server) = server {
+        eprintln!(
+            "daxrace: metrics on http://{}/metrics",
+            server.local_addr().context("listening socket")?
+        );
+        tokio::spawn(server.serve(metrics.clone(), health));
+    }
+    let mut sinks = Sinks {
+        print_events: args.events,
+        print_findings: true,
+        json: match &args.json {
+            Some(p) => Some(TraceWriter::create(p)?),
+            None => None,
+        },
+        metrics: Some(metrics.clone()),
+    };
+    live::write_header(&mut sinks, live::header(&tracer, None))?;
+    let cfg = args
+        .detect
+        .config(tracer.facts.idle_refcount as i32, tracer.facts.pin_bias as i32);
+    let mut pipeline = Pipeline::new(cfg, sinks);
     let mut source =
         LiveSource::new(tracer.take_events()?).context("cannot poll the ring buffer")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("cannot install SIGINT handler")?;
-    let mut sigterm = signal(SignalKind::terminate()).context("cannot install SIGTERM handler")?;
-    let deadline = async {
-        match args.duration {
-            Some(s) => tokio::time::sleep(std::time::Duration::from_secs(s)).await,
-            None => std::future::pending().await,
+    let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let duration = args.duration;
+    let stop = async move {
+        tokio::select! {
+            _ = sigint.recv() => {}
+            _ = sigterm.recv() => {}
+            _ = async {
+                match duration {
+                    Some(s) => tokio::time::sleep(std::time::Duration::from_secs(s)).await,
+                    None => std::future::pending().await,
+                }
+            } => {}
         }
     };
-    tokio::pin!(deadline);
-    let mut batch = Vec::with_capacity(1024);
-    let mut events = 0u64;
-    loop {
-        tokio::select! {
-            r = source.next_batch(&mut batch) => r.context("reading the ring buffer")?,
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
-            _ = &mut deadline => break,
-        }
-        events += batch.len() as u64;
-        if args.events {
-            for ev in &batch {
-                println!("{ev}");
-            }
-        }
-        batch.clear();
-    }
-    source.drain(&mut batch);
-    events += batch.len() as u64;
-    if args.events {
-        for ev in &batch {
-            println!("{ev}");
-        }
-    }
-    let counters = tracer.counters()?;
+    let counters = live::drive(&tracer, &mut source, &mut pipeline, Some(&metrics), stop).await?;
+    let footer = live::footer(&pipeline, &source, &counters, None);
+    let lost: u64 = footer.lost_events.values().sum();
+    live::write_footer(&mut pipeline.sinks, footer)?;
     eprintln!(
-        "daxrace: {events} events, {} lost (ring buffer full), {} decode errors",
-        counters.get(Counter::RingbufFull),
+        "daxrace: stopped: {} events, {} findings, {lost} lost events, {} decode errors",
+        pipeline.events,
+        pipeline.findings.len(),
         source.decode_errors.values().sum::<u64>()
+    );
+    eprintln!(
+        "daxrace: {}",
+        daxrace::sink::report::coverage_line(pipeline.detector.coverage())
     );
     Ok(0)
 }

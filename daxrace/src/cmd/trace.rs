@@ -1,13 +1,142 @@
-//! `daxrace trace -- CMD`: not built yet (issue 7); says so plainly.
-use anyhow::{bail, Result};
+//! `daxrace trace -- CMD`: attach, run the command, report, and exit with a
+//! verdict (see [`super::EXIT_FINDINGS`]).
+use std::{path::PathBuf, time::Instant};
+
+use anyhow::{Context, Result};
+use daxrace::{
+    detect::FindingKind,
+    pipeline::{Pipeline, Sinks},
+    sink::report::{render, RunSummary},
+    source::LiveSource,
+    trace_file::TraceWriter,
+    tracer::Tracer,
+};
+use tokio::signal::unix::{signal, SignalKind};
+
+use super::{
+    live::{self, DetectArgs},
+    print_warnings, AttachArgs, FailOn,
+};
 
 #[derive(clap::Args)]
 pub struct TraceArgs {
+    #[command(flatten)]
+    pub attach: AttachArgs,
+    #[command(flatten)]
+    pub detect: DetectArgs,
+    /// Write the header, every event, every finding and a footer to this JSON lines file.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    #[command(flatten)]
+    pub fail_on: FailOn,
+    /// Print every decoded event as it arrives.
+    #[arg(long)]
+    pub events: bool,
     /// The command to run under the tracer.
-    #[arg(trailing_var_arg = true, required = true)]
+    #[arg(trailing_var_arg = true, required = true, value_name = "CMD")]
     pub command: Vec<String>,
 }
 
-pub fn run(_args: TraceArgs) -> Result<i32> {
-    bail!("`daxrace trace` is not implemented yet (issue 7); use `daxrace run --events` meanwhile")
+pub fn run(args: TraceArgs) -> Result<i32> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(run_async(args))
+}
+
+async fn run_async(args: TraceArgs) -> Result<i32> {
+    let started = Instant::now();
+    let mut tracer = Tracer::load(&args.attach.options()).context("cannot attach")?;
+    print_warnings(&tracer);
+    let attached = tracer.statuses.iter().filter(|s| s.is_attached()).count();
+    eprintln!(
+        "daxrace: {attached} of {} hooks attached on {} in {} ms",
+        tracer.statuses.len(),
+        tracer.kernel_release,
+        started.elapsed().as_millis()
+    );
+    let fail_kinds = args.fail_on.kinds()?;
+    let mut sinks = Sinks {
+        print_events: args.events,
+        print_findings: true,
+        json: match &args.json {
+            Some(p) => Some(TraceWriter::create(p)?),
+            None => None,
+        },
+        metrics: None,
+    };
+    live::write_header(&mut sinks, live::header(&tracer, Some(args.command.clone())))?;
+    let cfg = args
+        .detect
+        .config(tracer.facts.idle_refcount as i32, tracer.facts.pin_bias as i32);
+    let mut pipeline = Pipeline::new(cfg, sinks);
+    let mut source =
+        LiveSource::new(tracer.take_events()?).context("cannot poll the ring buffer")?;
+
+    // Hooks are attached: now the command may start.
+    let mut child = tokio::process::Command::new(&args.command[0])
+        .args(&args.command[1..])
+        .spawn()
+        .with_context(|| format!("cannot run {}", args.command[0]))?;
+    let pid = child.id().map(|p| p as i32);
+    let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let (status_tx, status_rx) = tokio::sync::oneshot::channel();
+    let stop = async move {
+        // Signals go to the command; daxrace stops when it exits.
+        let status = loop {
+            tokio::select! {
+                s = child.wait() => break s,
+                _ = sigint.recv() => forward(pid, libc::SIGINT),
+                _ = sigterm.recv() => forward(pid, libc::SIGTERM),
+            }
+        };
+        let _ = status_tx.send(status);
+    };
+    let counters = live::drive(&tracer, &mut source, &mut pipeline, None, stop).await?;
+    let status = status_rx
+        .await
+        .context("the command's status was lost")?
+        .context("waiting for the command")?;
+    let code = status
+        .code()
+        .or_else(|| std::os::unix::process::ExitStatusExt::signal(&status).map(|s| 128 + s))
+        .unwrap_or(1);
+    let footer = live::footer(&pipeline, &source, &counters, Some(code));
+    let lost = footer.lost_events.clone();
+    live::write_footer(&mut pipeline.sinks, footer)?;
+    eprint!(
+        "{}",
+        render(&RunSummary {
+            findings: &pipeline.findings,
+            coverage: pipeline.detector.coverage(),
+            dropped: &pipeline.detector.dropped(),
+            events_by_hook: &pipeline.events_by_hook,
+            lost: &lost,
+            decode_errors: source.decode_errors.values().sum(),
+        })
+    );
+    Ok(verdict(&pipeline, &fail_kinds, code))
+}
+
+fn forward(pid: Option<i32>, sig: i32) {
+    if let Some(pid) = pid {
+        // SAFETY: plain kill(2) on the child we spawned.
+        unsafe { libc::kill(pid, sig) };
+    }
+}
+
+/// Findings of the chosen kinds win over the command's own status.
+pub fn verdict(pipeline: &Pipeline, fail_kinds: &[FindingKind], command_code: i32) -> i32 {
+    let hits = pipeline.count_of(fail_kinds);
+    if hits > 0 {
+        eprintln!(
+            "daxrace: {hits} finding(s) of the kinds that fail the run: exit {}",
+            super::EXIT_FINDINGS
+        );
+        super::EXIT_FINDINGS
+    } else {
+        command_code
+    }
 }

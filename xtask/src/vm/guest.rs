@@ -119,7 +119,7 @@ mount -t bpf bpffs /sys/fs/bpf || echo "vm: warning: no bpffs"
 wait_dev() { i=0; while [ ! -b "$1" ]; do i=$((i+1)); [ $i -gt 100 ] && fail "no $1: the pmem (nd_e820, nd_pmem) or brd module did not create it"; sleep 0.05; done; }
 mkdir -p /mnt/scratch
 wait_dev /dev/ram0
-mke2fs -q -F -t ext4 -E nodiscard /dev/ram0 || fail "mke2fs on /dev/ram0 failed"
+/usr/sbin/mke2fs -q -F -t ext4 -E nodiscard /dev/ram0 || fail "mke2fs on /dev/ram0 failed"
 mount -t ext4 /dev/ram0 /mnt/scratch || fail "cannot mount the scratch ext4"
 export DAX_SCRATCH=/mnt/scratch
 "#;
@@ -127,8 +127,8 @@ export DAX_SCRATCH=/mnt/scratch
         let dev = format!("/dev/pmem{i}");
         let mnt = format!("/mnt/{fs}");
         let mkfs = match *fs {
-            "ext4" => format!("mke2fs -q -F -t ext4 -E nodiscard {dev}"),
-            _ => format!("mkfs.xfs -q -f -m reflink=0 {dev}"),
+            "ext4" => format!("/usr/sbin/mke2fs -q -F -t ext4 -E nodiscard {dev}"),
+            _ => format!("/usr/sbin/mkfs.xfs -q -f -m reflink=0 {dev}"),
         };
         let var = format!("DAX_{}", fs.to_uppercase());
         s += &format!(

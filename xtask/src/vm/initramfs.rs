@@ -16,8 +16,8 @@ use anyhow::{bail, Context, Result};
 /// Host programs the guest needs, by the name it calls them, with where to
 /// look on the host.
 const HOST_PROGRAMS: &[(&str, &[&str])] = &[
-    ("/sbin/mke2fs", &["/usr/sbin/mke2fs", "/sbin/mke2fs"]),
-    ("/sbin/mkfs.xfs", &["/usr/sbin/mkfs.xfs", "/sbin/mkfs.xfs"]),
+    ("/usr/sbin/mke2fs", &["/usr/sbin/mke2fs", "/sbin/mke2fs"]),
+    ("/usr/sbin/mkfs.xfs", &["/usr/sbin/mkfs.xfs", "/sbin/mkfs.xfs"]),
 ];
 
 pub struct Cpio<W: Write> {
@@ -182,7 +182,11 @@ pub fn build(out: &Path, c: &Contents) -> Result<u64> {
     cpio.host_file("/bin/busybox", busybox)?;
     let list = Command::new(busybox).arg("--list").output()?;
     for applet in String::from_utf8_lossy(&list.stdout).lines() {
-        if applet != "busybox" && !applet.is_empty() {
+        // busybox's own mke2fs lacks -t and -E: the host's must win.
+        let shadowed = HOST_PROGRAMS
+            .iter()
+            .any(|(g, _)| g.rsplit('/').next() == Some(applet));
+        if applet != "busybox" && !applet.is_empty() && !shadowed {
             cpio.symlink(&format!("/bin/{applet}"), "busybox")?;
         }
     }

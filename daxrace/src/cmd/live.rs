@@ -1,0 +1,203 @@
+//! The live loop shared by `run` and `trace`: ring buffer -> pipeline, a
+//! once-a-second tick for time-based findings and counters, and a final
+//! drain so nothing in flight is lost at shutdown.
+use std::{
+    collections::BTreeMap,
+    future::Future,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+use daxrace::{
+    detect::DetectorConfig,
+    pipeline::{Pipeline, Sinks},
+    sink::metrics::Metrics,
+    source::LiveSource,
+    trace_file::{Footer, Header, TraceLine, FORMAT, VERSION},
+    tracer::{KernelCounters, Tracer},
+};
+use daxrace_common::Counter;
+
+/// CLOCK_MONOTONIC in ns: the clock `bpf_ktime_get_ns()` reads.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Detector limits, as flags.
+#[derive(clap::Args, Clone, Debug)]
+pub struct DetectArgs {
+    /// Report a waiter as stranded (lost_wakeup) after its page has been idle this long (ms).
+    #[arg(long, default_value_t = 1000)]
+    pub lost_wakeup_grace_ms: u64,
+    /// Report a break-layouts call blocked on pinned pages longer than this (ms) as a stall.
+    #[arg(long, default_value_t = 5000)]
+    pub stall_ms: u64,
+    /// Most break-layouts calls tracked at once (older ones are dropped and counted).
+    #[arg(long, default_value_t = 4096)]
+    pub max_windows: usize,
+    /// Most watched pages tracked at once (older ones are dropped and counted).
+    #[arg(long, default_value_t = 65536)]
+    pub max_pages: usize,
+}
+
+impl DetectArgs {
+    pub fn config(&self, idle_refcount: i32, pin_bias: i32) -> DetectorConfig {
+        DetectorConfig {
+            idle_refcount,
+            pin_bias,
+            lost_wakeup_grace_ns: self.lost_wakeup_grace_ms * 1_000_000,
+            stall_threshold_ns: self.stall_ms * 1_000_000,
+            max_windows: self.max_windows,
+            max_pages: self.max_pages,
+            ..DetectorConfig::default()
+        }
+    }
+}
+
+pub fn header(tracer: &Tracer, command: Option<Vec<String>>) -> Header {
+    Header {
+        format: FORMAT.into(),
+        version: VERSION,
+        daxrace_version: env!("CARGO_PKG_VERSION").into(),
+        kernel: tracer.kernel_release.clone(),
+        idle_refcount: tracer.facts.idle_refcount as i32,
+        pin_bias: tracer.facts.pin_bias as i32,
+        facts: serde_json::to_value(&tracer.facts).unwrap_or_default(),
+        probes: serde_json::to_value(&tracer.statuses).unwrap_or_default(),
+        command,
+    }
+}
+
+/// Kernel counters split into what was lost and what was filtered.
+pub fn lost_events(k: &KernelCounters) -> BTreeMap<String, u64> {
+    [
+        Counter::RingbufFull,
+        Counter::StateFull,
+        Counter::WatchFull,
+        Counter::BioTruncated,
+    ]
+    .iter()
+    .map(|&c| (c.as_str().to_string(), k.get(c)))
+    .collect()
+}
+
+pub fn footer(
+    pipeline: &Pipeline,
+    source: &LiveSource,
+    counters: &KernelCounters,
+    command_status: Option<i32>,
+) -> Footer {
+    Footer {
+        events: pipeline.events,
+        findings: pipeline.findings.len() as u64,
+        lost_events: lost_events(counters),
+        decode_errors: source
+            .decode_errors
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect(),
+        kernel_counters: Counter::ALL
+            .iter()
+            .map(|&c| (c.as_str().to_string(), counters.get(c)))
+            .collect(),
+        coverage: *pipeline.detector.coverage(),
+        dropped: pipeline.detector.dropped(),
+        command_status,
+    }
+}
+
+/// Options for BPF run-time statistics (host-wide while enabled).
+pub struct StatsGuard {
+    _fd: Option<std::os::fd::OwnedFd>,
+}
+
+pub fn enable_bpf_stats(on: bool) -> Result<StatsGuard> {
+    if !on {
+        return Ok(StatsGuard { _fd: None });
+    }
+    let fd = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+        .context("cannot enable BPF run-time statistics (kernel 5.8+ needed)")?;
+    Ok(StatsGuard { _fd: Some(fd) })
+}
+
+/// Runs until `stop` resolves, feeding the pipeline; then drains and finishes.
+pub async fn drive(
+    tracer: &Tracer,
+    source: &mut LiveSource,
+    pipeline: &mut Pipeline,
+    metrics: Option<&Arc<Mutex<Metrics>>>,
+    stop: impl Future<Output = ()>,
+) -> Result<KernelCounters> {
+    tokio::pin!(stop);
+    let mut batch = Vec::with_capacity(4096);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            r = source.next_batch(&mut batch) => {
+                r.context("reading the ring buffer")?;
+                pipeline.feed(&batch)?;
+                batch.clear();
+            }
+            _ = tick.tick() => {
+                pipeline.tick(monotonic_ns())?;
+                if let Some(m) = metrics {
+                    refresh_metrics(tracer, source, pipeline, m);
+                }
+            }
+            _ = &mut stop => break,
+        }
+    }
+    source.drain(&mut batch);
+    pipeline.feed(&batch)?;
+    pipeline.finish()?;
+    if let Some(m) = metrics {
+        refresh_metrics(tracer, source, pipeline, m);
+    }
+    Ok(tracer.counters()?)
+}
+
+fn refresh_metrics(
+    tracer: &Tracer,
+    source: &LiveSource,
+    pipeline: &Pipeline,
+    metrics: &Arc<Mutex<Metrics>>,
+) {
+    let Ok(mut m) = metrics.lock() else { return };
+    if let Ok(k) = tracer.counters() {
+        m.set_kernel_counters(&k);
+    }
+    m.set_decode_errors(source.decode_errors.iter());
+    let d = pipeline.detector.dropped();
+    m.set_detector_dropped(&[
+        ("windows", d.windows_evicted),
+        ("closed_windows", d.closed_windows_evicted),
+        ("pages", d.pages_evicted),
+        ("timeline_entries", d.timeline_entries_dropped),
+        ("finding_keys", d.reported_keys_forgotten),
+    ]);
+    m.set_program_stats(&tracer.program_stats());
+}
+
+/// Writes the header line when a JSON sink is configured.
+pub fn write_header(sinks: &mut Sinks, header: Header) -> Result<()> {
+    if let Some(j) = sinks.json.as_mut() {
+        j.write(&TraceLine::Header(Box::new(header)))?;
+    }
+    Ok(())
+}
+
+pub fn write_footer(sinks: &mut Sinks, footer: Footer) -> Result<()> {
+    if let Some(j) = sinks.json.as_mut() {
+        j.write(&TraceLine::Footer(Box::new(footer)))?;
+        j.flush()?;
+    }
+    Ok(())
+}

@@ -1,0 +1,358 @@
+//! The Prometheus registry: what the daemon exports. Names follow Prometheus
+//! conventions (`daxrace_` prefix, base units, `_total` on counters); no pid,
+//! pfn or inode ever becomes a label.
+use std::collections::HashMap;
+
+use daxrace_common::Counter;
+use prometheus::{
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec,
+    Opts, Registry, TextEncoder,
+};
+
+use crate::{
+    detect::Finding,
+    event::{Event, EventBody, Filesystem},
+    plan::HookStatus,
+};
+
+/// Every metric name the daemon exports (dashboards and alert rules are
+/// tested against this list).
+pub const METRIC_NAMES: &[&str] = &[
+    "daxrace_build_info",
+    "daxrace_findings_total",
+    "daxrace_events_total",
+    "daxrace_break_layouts_total",
+    "daxrace_break_layouts_duration_seconds",
+    "daxrace_busy_scans_total",
+    "daxrace_pages_waited_on_total",
+    "daxrace_lost_events_total",
+    "daxrace_kernel_filtered_total",
+    "daxrace_decode_errors_total",
+    "daxrace_detector_dropped_total",
+    "daxrace_probe_attached",
+    "daxrace_bpf_program_run_count_total",
+    "daxrace_bpf_program_run_time_seconds_total",
+    "daxrace_start_time_seconds",
+];
+
+pub struct Metrics {
+    pub registry: Registry,
+    findings: IntCounterVec,
+    events: IntCounterVec,
+    breaks: IntCounterVec,
+    break_duration: HistogramVec,
+    busy_scans: IntCounterVec,
+    pages_waited_on: IntCounter,
+    lost_events: IntCounterVec,
+    kernel_filtered: IntCounterVec,
+    decode_errors: IntCounterVec,
+    detector_dropped: IntCounterVec,
+    probe_attached: IntGaugeVec,
+    prog_run_count: IntCounterVec,
+    prog_run_time: prometheus::CounterVec,
+    start_time: Gauge,
+    /// Break calls in progress, per task: enter time and filesystem.
+    open_breaks: HashMap<u32, (u64, Filesystem)>,
+    /// Kernel counters already added (they are read as running totals).
+    kernel_seen: [u64; daxrace_common::COUNTER_COUNT as usize],
+    decode_seen: HashMap<&'static str, u64>,
+    prog_seen: HashMap<String, (u64, u64)>,
+    dropped_seen: HashMap<&'static str, u64>,
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+impl Metrics {
+    pub fn new(kernel_release: &str) -> Metrics {
+        let r = Registry::new();
+        let build = GaugeVec::new(
+            Opts::new(
+                "daxrace_build_info",
+                "daxrace version and the kernel it runs on; always 1.",
+            ),
+            &["version", "kernel"],
+        )
+        .expect("valid metric");
+        build
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), kernel_release])
+            .set(1.0);
+        r.register(Box::new(build)).expect("unique metric");
+        let start_time = Gauge::new(
+            "daxrace_start_time_seconds",
+            "Unix time the daemon started.",
+        )
+        .expect("valid metric");
+        r.register(Box::new(start_time.clone())).expect("unique metric");
+        let break_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "daxrace_break_layouts_duration_seconds",
+                "Duration of break-layouts calls that scanned for busy DAX pages.",
+            )
+            .buckets(vec![
+                1e-5, 1e-4, 1e-3, 0.01, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0,
+            ]),
+            &["fs"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(break_duration.clone()))
+            .expect("unique metric");
+        let pages_waited_on = IntCounter::new(
+            "daxrace_pages_waited_on_total",
+            "Times a break-layouts call started waiting for a pinned DAX page.",
+        )
+        .expect("valid metric");
+        r.register(Box::new(pages_waited_on.clone()))
+            .expect("unique metric");
+        let probe_attached = IntGaugeVec::new(
+            Opts::new(
+                "daxrace_probe_attached",
+                "1 when the logical hook is attached with this attach kind, 0 when the hook is missing.",
+            ),
+            &["hook", "attach_kind"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(probe_attached.clone()))
+            .expect("unique metric");
+        let prog_run_time = prometheus::CounterVec::new(
+            Opts::new(
+                "daxrace_bpf_program_run_time_seconds_total",
+                "Kernel time spent in each daxrace BPF program (needs --bpf-stats).",
+            ),
+            &["program"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(prog_run_time.clone()))
+            .expect("unique metric");
+        Metrics {
+            findings: counter_vec(
+                &r,
+                "daxrace_findings_total",
+                "Race findings by kind and filesystem.",
+                &["kind", "fs"],
+            ),
+            events: counter_vec(
+                &r,
+                "daxrace_events_total",
+                "Events received from the kernel, by logical hook.",
+                &["hook"],
+            ),
+            breaks: counter_vec(
+                &r,
+                "daxrace_break_layouts_total",
+                "Break-layouts calls that scanned for busy DAX pages, by filesystem and result (ok or error).",
+                &["fs", "result"],
+            ),
+            busy_scans: counter_vec(
+                &r,
+                "daxrace_busy_scans_total",
+                "Busy-page scans, by result: page (a pinned page was found) or none.",
+                &["result"],
+            ),
+            lost_events: counter_vec(
+                &r,
+                "daxrace_lost_events_total",
+                "Events lost before reaching the detector, by reason (ringbuf_full, state_full, watch_full, bio_truncated).",
+                &["reason"],
+            ),
+            kernel_filtered: counter_vec(
+                &r,
+                "daxrace_kernel_filtered_total",
+                "Hook calls filtered in the kernel because they concern no watched page, by reason.",
+                &["reason"],
+            ),
+            decode_errors: counter_vec(
+                &r,
+                "daxrace_decode_errors_total",
+                "Ring-buffer records that did not decode, by reason.",
+                &["reason"],
+            ),
+            detector_dropped: counter_vec(
+                &r,
+                "daxrace_detector_dropped_total",
+                "Detector state dropped to stay within its bounds, by what was dropped.",
+                &["what"],
+            ),
+            prog_run_count: counter_vec(
+                &r,
+                "daxrace_bpf_program_run_count_total",
+                "Runs of each daxrace BPF program (needs --bpf-stats).",
+                &["program"],
+            ),
+            registry: r,
+            break_duration,
+            pages_waited_on,
+            probe_attached,
+            prog_run_time,
+            start_time,
+            open_breaks: HashMap::new(),
+            kernel_seen: [0; daxrace_common::COUNTER_COUNT as usize],
+            decode_seen: HashMap::new(),
+            prog_seen: HashMap::new(),
+            dropped_seen: HashMap::new(),
+        }
+    }
+
+    pub fn set_start_time(&self, unix_seconds: f64) {
+        self.start_time.set(unix_seconds);
+    }
+
+    pub fn set_probes(&self, statuses: &[HookStatus]) {
+        for s in statuses {
+            if s.attached.is_empty() {
+                self.probe_attached
+                    .with_label_values(&[s.hook.as_str(), "none"])
+                    .set(0);
+            }
+            for a in &s.attached {
+                self.probe_attached
+                    .with_label_values(&[s.hook.as_str(), a.kind.as_str()])
+                    .set(1);
+            }
+        }
+    }
+
+    pub fn observe_event(&mut self, ev: &Event) {
+        self.events.with_label_values(&[ev.hook.as_str()]).inc();
+        match ev.body {
+            EventBody::BreakEnter { fs, .. } => {
+                if self.open_breaks.len() < 65536 {
+                    self.open_breaks.insert(ev.task.tid, (ev.ts_ns, fs));
+                }
+            }
+            EventBody::BreakExit { ret, .. } => {
+                if let Some((t0, fs)) = self.open_breaks.remove(&ev.task.tid) {
+                    self.break_duration
+                        .with_label_values(&[fs.as_str()])
+                        .observe(ev.ts_ns.saturating_sub(t0) as f64 / 1e9);
+                    let result = if ret == 0 { "ok" } else { "error" };
+                    self.breaks
+                        .with_label_values(&[fs.as_str(), result])
+                        .inc();
+                }
+            }
+            EventBody::BusyScan { page, .. } => {
+                let result = if page.is_some() { "page" } else { "none" };
+                self.busy_scans.with_label_values(&[result]).inc();
+            }
+            EventBody::WaitStart { .. } => self.pages_waited_on.inc(),
+            _ => {}
+        }
+    }
+
+    pub fn observe_finding(&self, f: &Finding) {
+        self.findings
+            .with_label_values(&[f.kind.as_str(), f.fs.as_str()])
+            .inc();
+    }
+
+    /// Running totals of the kernel's counters, read from the per-CPU map.
+    pub fn set_kernel_counters(&mut self, values: &crate::tracer::KernelCounters) {
+        for c in Counter::ALL {
+            let now = values.get(c);
+            let prev = &mut self.kernel_seen[c as usize];
+            let delta = now.saturating_sub(*prev);
+            *prev = now;
+            if delta == 0 {
+                continue;
+            }
+            let lost_reason = match c {
+                Counter::RingbufFull => Some("ringbuf_full"),
+                Counter::StateFull => Some("state_full"),
+                Counter::WatchFull => Some("watch_full"),
+                Counter::BioTruncated => Some("bio_truncated"),
+                _ => None,
+            };
+            match lost_reason {
+                Some(r) => self.lost_events.with_label_values(&[r]).inc_by(delta),
+                None => self
+                    .kernel_filtered
+                    .with_label_values(&[c.as_str()])
+                    .inc_by(delta),
+            }
+        }
+    }
+
+    /// Running totals of decode errors by reason.
+    pub fn set_decode_errors<'a>(&mut self, totals: impl IntoIterator<Item = (&'a &'static str, &'a u64)>) {
+        for (reason, &now) in totals {
+            let prev = self.decode_seen.entry(reason).or_insert(0);
+            let delta = now.saturating_sub(*prev);
+            *prev = now;
+            if delta > 0 {
+                self.decode_errors.with_label_values(&[reason]).inc_by(delta);
+            }
+        }
+    }
+
+    /// Running totals of state the detector dropped.
+    pub fn set_detector_dropped(&mut self, totals: &[(&'static str, u64)]) {
+        for &(what, now) in totals {
+            let prev = self.dropped_seen.entry(what).or_insert(0);
+            let delta = now.saturating_sub(*prev);
+            *prev = now;
+            if delta > 0 {
+                self.detector_dropped.with_label_values(&[what]).inc_by(delta);
+            }
+        }
+    }
+
+    /// Running totals of BPF stats per program: (run count, run time ns).
+    pub fn set_program_stats(&mut self, stats: &[(String, u64, u64)]) {
+        for (name, count, ns) in stats {
+            let prev = self.prog_seen.entry(name.clone()).or_insert((0, 0));
+            let dc = count.saturating_sub(prev.0);
+            let dt = ns.saturating_sub(prev.1);
+            *prev = (*count, *ns);
+            self.prog_run_count.with_label_values(&[name]).inc_by(dc);
+            self.prog_run_time
+                .with_label_values(&[name])
+                .inc_by(dt as f64 / 1e9);
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("writing to a Vec cannot fail");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_listed_name_is_registered_and_nothing_else() {
+        let m = Metrics::new("test");
+        // Touch the label vectors so they appear in the exposition.
+        m.findings.with_label_values(&["stall", "ext4"]).inc();
+        m.events.with_label_values(&["busy_scan"]).inc();
+        m.breaks.with_label_values(&["ext4", "ok"]).inc();
+        m.break_duration.with_label_values(&["ext4"]).observe(0.1);
+        m.busy_scans.with_label_values(&["page"]).inc();
+        m.lost_events.with_label_values(&["ringbuf_full"]).inc();
+        m.kernel_filtered.with_label_values(&["put_unwatched"]).inc();
+        m.decode_errors.with_label_values(&["size"]).inc();
+        m.detector_dropped.with_label_values(&["windows"]).inc();
+        m.probe_attached.with_label_values(&["busy_scan", "kprobe"]).set(1);
+        m.prog_run_count.with_label_values(&["kp_busy_scan"]).inc();
+        m.prog_run_time.with_label_values(&["kp_busy_scan"]).inc();
+        let mut names: Vec<String> = m
+            .registry
+            .gather()
+            .iter()
+            .map(|f| f.name().to_string())
+            .collect();
+        names.sort();
+        let mut want: Vec<String> = METRIC_NAMES.iter().map(|s| s.to_string()).collect();
+        want.sort();
+        assert_eq!(names, want);
+    }
+}

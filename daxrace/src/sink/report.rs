@@ -1,0 +1,102 @@
+//! The end-of-run report for `trace` and `replay`: findings with their
+//! evidence, the coverage line, counts by hook and what was lost.
+use std::{collections::BTreeMap, fmt::Write as _};
+
+use crate::detect::{Coverage, DroppedState, Finding};
+
+/// Everything the report shows, gathered by the caller.
+pub struct RunSummary<'a> {
+    pub findings: &'a [Finding],
+    pub coverage: &'a Coverage,
+    pub dropped: &'a DroppedState,
+    pub events_by_hook: &'a BTreeMap<&'static str, u64>,
+    /// Lost before the detector, by reason (ring buffer full, ...).
+    pub lost: &'a BTreeMap<String, u64>,
+    pub decode_errors: u64,
+}
+
+fn secs(ns: u64) -> String {
+    format!("{:.3}s", ns as f64 / 1e9)
+}
+
+/// One line that says whether the run could have seen the race at all.
+pub fn coverage_line(c: &Coverage) -> String {
+    let breaks = c.breaks_started.total();
+    let verdict = if c.reached_race_window() {
+        "the race window was reached"
+    } else if breaks == 0 {
+        "NO break-layouts call ran: this run says nothing about the race"
+    } else {
+        "no busy scan found a pinned page: the race window was NOT reached"
+    };
+    format!(
+        "coverage: {breaks} break-layouts calls, {} busy scans ({} found a pinned page), {} waits ({} total, {} max), {} truncations; {verdict}",
+        c.busy_scans,
+        c.busy_scans_with_page,
+        c.waits,
+        secs(c.wait_ns_total),
+        secs(c.wait_ns_max),
+        c.truncations + c.delete_entries,
+    )
+}
+
+pub fn render(s: &RunSummary<'_>) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "daxrace report");
+    if s.findings.is_empty() {
+        let _ = writeln!(out, "findings: none");
+    } else {
+        let _ = writeln!(out, "findings: {}", s.findings.len());
+        for (i, f) in s.findings.iter().enumerate() {
+            let _ = writeln!(out, "  [{}] {}", i + 1, f.summary());
+            if !f.timeline.is_empty() {
+                let _ = writeln!(out, "      timeline of pfn {:#x}:", f.pfn);
+                for ev in &f.timeline {
+                    let _ = writeln!(out, "        {ev}");
+                }
+            }
+        }
+    }
+    let _ = writeln!(out, "{}", coverage_line(s.coverage));
+    let hooks: Vec<String> = s
+        .events_by_hook
+        .iter()
+        .map(|(h, n)| format!("{h}={n}"))
+        .collect();
+    let _ = writeln!(
+        out,
+        "events by hook: {}",
+        if hooks.is_empty() {
+            "none".to_string()
+        } else {
+            hooks.join(" ")
+        }
+    );
+    let lost: u64 = s.lost.values().sum();
+    let lost_detail: Vec<String> = s
+        .lost
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(r, n)| format!("{r}={n}"))
+        .collect();
+    let _ = writeln!(
+        out,
+        "lost events: {lost}{}; decode errors: {}",
+        if lost_detail.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", lost_detail.join(" "))
+        },
+        s.decode_errors
+    );
+    let d = s.dropped;
+    let dropped = d.windows_evicted + d.pages_evicted + d.reported_keys_forgotten;
+    if dropped > 0 {
+        let _ = writeln!(
+            out,
+            "detector bounds dropped state: {} windows, {} pages, {} finding keys (raise the limits to keep them)",
+            d.windows_evicted, d.pages_evicted, d.reported_keys_forgotten
+        );
+    }
+    out
+}
