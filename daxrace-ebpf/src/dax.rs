@@ -575,7 +575,7 @@ fn disassociate(entry: u64, mapping: u64, trunc: bool) -> u32 {
     let page_mapping = read_at::<u64>(page, cfg.page_mapping);
     let is_watched = watched(page);
     let pinned = trunc && refcount > cfg.idle_refcount as i32;
-    let mismatch = page_mapping > PAGE_MAPPING_DAX_COW && page_mapping != mapping;
+    let mismatch = mapping != 0 && page_mapping > PAGE_MAPPING_DAX_COW && page_mapping != mapping;
     if !(is_watched || pinned || mismatch) {
         count(Counter::DisassociateQuiet);
         return 0;
@@ -602,6 +602,14 @@ pub fn kp_disassociate(ctx: ProbeContext) -> u32 {
         ctx.arg::<u64>(1).unwrap_or(0),
         ctx.arg::<u8>(2).unwrap_or(0) != 0,
     )
+}
+
+/// The `.isra` clone of 6.15+: only the entry survives as an argument, so
+/// the mapping and the truncation flag are unknown (0): the record reports a
+/// watched page leaving its file, never a pinned truncation by itself.
+#[kprobe]
+pub fn kp_disassociate_clone(ctx: ProbeContext) -> u32 {
+    disassociate(ctx.arg::<u64>(0).unwrap_or(0), 0, false)
 }
 
 #[fentry]

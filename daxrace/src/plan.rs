@@ -73,6 +73,10 @@ pub struct Target {
     pub symbol: &'static str,
     /// Alternatives in preference order.
     pub flavours: &'static [Flavour],
+    /// What to use when only a compiler clone (`name.isra.0`) exists: clones
+    /// may have lost or reordered arguments, so each target says which of its
+    /// arguments it still trusts there. Empty: clones are not used.
+    pub clone_flavours: &'static [Flavour],
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -105,6 +109,7 @@ macro_rules! tracepoint {
                     programs: &[prog($raw, RawTracepoint)],
                 },
             ],
+            clone_flavours: &[],
         }
     };
 }
@@ -113,12 +118,16 @@ macro_rules! tracepoint {
 /// kprobe/kretprobe (every kernel has them). Either list may be empty.
 macro_rules! function {
     ($sym:literal, [$($fe:expr),*], [$($kp:expr),*]) => {
+        function!($sym, [$($fe),*], [$($kp),*], clones: [])
+    };
+    ($sym:literal, [$($fe:expr),*], [$($kp:expr),*], clones: [$($cl:expr),*]) => {
         Target {
             symbol: $sym,
             flavours: &[
                 $(Flavour { programs: $fe },)*
                 $(Flavour { programs: $kp },)*
             ],
+            clone_flavours: &[$(Flavour { programs: $cl },)*],
         }
     };
 }
@@ -321,10 +330,13 @@ pub static HOOKS: &[HookSpec] = &[
     HookSpec {
         id: HookId::Disassociate,
         purpose: "a DAX page leaves its file (truncation)",
+        // 6.15+ builds it as `dax_disassociate_entry.isra.0` with its unused
+        // arguments dropped: there only the entry (first argument) is trusted.
         targets: &[function!(
             "dax_disassociate_entry",
             [&[prog("fe_disassociate", Fentry)]],
-            [&[prog("kp_disassociate", Kprobe)]]
+            [&[prog("kp_disassociate", Kprobe)]],
+            clones: [&[prog("kp_disassociate_clone", Kprobe)]]
         )],
         attach_all: false,
         context: false,
@@ -420,8 +432,13 @@ fn resolve_hook(spec: &HookSpec, view: &KernelView<'_>, pref: AttachPreference) 
                 }
             }
         };
-        let flavours: Vec<Flavour> = t
-            .flavours
+        let is_clone = attach_to != t.symbol;
+        let table = if is_clone {
+            t.clone_flavours
+        } else {
+            t.flavours
+        };
+        let flavours: Vec<Flavour> = table
             .iter()
             .filter(|f| flavour_allowed(f, pref))
             .filter(|f| flavour_possible(f, view, &attach_to, module.is_some()))
@@ -521,6 +538,100 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The DAX symbols of each kernel generation, as KERNELS.md lists them.
+    const DEBIAN_6_1: &str = "\
+ffffffffc0a00000 t ext4_break_layouts\t[ext4]
+ffffffffc0b00000 T xfs_break_layouts\t[xfs]
+ffffffffc0b00100 T xfs_break_dax_layouts\t[xfs]
+ffffffff81400000 T dax_layout_busy_page
+ffffffff81400100 T dax_layout_busy_page_range
+ffffffff81400200 T __put_devmap_managed_page_refs
+ffffffff81400300 t dax_disassociate_entry
+ffffffff81400400 T dax_delete_mapping_entry
+ffffffff81400500 T __bio_release_pages
+ffffffff81400600 T wake_up_var
+ffffffff81400700 T init_wait_var_entry
+";
+    const DEBIAN_6_12: &str = "\
+ffffffffc0a00000 t ext4_break_layouts\t[ext4]
+ffffffffc0b00000 T xfs_break_layouts\t[xfs]
+ffffffff81400000 T dax_layout_busy_page
+ffffffff81400100 T dax_layout_busy_page_range
+ffffffff81400200 T __put_devmap_managed_folio_refs
+ffffffff81400400 T dax_delete_mapping_entry
+ffffffff81400500 T __bio_release_pages
+ffffffff81400600 T wake_up_var
+ffffffff81400700 T init_wait_var_entry
+";
+    const DEBIAN_7_3: &str = "\
+ffffffffc0a00000 t ext4_break_layouts\t[ext4]
+ffffffffc0b00000 T xfs_break_layouts\t[xfs]
+ffffffff81400000 T dax_layout_busy_page
+ffffffff81400100 T dax_layout_busy_page_range
+ffffffff81400150 T dax_break_layout
+ffffffff81400200 T free_zone_device_folio
+ffffffff81400300 t dax_disassociate_entry.isra.0
+ffffffff81400400 T dax_delete_mapping_entry
+ffffffff81400500 T __bio_release_pages
+ffffffff81400600 T wake_up_var
+ffffffff81400700 T init_wait_var_entry
+";
+
+    fn chosen(kallsyms: &str) -> std::collections::HashMap<HookId, Vec<String>> {
+        let k = Kallsyms::parse(kallsyms);
+        resolve(
+            &KernelView {
+                kallsyms: &k,
+                btf: None,
+            },
+            AttachPreference::Kprobe,
+        )
+        .into_iter()
+        .map(|p| {
+            (
+                p.hook,
+                p.candidates.into_iter().map(|c| c.attach_to).collect(),
+            )
+        })
+        .collect()
+    }
+
+    #[test]
+    fn the_table_picks_each_generations_symbols() {
+        let k61 = chosen(DEBIAN_6_1);
+        assert_eq!(
+            k61[&HookId::PinDropped],
+            vec!["__put_devmap_managed_page_refs"]
+        );
+        assert_eq!(k61[&HookId::Disassociate], vec!["dax_disassociate_entry"]);
+        assert_eq!(
+            k61[&HookId::XfsBreak],
+            vec!["xfs_break_layouts", "xfs_break_dax_layouts"],
+            "the retry loop first, the single scan as fallback"
+        );
+        assert_eq!(
+            k61[&HookId::BusyScan],
+            vec!["dax_layout_busy_page_range", "dax_layout_busy_page"]
+        );
+        assert!(k61[&HookId::GenericBreak].is_empty());
+
+        let k612 = chosen(DEBIAN_6_12);
+        assert_eq!(
+            k612[&HookId::PinDropped],
+            vec!["__put_devmap_managed_folio_refs"]
+        );
+        assert!(k612[&HookId::Disassociate].is_empty(), "inlined on 6.12");
+        assert_eq!(k612[&HookId::DeleteEntry], vec!["dax_delete_mapping_entry"]);
+
+        let k73 = chosen(DEBIAN_7_3);
+        assert_eq!(k73[&HookId::PinDropped], vec!["free_zone_device_folio"]);
+        assert_eq!(
+            k73[&HookId::Disassociate],
+            vec!["dax_disassociate_entry.isra.0"]
+        );
+        assert_eq!(k73[&HookId::GenericBreak], vec!["dax_break_layout"]);
     }
 
     #[test]

@@ -178,7 +178,10 @@ impl TraceReader {
             Err(e) => return Err(malformed(format!("not a daxrace trace header: {e}"))),
         };
         if header.format != FORMAT {
-            return Err(malformed(format!("format is `{}`, not `{FORMAT}`", header.format)));
+            return Err(malformed(format!(
+                "format is `{}`, not `{FORMAT}`",
+                header.format
+            )));
         }
         if header.version != VERSION {
             return Err(malformed(format!(
@@ -211,13 +214,13 @@ impl TraceReader {
             if raw.trim().is_empty() {
                 continue;
             }
-            return Some(
-                serde_json::from_str::<TraceLine>(&raw).map_err(|e| TraceFileError::Malformed {
+            return Some(serde_json::from_str::<TraceLine>(&raw).map_err(|e| {
+                TraceFileError::Malformed {
                     path: self.path.clone(),
                     line: self.line_no,
                     what: e.to_string(),
-                }),
-            );
+                }
+            }));
         }
     }
 

@@ -76,6 +76,11 @@ pub struct Tracer {
     btf_aya: Option<aya::Btf>,
     /// BPF run-time statistics were enabled (`--bpf-stats`).
     pub stats_enabled: bool,
+    attach_pref: AttachPreference,
+    only: Vec<daxrace_common::HookId>,
+    /// `/proc/modules` as last seen: a module loaded later (xfs) may bring
+    /// the symbols a missing hook needs.
+    modules_seen: String,
 }
 
 /// CapEff bits from /proc/self/status.
@@ -100,6 +105,18 @@ pub fn check_privileges() -> Result<(), TraceError> {
     } else {
         Err(TraceError::NotPrivileged)
     }
+}
+
+fn read_modules() -> String {
+    std::fs::read_to_string("/proc/modules")
+        .map(|s| {
+            // Names only: the use counts change all the time.
+            s.lines()
+                .filter_map(|l| l.split_whitespace().next())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default()
 }
 
 pub fn kernel_release() -> String {
@@ -141,6 +158,9 @@ impl Tracer {
             loaded: HashSet::new(),
             btf_aya,
             stats_enabled: false,
+            attach_pref: opts.attach,
+            only: opts.only.clone(),
+            modules_seen: read_modules(),
         };
         let plan = plan::resolve(
             &KernelView {
@@ -171,6 +191,45 @@ impl Tracer {
             }
         }
         Ok(tracer)
+    }
+
+    /// Attaches hooks that were missing if a module appeared since the last
+    /// look (xfs is often loaded after the daemon starts). Returns the hooks
+    /// that attached now.
+    pub fn attach_new_modules(&mut self) -> Vec<HookName> {
+        let modules = read_modules();
+        if modules == self.modules_seen {
+            return Vec::new();
+        }
+        self.modules_seen = modules;
+        let Ok(kallsyms) = Kallsyms::read() else {
+            return Vec::new();
+        };
+        let btf = Btf::from_file(VMLINUX_BTF).ok();
+        let plan = plan::resolve(
+            &KernelView {
+                kallsyms: &kallsyms,
+                btf: btf.as_ref(),
+            },
+            self.attach_pref,
+        );
+        let mut attached = Vec::new();
+        for p in plan {
+            let Some(i) = self.statuses.iter().position(|s| s.hook.0 == p.hook) else {
+                continue;
+            };
+            if self.statuses[i].is_attached()
+                || (!self.only.is_empty() && !self.only.contains(&p.hook))
+            {
+                continue;
+            }
+            let status = self.attach_hook(&p);
+            if status.is_attached() {
+                attached.push(status.hook);
+            }
+            self.statuses[i] = status;
+        }
+        attached
     }
 
     fn attach_hook(&mut self, p: &PlannedAttach) -> HookStatus {

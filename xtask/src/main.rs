@@ -30,8 +30,17 @@ enum Cmd {
     Demo(vm::DemoArgs),
 }
 
-fn main() -> Result<()> {
-    match Cli::parse().cmd {
+fn main() {
+    // One line per error (with its causes), not a backtrace: these are
+    // messages for the person running the command.
+    if let Err(e) = dispatch(Cli::parse()) {
+        eprintln!("xtask: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<()> {
+    match cli.cmd {
         Cmd::Setup => setup::setup(),
         Cmd::Build => {
             setup::setup()?;

@@ -129,7 +129,7 @@ pub fn enable_bpf_stats(on: bool) -> Result<StatsGuard> {
 
 /// Runs until `stop` resolves, feeding the pipeline; then drains and finishes.
 pub async fn drive(
-    tracer: &Tracer,
+    tracer: &mut Tracer,
     source: &mut LiveSource,
     pipeline: &mut Pipeline,
     metrics: Option<&Arc<Mutex<Metrics>>>,
@@ -148,6 +148,14 @@ pub async fn drive(
             }
             _ = tick.tick() => {
                 pipeline.tick(monotonic_ns())?;
+                for hook in tracer.attach_new_modules() {
+                    eprintln!("daxrace: {hook} attached (a module with its symbols was loaded)");
+                    if let Some(m) = metrics {
+                        if let Ok(m) = m.lock() {
+                            m.set_probes(&tracer.statuses);
+                        }
+                    }
+                }
                 if let Some(m) = metrics {
                     refresh_metrics(tracer, source, pipeline, m);
                 }

@@ -31,7 +31,12 @@ impl FailOn {
         use daxrace::detect::FindingKind;
         let all = FindingKind::ALL;
         let mut out = Vec::new();
-        for word in self.spec.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+        for word in self
+            .spec
+            .split(',')
+            .map(str::trim)
+            .filter(|w| !w.is_empty())
+        {
             match word {
                 "all" => out.extend(all),
                 "none" => {}
@@ -40,7 +45,10 @@ impl FailOn {
                     Some(k) => out.push(*k),
                     None => anyhow::bail!(
                         "--fail-on: unknown finding kind `{w}` (kinds: {}, or bugs, all, none)",
-                        all.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
+                        all.iter()
+                            .map(|k| k.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
                 },
             }

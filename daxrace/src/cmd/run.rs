@@ -111,9 +111,10 @@ async fn run_async(args: RunArgs) -> Result<i32> {
         metrics: Some(metrics.clone()),
     };
     live::write_header(&mut sinks, live::header(&tracer, None))?;
-    let cfg = args
-        .detect
-        .config(tracer.facts.idle_refcount as i32, tracer.facts.pin_bias as i32);
+    let cfg = args.detect.config(
+        tracer.facts.idle_refcount as i32,
+        tracer.facts.pin_bias as i32,
+    );
     let mut pipeline = Pipeline::new(cfg, sinks);
     let mut source =
         LiveSource::new(tracer.take_events()?).context("cannot poll the ring buffer")?;
@@ -132,7 +133,14 @@ async fn run_async(args: RunArgs) -> Result<i32> {
             } => {}
         }
     };
-    let counters = live::drive(&tracer, &mut source, &mut pipeline, Some(&metrics), stop).await?;
+    let counters = live::drive(
+        &mut tracer,
+        &mut source,
+        &mut pipeline,
+        Some(&metrics),
+        stop,
+    )
+    .await?;
     let footer = live::footer(&pipeline, &source, &counters, None);
     let lost: u64 = footer.lost_events.values().sum();
     live::write_footer(&mut pipeline.sinks, footer)?;

@@ -66,10 +66,14 @@ async fn run_async(args: TraceArgs) -> Result<i32> {
         },
         metrics: None,
     };
-    live::write_header(&mut sinks, live::header(&tracer, Some(args.command.clone())))?;
-    let cfg = args
-        .detect
-        .config(tracer.facts.idle_refcount as i32, tracer.facts.pin_bias as i32);
+    live::write_header(
+        &mut sinks,
+        live::header(&tracer, Some(args.command.clone())),
+    )?;
+    let cfg = args.detect.config(
+        tracer.facts.idle_refcount as i32,
+        tracer.facts.pin_bias as i32,
+    );
     let mut pipeline = Pipeline::new(cfg, sinks);
     let mut source =
         LiveSource::new(tracer.take_events()?).context("cannot poll the ring buffer")?;
@@ -94,7 +98,7 @@ async fn run_async(args: TraceArgs) -> Result<i32> {
         };
         let _ = status_tx.send(status);
     };
-    let counters = live::drive(&tracer, &mut source, &mut pipeline, None, stop).await?;
+    let counters = live::drive(&mut tracer, &mut source, &mut pipeline, None, stop).await?;
     let status = status_rx
         .await
         .context("the command's status was lost")?

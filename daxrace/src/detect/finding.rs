@@ -181,7 +181,9 @@ impl Finding {
     fn call_words(&self) -> String {
         match &self.break_call {
             Some(c) => {
-                let ret = c.ret.map_or_else(|| "running".to_string(), |r| format!("ret {r}"));
+                let ret = c
+                    .ret
+                    .map_or_else(|| "running".to_string(), |r| format!("ret {r}"));
                 format!("break-layouts call #{} ({ret})", c.id)
             }
             None => "no break-layouts call seen".to_string(),

@@ -399,7 +399,12 @@ impl Detector {
         self.next_call_id += 1;
         self.coverage.breaks_started.bump(fs);
         let mut timeline = VecDeque::with_capacity(cap.min(64));
-        push_capped(&mut timeline, cap, ev, &mut self.dropped.timeline_entries_dropped);
+        push_capped(
+            &mut timeline,
+            cap,
+            ev,
+            &mut self.dropped.timeline_entries_dropped,
+        );
         let call = BreakCall {
             id,
             task: ev.task,
@@ -563,7 +568,12 @@ impl Detector {
             wp.refcount = p.refcount;
             wp.mapping = mapping;
             wp.last_seen_ns = ev.ts_ns;
-            push_capped(&mut wp.timeline, cap, ev, &mut self.dropped.timeline_entries_dropped);
+            push_capped(
+                &mut wp.timeline,
+                cap,
+                ev,
+                &mut self.dropped.timeline_entries_dropped,
+            );
             if p.refcount > idle && wp.idle_unwoken.take().is_some() {
                 // Busy again: whoever waits on it has something to wait for.
                 self.set_waiters_idle(p.pfn, None);
@@ -579,7 +589,12 @@ impl Detector {
             );
         }
         let mut wp = WatchedPage::new(p, mapping, ev.ts_ns, cap);
-        push_capped(&mut wp.timeline, cap, ev, &mut self.dropped.timeline_entries_dropped);
+        push_capped(
+            &mut wp.timeline,
+            cap,
+            ev,
+            &mut self.dropped.timeline_entries_dropped,
+        );
         self.pages.insert(p.pfn, wp);
         self.coverage.pages_watched += 1;
     }
@@ -598,14 +613,24 @@ impl Detector {
         let mut idle = None;
         if let Some(wp) = self.pages.get_mut(&page.pfn) {
             wp.last_seen_ns = ev.ts_ns;
-            push_capped(&mut wp.timeline, cap, ev, &mut self.dropped.timeline_entries_dropped);
+            push_capped(
+                &mut wp.timeline,
+                cap,
+                ev,
+                &mut self.dropped.timeline_entries_dropped,
+            );
             idle = wp.idle_unwoken;
         }
         let Some(w) = self.open.get_mut(&ev.task.tid) else {
             self.dropped.waits_without_call += 1;
             return;
         };
-        push_capped(&mut w.timeline, cap, ev, &mut self.dropped.timeline_entries_dropped);
+        push_capped(
+            &mut w.timeline,
+            cap,
+            ev,
+            &mut self.dropped.timeline_entries_dropped,
+        );
         w.call.waits += 1;
         w.wait = Some(PageWait {
             pfn: page.pfn,
@@ -615,7 +640,10 @@ impl Detector {
         if let Some(i) = idle {
             // Already idle: the wait condition holds and the waiter should not
             // sleep at all; it must show progress within the grace period.
-            let at = i.ts_ns.max(ev.ts_ns).saturating_add(self.cfg.lost_wakeup_grace_ns + 1);
+            let at = i
+                .ts_ns
+                .max(ev.ts_ns)
+                .saturating_add(self.cfg.lost_wakeup_grace_ns + 1);
             self.next_timer_ns = self.next_timer_ns.min(at);
         }
     }

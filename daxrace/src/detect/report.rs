@@ -26,7 +26,11 @@ pub fn merged_timeline(
 ) -> Vec<TimelineEntry> {
     let mut v: Vec<Event> = call.map_or_else(Vec::new, |tl| tl.iter().copied().collect());
     let call_len = v.len();
-    for ev in page.into_iter().flat_map(|p| p.timeline.iter()).chain(trigger) {
+    for ev in page
+        .into_iter()
+        .flat_map(|p| p.timeline.iter())
+        .chain(trigger)
+    {
         // Scans and waits sit in both timelines.
         if !v[..call_len].contains(ev) {
             v.push(*ev);
@@ -92,7 +96,12 @@ impl Reporter<'_> {
         }
     }
 
-    fn timeline(&self, call: Option<&VecDeque<Event>>, pfn: u64, trigger: Option<&Event>) -> Vec<Event> {
+    fn timeline(
+        &self,
+        call: Option<&VecDeque<Event>>,
+        pfn: u64,
+        trigger: Option<&Event>,
+    ) -> Vec<Event> {
         merged_timeline(self.cfg.timeline_len, call, self.pages.get(&pfn), trigger)
     }
 
@@ -105,13 +114,24 @@ impl Reporter<'_> {
             return None;
         }
         let last_busy = w.call.last_busy;
-        let pfn = w.wait.map(|wt| wt.pfn).or(last_busy.map(|p| p.pfn)).unwrap_or(0);
+        let pfn = w
+            .wait
+            .map(|wt| wt.pfn)
+            .or(last_busy.map(|p| p.pfn))
+            .unwrap_or(0);
         let refcount = self
             .pages
             .get(&pfn)
             .map(|p| p.refcount)
             .or(last_busy.map(|p| p.refcount));
-        let mut f = self.base(FindingKind::Stall, at_ns, w.call.task, Some(&w.call), pfn, refcount);
+        let mut f = self.base(
+            FindingKind::Stall,
+            at_ns,
+            w.call.task,
+            Some(&w.call),
+            pfn,
+            refcount,
+        );
         f.since_ns = Some(since);
         f.duration_ns = Some(blocked);
         f.timeline = self.timeline(Some(&w.timeline), pfn, None);
@@ -180,7 +200,14 @@ impl Reporter<'_> {
         if !self.first(kind, scope, pfn) {
             return None;
         }
-        let mut f = self.base(kind, ev.ts_ns, ev.task, call.map(|(c, _)| c), pfn, Some(refcount));
+        let mut f = self.base(
+            kind,
+            ev.ts_ns,
+            ev.task,
+            call.map(|(c, _)| c),
+            pfn,
+            Some(refcount),
+        );
         f.mapping = mapping;
         f.page_mapping = page_mapping;
         f.inferred = inferred;

@@ -86,7 +86,8 @@ impl Metrics {
             "Unix time the daemon started.",
         )
         .expect("valid metric");
-        r.register(Box::new(start_time.clone())).expect("unique metric");
+        r.register(Box::new(start_time.clone()))
+            .expect("unique metric");
         let break_duration = HistogramVec::new(
             HistogramOpts::new(
                 "daxrace_break_layouts_duration_seconds",
@@ -206,6 +207,11 @@ impl Metrics {
                 self.probe_attached
                     .with_label_values(&[s.hook.as_str(), "none"])
                     .set(0);
+            } else {
+                // A hook attached late (module loaded) is no longer missing.
+                let _ = self
+                    .probe_attached
+                    .remove_label_values(&[s.hook.as_str(), "none"]);
             }
             for a in &s.attached {
                 self.probe_attached
@@ -229,9 +235,7 @@ impl Metrics {
                         .with_label_values(&[fs.as_str()])
                         .observe(ev.ts_ns.saturating_sub(t0) as f64 / 1e9);
                     let result = if ret == 0 { "ok" } else { "error" };
-                    self.breaks
-                        .with_label_values(&[fs.as_str(), result])
-                        .inc();
+                    self.breaks.with_label_values(&[fs.as_str(), result]).inc();
                 }
             }
             EventBody::BusyScan { page, .. } => {
@@ -277,13 +281,18 @@ impl Metrics {
     }
 
     /// Running totals of decode errors by reason.
-    pub fn set_decode_errors<'a>(&mut self, totals: impl IntoIterator<Item = (&'a &'static str, &'a u64)>) {
+    pub fn set_decode_errors<'a>(
+        &mut self,
+        totals: impl IntoIterator<Item = (&'a &'static str, &'a u64)>,
+    ) {
         for (reason, &now) in totals {
             let prev = self.decode_seen.entry(reason).or_insert(0);
             let delta = now.saturating_sub(*prev);
             *prev = now;
             if delta > 0 {
-                self.decode_errors.with_label_values(&[reason]).inc_by(delta);
+                self.decode_errors
+                    .with_label_values(&[reason])
+                    .inc_by(delta);
             }
         }
     }
@@ -295,7 +304,9 @@ impl Metrics {
             let delta = now.saturating_sub(*prev);
             *prev = now;
             if delta > 0 {
-                self.detector_dropped.with_label_values(&[what]).inc_by(delta);
+                self.detector_dropped
+                    .with_label_values(&[what])
+                    .inc_by(delta);
             }
         }
     }
@@ -338,10 +349,14 @@ mod tests {
         m.break_duration.with_label_values(&["ext4"]).observe(0.1);
         m.busy_scans.with_label_values(&["page"]).inc();
         m.lost_events.with_label_values(&["ringbuf_full"]).inc();
-        m.kernel_filtered.with_label_values(&["put_unwatched"]).inc();
+        m.kernel_filtered
+            .with_label_values(&["put_unwatched"])
+            .inc();
         m.decode_errors.with_label_values(&["size"]).inc();
         m.detector_dropped.with_label_values(&["windows"]).inc();
-        m.probe_attached.with_label_values(&["busy_scan", "kprobe"]).set(1);
+        m.probe_attached
+            .with_label_values(&["busy_scan", "kprobe"])
+            .set(1);
         m.prog_run_count.with_label_values(&["kp_busy_scan"]).inc();
         m.prog_run_time.with_label_values(&["kp_busy_scan"]).inc();
         let mut names: Vec<String> = m

@@ -17,7 +17,10 @@ use anyhow::{bail, Context, Result};
 /// look on the host.
 const HOST_PROGRAMS: &[(&str, &[&str])] = &[
     ("/usr/sbin/mke2fs", &["/usr/sbin/mke2fs", "/sbin/mke2fs"]),
-    ("/usr/sbin/mkfs.xfs", &["/usr/sbin/mkfs.xfs", "/sbin/mkfs.xfs"]),
+    (
+        "/usr/sbin/mkfs.xfs",
+        &["/usr/sbin/mkfs.xfs", "/sbin/mkfs.xfs"],
+    ),
 ];
 
 pub struct Cpio<W: Write> {

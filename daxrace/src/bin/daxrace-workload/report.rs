@@ -107,10 +107,7 @@ impl Report {
         let checks = self.checks.lock().unwrap().clone();
         let stalls = self.stalls.lock().unwrap().clone();
         let mism = self.mismatches.lock().unwrap().clone();
-        println!(
-            "{workload} on {fs}: {:.1} s",
-            elapsed.as_secs_f64()
-        );
+        println!("{workload} on {fs}: {:.1} s", elapsed.as_secs_f64());
         println!(
             "  {:<10} {:>8} {:>8} {:>12} {:>10} {:>10}  errors",
             "op", "count", "ok", "bytes", "avg ms", "max ms"

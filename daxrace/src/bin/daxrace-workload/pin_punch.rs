@@ -1,0 +1,494 @@
+//! pin-punch: reader threads O_DIRECT-read written data from a non-DAX file
+//! into a MAP_SHARED mapping of a DAX file (get_user_pages pins the DAX
+//! pages for the duration of each read) while a modifier thread punches
+//! holes, zeroes ranges, collapses and inserts ranges, and truncates and
+//! re-extends that file, each of which must first break layouts.
+//!
+//! Checking reads that race with modifications: the DAX file is cut into
+//! regions with a generation counter each (a seqlock: odd while a
+//! modification of the region is in flight). A reader notes the generations
+//! of its destination before the read and after reading the bytes back; if
+//! they are equal and even, nothing touched the range and the bytes must be
+//! exactly the source's. Otherwise the read is counted as raced and not
+//! judged. Each reader writes only into its own regions so that readers do
+//! not overwrite each other.
+use std::{
+    fs::{File, OpenOptions},
+    os::{
+        fd::AsRawFd,
+        unix::{fs::OpenOptionsExt, thread::JoinHandleExt},
+    },
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+
+use crate::{
+    pattern::{self, Rng},
+    report::{self, Report},
+    stall::{self, Slot},
+    Common,
+};
+
+const REGION: u64 = 64 << 10;
+const BLOCK: u64 = 4096;
+/// Source stream seed offset: distinct from the DAX file's own fill so that
+/// misplaced data cannot pass the check.
+const SRC_SALT: u64 = 0x5352_4300;
+const DAX_SALT: u64 = 0x4441_5800;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
+pub enum Op {
+    Punch,
+    Zero,
+    Collapse,
+    Insert,
+    Truncate,
+}
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub common: Common,
+    /// Non-DAX directory for the O_DIRECT source file (default: $DAX_SCRATCH).
+    /// It must support O_DIRECT (tmpfs does not).
+    #[arg(long)]
+    pub src_dir: Option<PathBuf>,
+    /// How long to run.
+    #[arg(long, default_value_t = 10.0)]
+    pub seconds: f64,
+    /// Reader (pinning) threads.
+    #[arg(long, default_value_t = 2)]
+    pub readers: usize,
+    /// Layout-breaking operations to cycle through.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "punch,zero,collapse,insert,truncate"
+    )]
+    pub ops: Vec<Op>,
+    /// Size of the DAX file (MiB).
+    #[arg(long, default_value_t = 4)]
+    pub file_mib: u64,
+    /// Largest single read (KiB, at most 64).
+    #[arg(long, default_value_t = 64)]
+    pub max_read_kib: u64,
+    /// Pause between two modifications (ms), so that readers get pins in.
+    #[arg(long, default_value_t = 1.0)]
+    pub gap_ms: f64,
+}
+
+struct Shared {
+    report: Report,
+    stop: AtomicBool,
+    gens: Vec<AtomicU64>,
+    map: usize,
+    file_size: u64,
+    src_size: u64,
+    seed: u64,
+    dax: File,
+    src: File,
+    reads: AtomicU64,
+}
+
+impl Shared {
+    fn regions(&self, off: u64, end: u64) -> std::ops::Range<usize> {
+        let n = self.gens.len();
+        (off / REGION).min(n as u64) as usize..(end.div_ceil(REGION)).min(n as u64) as usize
+    }
+    fn snapshot(&self, r: std::ops::Range<usize>) -> Vec<u64> {
+        self.gens[r]
+            .iter()
+            .map(|g| g.load(Ordering::SeqCst))
+            .collect()
+    }
+    fn bump(&self, r: std::ops::Range<usize>) {
+        for g in &self.gens[r] {
+            g.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+pub fn run(a: Args) -> Result<i32> {
+    let dir = a.common.dax_dir()?;
+    let src_dir = a
+        .src_dir
+        .clone()
+        .or_else(|| std::env::var_os("DAX_SCRATCH").map(PathBuf::from))
+        .context("no source directory: pass --src-dir (a non-DAX filesystem that supports O_DIRECT) or set DAX_SCRATCH")?;
+    if a.ops.is_empty() || a.readers == 0 {
+        bail!("need at least one reader and one op");
+    }
+    let fs = report::fs_name(&dir);
+    if !report::is_dax(&dir) {
+        eprintln!(
+            "daxrace-workload: warning: {} is not on a DAX mount: no DAX page will be pinned",
+            dir.display()
+        );
+    }
+    let file_size = (a.file_mib.max(1) << 20).next_multiple_of(REGION);
+    let max_read = (a.max_read_kib.clamp(4, 64) << 10).next_multiple_of(BLOCK);
+    let src_size = 8u64 << 20;
+    let seed = a.common.seed;
+    let pid = std::process::id();
+
+    // The source holds written data: O_DIRECT reads of unwritten extents are
+    // zero-filled without a bio and pin nothing (why generic/503 misses).
+    let src_path = src_dir.join(format!("daxrace-src-{pid}"));
+    let src = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&src_path)
+        .with_context(|| format!("creating {}", src_path.display()))?;
+    pattern::write(&src, seed ^ SRC_SALT, 0, src_size)?;
+    src.sync_all()?;
+    drop(src);
+    let src = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&src_path)
+        .with_context(|| {
+            format!(
+                "opening {} with O_DIRECT (tmpfs cannot)",
+                src_path.display()
+            )
+        })?;
+    let _ = std::fs::remove_file(&src_path); // gone on exit, open until then
+
+    let dax_path = dir.join(format!("daxrace-pin-{pid}"));
+    let dax = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&dax_path)
+        .with_context(|| format!("creating {}", dax_path.display()))?;
+    let _ = std::fs::remove_file(&dax_path);
+    pattern::write(&dax, seed ^ DAX_SALT, 0, file_size)?;
+    dax.sync_all()?;
+    // SAFETY: a shared mapping of our own file, unmapped at the end; only the
+    // kernel touches it (O_DIRECT into it), never our code.
+    let map = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            file_size as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            dax.as_raw_fd(),
+            0,
+        )
+    };
+    if map == libc::MAP_FAILED {
+        bail!(
+            "mmap of {} failed: {}",
+            dax_path.display(),
+            std::io::Error::last_os_error()
+        );
+    }
+
+    let sh = Arc::new(Shared {
+        report: Report::default(),
+        stop: AtomicBool::new(false),
+        gens: (0..file_size / REGION).map(|_| AtomicU64::new(0)).collect(),
+        map: map as usize,
+        file_size,
+        src_size,
+        seed,
+        dax,
+        src,
+        reads: AtomicU64::new(0),
+    });
+    println!(
+        "pin-punch: {} ({fs}), {} MiB file, {} readers (up to {} KiB O_DIRECT reads from {}), ops {:?}, {} s",
+        dir.display(),
+        file_size >> 20,
+        a.readers,
+        max_read >> 10,
+        src_dir.display(),
+        a.ops,
+        a.seconds
+    );
+
+    let mut slots: Vec<Arc<Slot>> = Vec::new();
+    let mut handles = Vec::new();
+    for r in 0..a.readers {
+        let slot = Arc::new(Slot::new(format!("reader{r}")));
+        slots.push(slot.clone());
+        let sh = sh.clone();
+        let readers = a.readers;
+        handles.push(std::thread::spawn(move || {
+            reader(&sh, &slot, r, readers, max_read)
+        }));
+    }
+    let mslot = Arc::new(Slot::new("modifier"));
+    slots.push(mslot.clone());
+    {
+        let sh = sh.clone();
+        let ops = a.ops.clone();
+        let gap = Duration::from_secs_f64(a.gap_ms.max(0.0) / 1e3);
+        handles.push(std::thread::spawn(move || modifier(&sh, &mslot, &ops, gap)));
+    }
+
+    let start = Instant::now();
+    let run_for = Duration::from_secs_f64(a.seconds.max(0.0));
+    let timeout = a.common.stall_timeout();
+    let slot_refs: Vec<&Slot> = slots.iter().map(|s| s.as_ref()).collect();
+    // Run, then stop and wait for the threads, watching all along.
+    let mut stop_at: Option<Instant> = None;
+    let stuck = loop {
+        let stuck = stall::watch(&slot_refs, timeout, 10);
+        if !stuck.is_empty() {
+            break stuck;
+        }
+        if stop_at.is_none()
+            && (start.elapsed() >= run_for
+                || sh.report.stall_count() >= a.common.max_stalls as usize)
+        {
+            sh.stop.store(true, Ordering::SeqCst);
+            stop_at = Some(Instant::now());
+        }
+        if stop_at.is_some() && handles.iter().all(|h| h.is_finished()) {
+            break stuck;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let elapsed = start.elapsed();
+    for s in &stuck {
+        eprintln!("daxrace-workload: STUCK: {s}");
+    }
+    if stuck.is_empty() {
+        for h in handles {
+            let _ = h.join();
+        }
+    } else {
+        // Threads in uninterruptible sleep cannot be joined; leave them.
+        for h in handles {
+            let _ = h.into_pthread_t();
+        }
+    }
+    let extra = json!({
+        "reads": sh.reads.load(Ordering::Relaxed),
+        "readers": a.readers,
+        "file_bytes": file_size,
+        "stuck": stuck,
+    });
+    let summary = sh.report.print("pin-punch", &fs, elapsed, extra);
+    if a.common.json {
+        println!("{summary}");
+    }
+    Ok(exit_code(&sh.report, !stuck.is_empty()))
+}
+
+pub fn exit_code(r: &Report, stuck: bool) -> i32 {
+    if r.mismatch_count() > 0 {
+        crate::EXIT_MISMATCH
+    } else if stuck {
+        crate::EXIT_STUCK
+    } else if r.stall_count() > 0 {
+        crate::EXIT_STALL
+    } else {
+        crate::EXIT_OK
+    }
+}
+
+fn pread(fd: &File, buf: *mut u8, len: u64, off: u64) -> std::io::Result<u64> {
+    // SAFETY: buf points to len writable bytes (our mapping or buffer).
+    let n = unsafe { libc::pread(fd.as_raw_fd(), buf.cast(), len as usize, off as i64) };
+    if n < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(n as u64)
+    }
+}
+
+fn reader(sh: &Shared, slot: &Slot, me: usize, readers: usize, max_read: u64) {
+    slot.bind();
+    let mut rng = Rng::new(sh.seed ^ (me as u64 + 1) * 0x9e37);
+    let mut check = pattern::Aligned::new(max_read as usize);
+    // This reader's regions: every `readers`-th one, starting at `me`.
+    let mine: Vec<u64> = (0..sh.gens.len() as u64)
+        .filter(|r| *r as usize % readers == me)
+        .collect();
+    if mine.is_empty() {
+        return;
+    }
+    while !sh.stop.load(Ordering::Relaxed) {
+        let len = BLOCK * (1 + rng.below(max_read / BLOCK));
+        let region = mine[rng.below(mine.len() as u64) as usize];
+        let dst = region * REGION + BLOCK * rng.below((REGION - len) / BLOCK + 1);
+        let src_off = BLOCK * rng.below((sh.src_size - len) / BLOCK + 1);
+        let span = sh.regions(dst, dst + len);
+        let g1 = sh.snapshot(span.clone());
+        slot.enter("read");
+        let res = pread(&sh.src, (sh.map + dst as usize) as *mut u8, len, src_off);
+        let (took, signals) = slot.leave();
+        pattern::add(&sh.reads, 1);
+        sh.report.op("read", took, res.as_ref().copied());
+        if signals > 0 {
+            sh.report.stall(crate::report::Stall {
+                thread: slot.name.clone(),
+                op: "read",
+                waited: took,
+                signals,
+                ended: ended(&res),
+                note: "reader blocked (behind a modifier?)".into(),
+            });
+        }
+        let Ok(n) = res else {
+            // EFAULT: the destination is past EOF for a moment (truncate,
+            // collapse); let the modifier run instead of spinning.
+            std::thread::yield_now();
+            continue;
+        };
+        if n == 0 {
+            continue;
+        }
+        // Read the bytes back through the file, not the mapping: a truncate
+        // may have shrunk the file and a load from the mapping would SIGBUS.
+        let buf = &mut check.as_mut()[..n as usize];
+        let back = pread(&sh.dax, buf.as_mut_ptr(), n, dst);
+        let g2 = sh.snapshot(span);
+        let quiet = g1 == g2 && g1.iter().all(|g| g % 2 == 0);
+        if !quiet {
+            sh.report.check("raced");
+            continue;
+        }
+        match back {
+            Ok(m) if m == n => match pattern::first_mismatch(sh.seed ^ SRC_SALT, src_off, buf) {
+                None => sh.report.check("verified"),
+                Some(i) => sh.report.mismatch(format!(
+                    "DAX file offset {:#x}: O_DIRECT read of {n} bytes from source offset {src_off:#x} \
+                     does not match at byte {i} (no modification overlapped)",
+                    dst
+                )),
+            },
+            Ok(m) => sh.report.mismatch(format!(
+                "read back {m} of {n} bytes at DAX offset {dst:#x} with no modification in flight"
+            )),
+            Err(e) => sh.report.mismatch(format!("reading back DAX offset {dst:#x}: {e}")),
+        }
+    }
+}
+
+fn ended(res: &std::io::Result<u64>) -> String {
+    match res {
+        Ok(_) => "completed".into(),
+        Err(e) => report::errno_name(e),
+    }
+}
+
+fn fallocate(f: &File, mode: i32, off: u64, len: u64) -> std::io::Result<u64> {
+    // SAFETY: plain syscall on our fd.
+    let r = unsafe { libc::fallocate(f.as_raw_fd(), mode, off as i64, len as i64) };
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(len)
+    }
+}
+
+fn ftruncate(f: &File, size: u64) -> std::io::Result<u64> {
+    // SAFETY: plain syscall on our fd.
+    let r = unsafe { libc::ftruncate(f.as_raw_fd(), size as i64) };
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(0)
+    }
+}
+
+/// Runs one layout-breaking syscall under the watchdog and records it.
+fn timed(
+    sh: &Shared,
+    slot: &Slot,
+    name: &'static str,
+    f: impl FnOnce() -> std::io::Result<u64>,
+) -> std::io::Result<u64> {
+    slot.enter(name);
+    let res = f();
+    let (took, signals) = slot.leave();
+    sh.report.op(name, took, res.as_ref().copied());
+    if signals > 0 {
+        sh.report.stall(crate::report::Stall {
+            thread: slot.name.clone(),
+            op: name,
+            waited: took,
+            signals,
+            ended: ended(&res),
+            note: "break-layouts did not return until interrupted".into(),
+        });
+    }
+    res
+}
+
+fn modifier(sh: &Shared, slot: &Slot, ops: &[Op], gap: Duration) {
+    slot.bind();
+    let mut rng = Rng::new(sh.seed ^ 0xd1ce);
+    let size = sh.file_size;
+    let dax = &sh.dax;
+    while !sh.stop.load(Ordering::Relaxed) {
+        let op = ops[rng.below(ops.len() as u64) as usize];
+        // Offsets and lengths are block multiples (collapse and insert
+        // require it); ranges stay inside the file, and every op leaves the
+        // file at its full size again so that readers rarely hit EOF.
+        let len = BLOCK * (1 + rng.below((256 << 10) / BLOCK));
+        let off = BLOCK * rng.below((size - len) / BLOCK);
+        let span = match op {
+            Op::Punch | Op::Zero => sh.regions(off, off + len),
+            // These move or drop everything after `off`.
+            _ => sh.regions(off, size),
+        };
+        sh.bump(span.clone());
+        let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+        let zero = libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE;
+        let collapse = libc::FALLOC_FL_COLLAPSE_RANGE;
+        let insert = libc::FALLOC_FL_INSERT_RANGE;
+        match op {
+            Op::Punch => {
+                let _ = timed(sh, slot, "punch", || fallocate(dax, punch, off, len));
+            }
+            Op::Zero => {
+                let _ = timed(sh, slot, "zero", || fallocate(dax, zero, off, len));
+            }
+            // Collapse then insert back (a hole where the range was)...
+            Op::Collapse => {
+                if timed(sh, slot, "collapse", || fallocate(dax, collapse, off, len)).is_ok() {
+                    let _ = timed(sh, slot, "insert", || fallocate(dax, insert, off, len));
+                }
+            }
+            // ...or insert a hole and collapse it away again.
+            Op::Insert => {
+                if timed(sh, slot, "insert", || fallocate(dax, insert, off, len)).is_ok() {
+                    let _ = timed(sh, slot, "collapse", || fallocate(dax, collapse, off, len));
+                }
+            }
+            Op::Truncate => {
+                let _ = timed(sh, slot, "truncate", || ftruncate(dax, off));
+            }
+        }
+        // Re-extend and rewrite the start of the tail so that the file has
+        // written blocks there again (a failed collapse/insert pair or a
+        // truncate left it short).
+        let cur = dax.metadata().map(|m| m.len()).unwrap_or(size);
+        if cur != size {
+            let _ = timed(sh, slot, "extend", || {
+                ftruncate(dax, size)?;
+                let n = (size.saturating_sub(cur)).min(256 << 10);
+                pattern::write(dax, sh.seed ^ DAX_SALT, cur.min(size), n).map(|_| n)
+            });
+        }
+        sh.bump(span);
+        if !gap.is_zero() {
+            std::thread::sleep(gap);
+        }
+    }
+}
