@@ -17,6 +17,9 @@ pub enum DecodeError {
 }
 
 impl DecodeError {
+    /// Every value [`DecodeError::reason`] can take.
+    pub const REASONS: [&'static str; 4] = ["size", "kind", "hook", "file_op"];
+
     /// Short label for the `reason` of the decode-error metric.
     pub fn reason(&self) -> &'static str {
         match self {

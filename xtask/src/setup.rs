@@ -22,6 +22,18 @@ const PACKAGES: &[(&str, &str)] = &[
     ),
     ("busybox-static", "the guest's userland"),
     ("kmod", "depmod/modprobe for guest modules"),
+    (
+        "zstd",
+        "unpacking zstd-compressed kernels (trixie and newer) for the VM",
+    ),
+    (
+        "xz-utils",
+        "unpacking xz-compressed kernels and .ko.xz modules for the VM",
+    ),
+    (
+        "debian-archive-keyring",
+        "verifying the Debian suites the VM kernels come from",
+    ),
     ("xfsprogs", "mkfs.xfs for DAX mounts"),
     ("e2fsprogs", "mkfs.ext4 for DAX mounts"),
     (

@@ -123,7 +123,7 @@ pub fn enable_bpf_stats(on: bool) -> Result<StatsGuard> {
         return Ok(StatsGuard { _fd: None });
     }
     let fd = aya::sys::enable_stats(aya::sys::Stats::RunTime)
-        .context("cannot enable BPF run-time statistics (kernel 5.8+ needed)")?;
+        .context("cannot enable BPF run-time statistics (needs CAP_SYS_ADMIN and kernel 5.8+; or set sysctl kernel.bpf_stats_enabled=1 and drop --bpf-stats)")?;
     Ok(StatsGuard { _fd: Some(fd) })
 }
 

@@ -148,8 +148,14 @@ pub fn format_dev(dev: u32) -> String {
     format!("{}:{}", dev >> 20, dev & 0xf_ffff)
 }
 
-fn secs(ns: u64) -> String {
-    format!("{:.3} s", ns as f64 / 1e9)
+/// A duration in the unit that reads best.
+pub fn format_duration(ns: u64) -> String {
+    match ns {
+        0..=999 => format!("{ns} ns"),
+        1_000..=999_999 => format!("{:.1} us", ns as f64 / 1e3),
+        1_000_000..=999_999_999 => format!("{:.1} ms", ns as f64 / 1e6),
+        _ => format!("{:.3} s", ns as f64 / 1e9),
+    }
 }
 
 fn who(t: &Task) -> String {
@@ -225,7 +231,7 @@ impl Finding {
             FindingKind::LostWakeup => format!(
                 "{head}: waiter {} asleep {} on pfn {:#x}, idle since {} released it ({}) with no wake-up",
                 who(&self.task),
-                secs(self.duration_ns.unwrap_or(0)),
+                format_duration(self.duration_ns.unwrap_or(0)),
                 self.pfn,
                 self.releaser
                     .as_ref()
@@ -244,7 +250,7 @@ impl Finding {
                     "{head}: {} by {} blocked {} on pfn {:#x} at {}; {holders}",
                     self.call_words(),
                     who(&self.task),
-                    secs(self.duration_ns.unwrap_or(0)),
+                    format_duration(self.duration_ns.unwrap_or(0)),
                     self.pfn,
                     self.refcount_words()
                 )

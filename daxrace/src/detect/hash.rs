@@ -60,3 +60,49 @@ pub fn int_map<K, V>(capacity: usize) -> IntMap<K, V> {
 pub fn int_set<K>(capacity: usize) -> IntSet<K> {
     HashSet::with_capacity_and_hasher(capacity, BuildHasherDefault::default())
 }
+
+/// A one-hash Bloom filter over integer keys: tells in a few instructions that
+/// a key is certainly absent from a map, which is the common answer on the hot
+/// path (pages nobody watches, tasks not inside a break-layouts call). Bits are
+/// only set; `rebuild` clears the ones of keys that left.
+#[derive(Debug)]
+pub struct KeyFilter {
+    bits: Vec<u64>,
+    shift: u32,
+}
+
+impl KeyFilter {
+    /// `log2_bits` from 6 (one word) up.
+    pub fn new(log2_bits: u32) -> Self {
+        let log2_bits = log2_bits.max(6);
+        KeyFilter {
+            bits: vec![0; 1 << (log2_bits - 6)],
+            shift: 64 - log2_bits,
+        }
+    }
+
+    #[inline]
+    fn slot(&self, key: u64) -> (usize, u64) {
+        let h = key.wrapping_mul(SEED) >> self.shift;
+        ((h >> 6) as usize, 1u64 << (h & 63))
+    }
+
+    #[inline]
+    pub fn may_contain(&self, key: u64) -> bool {
+        let (word, bit) = self.slot(key);
+        self.bits[word] & bit != 0
+    }
+
+    #[inline]
+    pub fn insert(&mut self, key: u64) {
+        let (word, bit) = self.slot(key);
+        self.bits[word] |= bit;
+    }
+
+    pub fn rebuild(&mut self, keys: impl Iterator<Item = u64>) {
+        self.bits.fill(0);
+        for k in keys {
+            self.insert(k);
+        }
+    }
+}

@@ -45,10 +45,12 @@ mod tests;
 use std::collections::VecDeque;
 
 pub use coverage::{Coverage, DroppedState, PerFs};
-pub use finding::{format_dev, split_refcount, BreakCall, Finding, FindingKind, TimelineEntry};
+pub use finding::{
+    format_dev, format_duration, split_refcount, BreakCall, Finding, FindingKind, TimelineEntry,
+};
 
 use crate::event::{Event, EventBody, FileOp, Filesystem, PageRef};
-use hash::{int_map, IntMap};
+use hash::{int_map, IntMap, KeyFilter};
 use report::Reporter;
 use state::{
     evict_oldest, push_capped, BreakWindow, ClosedBreak, IdleTransition, PageWait, ReportedSet,
@@ -147,6 +149,9 @@ pub struct Detector {
     open: IntMap<u32, BreakWindow>,
     closed: IntMap<u32, ClosedBreak>,
     pages: IntMap<u64, WatchedPage>,
+    /// Pfns in `pages` (and some that left): most page events are about pages
+    /// nobody watches, and this says so without a hash lookup.
+    watched_filter: KeyFilter,
     /// The latest context-hook operation per task, for the call that follows.
     file_ops: IntMap<u32, (FileOp, u64)>,
     suspects: Vec<SuspectPage>,
@@ -182,6 +187,7 @@ impl Detector {
             open: int_map(windows),
             closed: int_map(windows),
             pages: int_map(cfg.max_pages.clamp(1, 1024)),
+            watched_filter: KeyFilter::new(16),
             file_ops: int_map(windows),
             suspects: Vec::new(),
             now: 0,
@@ -223,6 +229,10 @@ impl Detector {
     }
 
     /// Feeds one event; findings it establishes are appended to `out`.
+    ///
+    /// Truncation events and page puts on unwatched pages are nearly all of a
+    /// stream; everything else is `#[inline(never)]` so that their path stays
+    /// short (a few compares, at most one hash lookup).
     pub fn observe(&mut self, ev: &Event, out: &mut Vec<Finding>) {
         self.coverage.events += 1;
         if ev.ts_ns > self.now {
@@ -309,6 +319,7 @@ impl Detector {
 
     /// Any event of a task with an open call is progress: it settles an xfs
     /// call awaiting its retry, and ends a wait.
+    #[inline(never)]
     fn note_task_event(&mut self, ev: &Event, out: &mut Vec<Finding>) {
         let tid = ev.task.tid;
         let Some(w) = self.open.get_mut(&tid) else {
@@ -342,6 +353,7 @@ impl Detector {
         }
     }
 
+    #[inline(never)]
     fn on_file_op(&mut self, ev: &Event, op: FileOp) {
         self.coverage.file_ops += 1;
         if self.file_ops.len() >= self.cfg.max_windows {
@@ -355,6 +367,7 @@ impl Detector {
         self.file_ops.insert(ev.task.tid, (op, ev.ts_ns));
     }
 
+    #[inline(never)]
     fn on_break_enter(&mut self, ev: &Event, fs: Filesystem, dev: u32, ino: u64, mapping: u64) {
         let tid = ev.task.tid;
         let cap = self.cfg.timeline_len;
@@ -362,10 +375,15 @@ impl Detector {
         if let Some(w) = self.open.get_mut(&tid) {
             if same_mapping(w.call.mapping, mapping) {
                 if w.retry_pending_since.take().is_some() {
-                    // xfs: the caller's loop retries; the same call goes on.
+                    // xfs: the caller's loop retries; the same call goes on,
+                    // and so does its block (timers skipped it meanwhile).
                     w.depth = 1;
                     w.call.end_ns = None;
                     w.call.ret = None;
+                    if let Some(since) = w.blocked_since {
+                        let at = since.saturating_add(self.cfg.stall_threshold_ns + 1);
+                        self.next_timer_ns = self.next_timer_ns.min(at);
+                    }
                 } else {
                     // A nested hook of the same call.
                     w.depth += 1;
@@ -435,6 +453,7 @@ impl Detector {
         );
     }
 
+    #[inline(never)]
     fn on_break_exit(&mut self, ev: &Event, ret: i64, out: &mut Vec<Finding>) {
         let tid = ev.task.tid;
         let Some(w) = self.open.get_mut(&tid) else {
@@ -469,6 +488,7 @@ impl Detector {
 
     /// A call is over (`end_ns` is its last exit): judge it, and keep it for a
     /// while to attribute the truncation that follows.
+    #[inline(never)]
     fn end_call(&mut self, mut w: BreakWindow, end_ns: u64, out: &mut Vec<Finding>) {
         w.retry_pending_since = None;
         let mut rep = reporter!(self);
@@ -511,6 +531,7 @@ impl Detector {
         self.closed.insert(tid, closed);
     }
 
+    #[inline(never)]
     fn on_busy_scan(
         &mut self,
         ev: &Event,
@@ -587,6 +608,7 @@ impl Detector {
                 |p| p.last_seen_ns,
                 |pfn, _| waited.contains(pfn),
             );
+            self.watched_filter.rebuild(self.pages.keys().copied());
         }
         let mut wp = WatchedPage::new(p, mapping, ev.ts_ns, cap);
         push_capped(
@@ -596,6 +618,7 @@ impl Detector {
             &mut self.dropped.timeline_entries_dropped,
         );
         self.pages.insert(p.pfn, wp);
+        self.watched_filter.insert(p.pfn);
         self.coverage.pages_watched += 1;
     }
 
@@ -607,6 +630,7 @@ impl Detector {
             .collect()
     }
 
+    #[inline(never)]
     fn on_wait_start(&mut self, ev: &Event, page: &PageRef) {
         self.coverage.waits += 1;
         let cap = self.cfg.timeline_len;
@@ -650,7 +674,7 @@ impl Detector {
 
     /// A watched page lost references; `after` is its refcount now.
     fn on_refcount_drop(&mut self, ev: &Event, page: &PageRef, after: i64) {
-        if self.pages.is_empty() {
+        if !self.watched_filter.may_contain(page.pfn) {
             return;
         }
         let Some(wp) = self.pages.get_mut(&page.pfn) else {
@@ -677,6 +701,7 @@ impl Detector {
         }
     }
 
+    #[inline(never)]
     fn on_wake_up(&mut self, ev: &Event, page: &PageRef) {
         self.coverage.wake_ups += 1;
         if let Some(wp) = self.pages.get_mut(&page.pfn) {
@@ -734,7 +759,7 @@ impl Detector {
                     .retain(|s| s.pfn != page.pfn || !same_mapping(s.mapping, mapping));
             }
         }
-        if !self.pages.is_empty() {
+        if self.watched_filter.may_contain(page.pfn) {
             if let Some(wp) = self.pages.get_mut(&page.pfn) {
                 wp.refcount = page.refcount;
                 wp.last_seen_ns = ev.ts_ns;
@@ -831,6 +856,7 @@ impl Detector {
 
     /// Fires due deadlines (grace periods, stalls, xfs retries), sweeps
     /// expired state, and computes the next deadline.
+    #[inline(never)]
     fn run_timers(&mut self, out: &mut Vec<Finding>) {
         let now = self.now;
         let grace = self.cfg.lost_wakeup_grace_ns;
@@ -922,6 +948,7 @@ impl Detector {
             now.saturating_sub(p.last_seen_ns) <= page_ttl || waited.contains(pfn)
         });
         self.dropped.pages_expired += (before - self.pages.len()) as u64;
+        self.watched_filter.rebuild(self.pages.keys().copied());
     }
 }
 

@@ -128,7 +128,7 @@ impl Metrics {
         .expect("valid metric");
         r.register(Box::new(prog_run_time.clone()))
             .expect("unique metric");
-        Metrics {
+        let m = Metrics {
             findings: counter_vec(
                 &r,
                 "daxrace_findings_total",
@@ -194,7 +194,26 @@ impl Metrics {
             decode_seen: HashMap::new(),
             prog_seen: HashMap::new(),
             dropped_seen: HashMap::new(),
+        };
+        // Series exist at 0 from the start, so `increase()` sees the first
+        // finding or lost event instead of a series appearing at 1.
+        for kind in crate::detect::FindingKind::ALL {
+            for fs in [Filesystem::Ext4, Filesystem::Xfs, Filesystem::Unknown] {
+                m.findings.with_label_values(&[kind.as_str(), fs.as_str()]);
+            }
         }
+        for c in [
+            Counter::RingbufFull,
+            Counter::StateFull,
+            Counter::WatchFull,
+            Counter::BioTruncated,
+        ] {
+            m.lost_events.with_label_values(&[c.as_str()]);
+        }
+        for reason in crate::decode::DecodeError::REASONS {
+            m.decode_errors.with_label_values(&[reason]);
+        }
+        m
     }
 
     pub fn set_start_time(&self, unix_seconds: f64) {
@@ -224,10 +243,8 @@ impl Metrics {
     pub fn observe_event(&mut self, ev: &Event) {
         self.events.with_label_values(&[ev.hook.as_str()]).inc();
         match ev.body {
-            EventBody::BreakEnter { fs, .. } => {
-                if self.open_breaks.len() < 65536 {
-                    self.open_breaks.insert(ev.task.tid, (ev.ts_ns, fs));
-                }
+            EventBody::BreakEnter { fs, .. } if self.open_breaks.len() < 65536 => {
+                self.open_breaks.insert(ev.task.tid, (ev.ts_ns, fs));
             }
             EventBody::BreakExit { ret, .. } => {
                 if let Some((t0, fs)) = self.open_breaks.remove(&ev.task.tid) {

@@ -187,6 +187,36 @@ impl Apt {
         })
     }
 
+    /// `resolve`, remembered until the package lists change (each resolve
+    /// costs two `apt-cache` runs, about 3 s).
+    pub fn resolve_cached(&self, series: &str) -> Result<KernelPkg> {
+        let memo = self.dir.join(format!("resolved-{series}"));
+        let mtime = |p: &Path| fs::metadata(p).and_then(|m| m.modified()).ok();
+        if let (Some(m), Some(l)) = (mtime(&memo), mtime(&self.stamp())) {
+            if m >= l {
+                if let Ok(text) = fs::read_to_string(&memo) {
+                    let mut it = text.split_whitespace().map(String::from);
+                    if let (Some(image), Some(version)) = (it.next(), it.next()) {
+                        let packages: Vec<String> = it.collect();
+                        if !packages.is_empty() {
+                            return Ok(KernelPkg {
+                                image,
+                                version,
+                                packages,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        let k = self.resolve(series)?;
+        fs::write(
+            &memo,
+            format!("{} {} {}\n", k.image, k.version, k.packages.join(" ")),
+        )?;
+        Ok(k)
+    }
+
     /// Downloads the packages of `k` into `dest` and returns the .deb paths.
     pub fn download(&self, k: &KernelPkg, dest: &Path) -> Result<Vec<PathBuf>> {
         fs::create_dir_all(dest)?;

@@ -153,6 +153,7 @@ rc=$?
 echo "{MARK_EXIT} $rc"
 echo "{MARK_DMESG}"
 dmesg -r | tail -n +$((dmesg_lines + 1)) | grep '^<[0-4]>'
+echo "{MARK_DMESG}"
 poweroff -f
 sleep 10
 "#,
@@ -194,7 +195,8 @@ fn qemu_command(spec: &Spec, initrd: &Path) -> Command {
         // booting; warnings are collected from dmesg after the command.
         // cryptomgr.notests saves about 1.4 s; panic=-1 with -no-reboot turns
         // a panic into QEMU's exit.
-        "console=ttyS0 quiet panic=-1 cryptomgr.notests {}",
+        "console=ttyS0 {}panic=-1 cryptomgr.notests {}",
+        if spec.verbose { "" } else { "quiet " },
         memmap.join(" ")
     );
     let mut c = Command::new("qemu-system-x86_64");
@@ -270,33 +272,41 @@ fn run_qemu(spec: &Spec, initrd: &Path) -> Result<Outcome> {
         };
         match msg {
             Ok(Line::Out(l)) => {
-                if let Some(rest) = find_marker(&l, MARK_READY) {
-                    ready = Some((Instant::now(), rest.trim().parse().unwrap_or(0.0)));
-                } else if let Some(rest) = find_marker(&l, MARK_EXIT) {
-                    status = Some((rest.trim().parse().unwrap_or(255), Instant::now()));
-                } else if find_marker(&l, MARK_DMESG).is_some() {
-                    in_dmesg = true;
-                } else if let Some(rest) = find_marker(&l, MARK_FAIL) {
-                    break Err(anyhow::anyhow!("guest set-up failed: {}", rest.trim()));
-                } else if ready.is_none() {
-                    if spec.verbose {
-                        println!("{l}");
-                    }
-                    boot_log.push_back(l);
-                    if boot_log.len() > 60 {
-                        boot_log.pop_front();
-                    }
-                } else if in_dmesg {
-                    if !l.trim().is_empty() {
-                        dmesg.push(l);
+                // Markers are looked for only where they can come, so that a
+                // command printing one cannot confuse the harness.
+                if ready.is_none() {
+                    if let Some(rest) = find_marker(&l, MARK_READY) {
+                        ready = Some((Instant::now(), rest.trim().parse().unwrap_or(0.0)));
+                    } else if let Some(rest) = find_marker(&l, MARK_FAIL) {
+                        break Err(anyhow::anyhow!("guest set-up failed: {}", rest.trim()));
+                    } else {
+                        if spec.verbose {
+                            println!("{l}");
+                        }
+                        boot_log.push_back(l);
+                        if boot_log.len() > 60 {
+                            boot_log.pop_front();
+                        }
                     }
                 } else if status.is_none() {
-                    if spec.stream {
-                        let mut o = stdout.lock();
-                        let _ = writeln!(o, "{l}");
-                        let _ = o.flush();
+                    if let Some(rest) = find_marker(&l, MARK_EXIT) {
+                        status = Some((rest.trim().parse().unwrap_or(255), Instant::now()));
+                    } else {
+                        if spec.stream {
+                            let mut o = stdout.lock();
+                            let _ = writeln!(o, "{l}");
+                            let _ = o.flush();
+                        }
+                        output.push(l);
                     }
-                    output.push(l);
+                } else if find_marker(&l, MARK_DMESG).is_some() {
+                    // The second marker ends the kernel's warnings.
+                    if in_dmesg {
+                        break Ok(());
+                    }
+                    in_dmesg = true;
+                } else if in_dmesg && !l.trim().is_empty() {
+                    dmesg.push(l);
                 }
             }
             Ok(Line::Err(l)) => qemu_err.push(l),

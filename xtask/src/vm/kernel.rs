@@ -57,6 +57,10 @@ pub fn cache_dir() -> PathBuf {
 pub fn fetch(series: &str) -> Result<Kernel> {
     let t0 = Instant::now();
     let cache = cache_dir();
+    fs::create_dir_all(&cache)?;
+    // Several `cargo xtask vm` may run at once (developers, CI): one at a
+    // time updates the private apt state and prepares kernels.
+    let _lock = Lock::take(&cache.join("lock"))?;
     let apt = Apt::new(&cache)?;
     let mut refreshed = false;
     if !apt.lists_fresh() {
@@ -70,7 +74,7 @@ pub fn fetch(series: &str) -> Result<Kernel> {
             }
         }
     }
-    let mut pkg = apt.resolve(series)?;
+    let mut pkg = apt.resolve_cached(series)?;
     let mut dir = cache
         .join("kernels")
         .join(format!("{}_{}", pkg.image, pkg.version));
@@ -86,7 +90,7 @@ pub fn fetch(series: &str) -> Result<Kernel> {
             Err(e) if !refreshed => {
                 eprintln!("vm: {e:#}; refreshing the package lists");
                 apt.update()?;
-                pkg = apt.resolve(series)?;
+                pkg = apt.resolve_cached(series)?;
                 dir = cache
                     .join("kernels")
                     .join(format!("{}_{}", pkg.image, pkg.version));
@@ -105,6 +109,30 @@ pub fn fetch(series: &str) -> Result<Kernel> {
     let mut k = load(&dir)?;
     k.fetch_time = t0.elapsed();
     Ok(k)
+}
+
+/// An exclusive flock, released when the file is closed (dropped, or the
+/// process dies).
+struct Lock {
+    _file: fs::File,
+}
+
+impl Lock {
+    fn take(path: &Path) -> Result<Lock> {
+        use std::os::fd::AsRawFd;
+        let f = fs::File::create(path)?;
+        let t = Instant::now();
+        loop {
+            // SAFETY: flock on an fd we own.
+            if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                return Ok(Lock { _file: f });
+            }
+            if t.elapsed() > Duration::from_secs(900) {
+                bail!("{} stayed locked for 15 minutes: another `cargo xtask vm` is stuck fetching a kernel", path.display());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
 }
 
 fn cached_fallback(cache: &Path, series: &str) -> Result<Kernel> {

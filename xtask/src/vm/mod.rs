@@ -24,8 +24,13 @@ pub use guest::Fs;
 pub struct VmArgs {
     /// Kernel series: 6.1 (bookworm), 6.12 (trixie, bookworm-backports),
     /// newest (trixie-backports, sid), or another major.minor Debian ships.
-    #[arg(long, default_value = "newest")]
-    pub kernel: String,
+    /// (default: newest; with --test: every supported series).
+    #[arg(long)]
+    pub kernel: Option<String>,
+    /// Run the VM tests (what `cargo xtask test` runs after its other steps)
+    /// instead of a command.
+    #[arg(long, conflicts_with = "cmd")]
+    pub test: bool,
     /// DAX filesystems to create and mount (both: ext4 on /dev/pmem0, xfs on /dev/pmem1).
     #[arg(long, value_enum, default_value = "both")]
     pub fs: Fs,
@@ -61,7 +66,14 @@ fn guest_binaries() -> Vec<std::path::PathBuf> {
 }
 
 pub fn run(args: VmArgs) -> Result<i32> {
-    let k = kernel::fetch(&args.kernel)?;
+    if args.test {
+        match &args.kernel {
+            Some(k) => tests::test_series(&[k.as_str()])?,
+            None => tests::test_all()?,
+        }
+        return Ok(0);
+    }
+    let k = kernel::fetch(args.kernel.as_deref().unwrap_or("newest"))?;
     eprintln!(
         "vm: kernel {} {} ({}){}",
         k.pkg,

@@ -91,12 +91,31 @@ enum Cmd {
     /// device whose requests complete after --delay-ms) while punching,
     /// zeroing and truncating the pinned range: break-layouts must wait.
     SlowPin(slow_pin::Args),
+    /// Runs a command with SIGINT and SIGQUIT at their default action: a
+    /// background job of a non-interactive shell starts with them ignored,
+    /// so `daxrace run &` could not be stopped with SIGINT otherwise.
+    Sigdfl {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        cmd: Vec<String>,
+    },
 }
 
 fn main() {
     let cli = Cli::parse();
+    if let Cmd::Sigdfl { cmd } = &cli.cmd {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: restoring default dispositions before exec.
+        unsafe {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            libc::signal(libc::SIGQUIT, libc::SIG_DFL);
+        }
+        let err = std::process::Command::new(&cmd[0]).args(&cmd[1..]).exec();
+        eprintln!("daxrace-workload: cannot run {}: {err}", cmd[0]);
+        std::process::exit(EXIT_SETUP);
+    }
     stall::install_sigusr1();
     let res = match cli.cmd {
+        Cmd::Sigdfl { .. } => unreachable!("handled above"),
         Cmd::PinPunch(a) => pin_punch::run(a),
         Cmd::SlowPin(a) => slow_pin::run(a),
     };

@@ -55,15 +55,23 @@ impl NullBlk {
         set(&dir, "irqmode", "2")?;
         set(&dir, "completion_nsec", &delay.as_nanos().to_string())?;
         set(&dir, "power", "1")?;
+        // Since 5.19 the disk takes the configfs directory's name; before,
+        // it was nullb<index>.
         let index = fs::read_to_string(dir.join("index"))?.trim().to_string();
-        let path = PathBuf::from(format!("/dev/nullb{index}"));
+        let candidates = [
+            PathBuf::from(format!("/dev/{name}")),
+            PathBuf::from(format!("/dev/nullb{index}")),
+        ];
         let t = Instant::now();
-        while !path.exists() {
+        let path = loop {
+            if let Some(p) = candidates.iter().find(|p| p.exists()) {
+                break p.clone();
+            }
             if t.elapsed() > Duration::from_secs(5) {
-                bail!("{} did not appear", path.display());
+                bail!("null_blk device {name} did not appear as /dev/{name} or /dev/nullb{index}");
             }
             std::thread::sleep(Duration::from_millis(20));
-        }
+        };
         nb.dev = path;
         Ok(nb)
     }
