@@ -21,7 +21,9 @@
 //!   returned a page. On xfs before 6.15 `xfs_break_dax_layouts` is a single
 //!   iteration that returns 0 after a wait and is called again by
 //!   `xfs_break_layouts`' loop: there the call is judged once the task does
-//!   something other than call again (or after the grace period).
+//!   something other than call again (at the latest after `window_ttl_ns` or
+//!   at the end of the stream; not by a short timer, which a descheduled
+//!   task could outlast, so live and replay agree).
 //! - `mapping_mismatch`: `Disassociate` with `page_mapping` not 0, not the
 //!   mapping and not the shared-extent marker (`PAGE_MAPPING_DAX_COW`, 1).
 //! - `lost_wakeup`: a waiter on page P whose refcount reached idle (a
@@ -83,7 +85,8 @@ pub struct DetectorConfig {
     pub max_pages: usize,
     /// Bound on each timeline (per page, per call, and in a finding).
     pub timeline_len: usize,
-    /// An open call with no event for this long is forgotten (its exit was lost).
+    /// An open call with no event for this long is forgotten (its exit was
+    /// lost); an xfs call awaiting its retry this long is judged without it.
     pub window_ttl_ns: u64,
     /// A finished call is kept this long to attribute the truncation that follows.
     pub closed_window_ttl_ns: u64,
@@ -478,7 +481,7 @@ impl Detector {
             // The block so far counts for a stall either way.
             w.retry_pending_since = Some(ev.ts_ns);
             out.extend(reporter!(self).stall(w, ev.ts_ns));
-            let at = ev.ts_ns.saturating_add(self.cfg.lost_wakeup_grace_ns + 1);
+            let at = ev.ts_ns.saturating_add(self.cfg.window_ttl_ns);
             self.next_timer_ns = self.next_timer_ns.min(at);
             return;
         }
@@ -866,7 +869,7 @@ impl Detector {
         due.clear();
         for (tid, w) in &self.open {
             if let Some(exit_ns) = w.retry_pending_since {
-                let at = exit_ns.saturating_add(grace + 1);
+                let at = exit_ns.saturating_add(self.cfg.window_ttl_ns);
                 if now >= at {
                     due.push((w.call.id, *tid));
                 } else {

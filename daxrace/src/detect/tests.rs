@@ -436,7 +436,23 @@ fn xfs_iteration_returning_zero_is_judged_by_what_the_task_does_next() {
     }
     assert_eq!(kinds(&out), [FindingKind::BreakWithoutCleanScan]);
     assert_eq!(out[0].break_call.expect("call").end_ns, Some(S + 5));
-    // Nothing follows at all: the grace period decides, or the end of the stream.
+    // A retry after a long pause (the task was descheduled) is still a retry.
+    let mut events = iteration(S);
+    events.push(delete(S + 10, b, 3));
+    events.extend(iteration(S + 30 * S));
+    events.extend([
+        enter(31 * S, a, Filesystem::Xfs, MAPPING),
+        scan(31 * S + 1, a, None),
+        exit(31 * S + 2, a, Filesystem::Xfs, 0),
+    ]);
+    let cfg = DetectorConfig {
+        stall_threshold_ns: 60 * S,
+        ..Default::default()
+    };
+    let (d, out) = run(cfg, &events);
+    assert!(out.is_empty(), "{out:#?}");
+    assert_eq!(d.coverage().breaks_started.xfs, 1);
+    // Nothing follows at all: the end of the stream decides, or the window TTL.
     let (_, out) = run(DetectorConfig::default(), &iteration(S));
     assert_eq!(kinds(&out), [FindingKind::BreakWithoutCleanScan]);
     let mut d = Detector::new(DetectorConfig::default());
@@ -444,7 +460,9 @@ fn xfs_iteration_returning_zero_is_judged_by_what_the_task_does_next() {
     for e in &iteration(S) {
         d.observe(e, &mut out);
     }
-    d.advance(S + 5 + S + 1, &mut out);
+    d.advance(S + 5 + d.config().window_ttl_ns - 1, &mut out);
+    assert!(out.is_empty());
+    d.advance(S + 5 + d.config().window_ttl_ns, &mut out);
     assert_eq!(kinds(&out), [FindingKind::BreakWithoutCleanScan]);
 }
 
