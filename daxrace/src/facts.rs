@@ -43,6 +43,13 @@ fn offset(
     }
 }
 
+/// Kernel symbols the facts read (besides the probe plan's own).
+pub const SYMBOLS: &[&str] = &[
+    "vmemmap_base",
+    "dax_break_layout",
+    "__put_devmap_managed_folio_refs",
+];
+
 impl KernelFacts {
     pub fn gather(btf: Option<&Btf>, kallsyms: &Kallsyms) -> KernelFacts {
         let d = KernelConfig::X86_64_DEFAULTS;

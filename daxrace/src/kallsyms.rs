@@ -35,17 +35,31 @@ pub struct Kallsyms {
 }
 
 impl Kallsyms {
-    pub fn read() -> std::io::Result<Self> {
-        Ok(Self::parse(&std::fs::read_to_string(KALLSYMS)?))
+    /// Reads only the symbols `wanted` names (and their clones): the kernel
+    /// has over 100,000, and start-up time matters.
+    pub fn read(wanted: &[&str]) -> std::io::Result<Self> {
+        let set: std::collections::HashSet<&str> = wanted.iter().copied().collect();
+        Ok(Self::parse_filtered(
+            &std::fs::read_to_string(KALLSYMS)?,
+            |base| set.contains(base),
+        ))
     }
 
     pub fn parse(text: &str) -> Self {
+        Self::parse_filtered(text, |_| true)
+    }
+
+    /// Keeps the symbols whose name, without any clone suffix, passes `keep`.
+    pub fn parse_filtered(text: &str, keep: impl Fn(&str) -> bool) -> Self {
         let mut k = Kallsyms::default();
         for line in text.lines() {
             let mut it = line.split_whitespace();
             let (Some(addr), Some(kind), Some(name)) = (it.next(), it.next(), it.next()) else {
                 continue;
             };
+            if !keep(name.split('.').next().unwrap_or(name)) {
+                continue;
+            }
             let module = it
                 .next()
                 .map(|m| m.trim_start_matches('[').trim_end_matches(']').to_string());

@@ -473,6 +473,15 @@ fn resolve_hook(spec: &HookSpec, view: &KernelView<'_>, pref: AttachPreference) 
     }
 }
 
+/// Every kernel function the table names (what kallsyms must be searched for).
+pub fn symbols() -> impl Iterator<Item = &'static str> {
+    HOOKS
+        .iter()
+        .flat_map(|h| h.targets.iter())
+        .filter(|t| !is_tracepoint(t))
+        .map(|t| t.symbol)
+}
+
 pub fn spec(hook: HookId) -> &'static HookSpec {
     HOOKS
         .iter()

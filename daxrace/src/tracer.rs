@@ -107,6 +107,14 @@ pub fn check_privileges() -> Result<(), TraceError> {
     }
 }
 
+/// The symbols the plan and the facts need, from /proc/kallsyms.
+fn read_kallsyms() -> std::io::Result<Kallsyms> {
+    let wanted: Vec<&str> = plan::symbols()
+        .chain(crate::facts::SYMBOLS.iter().copied())
+        .collect();
+    Kallsyms::read(&wanted)
+}
+
 fn read_modules() -> String {
     std::fs::read_to_string("/proc/modules")
         .map(|s| {
@@ -140,16 +148,21 @@ impl Tracer {
     pub fn load(opts: &TracerOptions) -> Result<Tracer, TraceError> {
         check_privileges()?;
         raise_memlock();
-        let kallsyms = Kallsyms::read().map_err(TraceError::Kallsyms)?;
+        let t = std::time::Instant::now();
+        let kallsyms = read_kallsyms().map_err(TraceError::Kallsyms)?;
+        log::debug!("kallsyms read in {:?}", t.elapsed());
         let btf = Btf::from_file(VMLINUX_BTF).ok();
         let facts = KernelFacts::gather(btf.as_ref(), &kallsyms);
+        log::debug!("BTF facts in {:?}", t.elapsed());
         let btf_aya = aya::Btf::from_sys_fs().ok();
+        log::debug!("aya BTF in {:?}", t.elapsed());
         let ebpf = EbpfLoader::new()
             .btf(btf_aya.as_ref())
             .override_global(daxrace_common::CONFIG_GLOBAL, &facts.config, true)
             .map_max_entries(EVENTS_MAP, opts.ring_buffer_bytes)
             .load(OBJECT)
             .map_err(TraceError::Load)?;
+        log::debug!("object loaded in {:?}", t.elapsed());
         let mut tracer = Tracer {
             ebpf,
             facts,
@@ -176,6 +189,7 @@ impl Tracer {
             let status = tracer.attach_hook(&p);
             tracer.statuses.push(status);
         }
+        log::debug!("plan attached in {:?}", t.elapsed());
         if tracer.statuses.iter().all(|s| !s.is_attached()) {
             return Err(TraceError::NothingAttached);
         }
@@ -202,7 +216,7 @@ impl Tracer {
             return Vec::new();
         }
         self.modules_seen = modules;
-        let Ok(kallsyms) = Kallsyms::read() else {
+        let Ok(kallsyms) = read_kallsyms() else {
             return Vec::new();
         };
         let btf = Btf::from_file(VMLINUX_BTF).ok();

@@ -34,7 +34,7 @@ pub fn run(args: TestArgs) -> Result<()> {
     step("clippy", || {
         setup::run(setup::cargo().current_dir(&root).args([
             "clippy",
-            "--workspace",
+            // default-members: the eBPF crate only builds for the BPF target.
             "--all-targets",
             "--",
             "-D",
