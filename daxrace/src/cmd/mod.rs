@@ -69,16 +69,36 @@ pub struct AttachArgs {
     /// Ring buffer size in KiB (rounded up to a power of two).
     #[arg(long, default_value_t = 4096)]
     pub ring_buffer_kib: u32,
+    /// Attach only these logical hooks (comma-separated names as `daxrace
+    /// probes` prints them); default: all.
+    #[arg(long, value_delimiter = ',', value_name = "HOOKS")]
+    pub hooks: Vec<String>,
 }
 
 impl AttachArgs {
-    pub fn options(&self) -> TracerOptions {
-        TracerOptions {
+    pub fn options(&self) -> anyhow::Result<TracerOptions> {
+        let only = self
+            .hooks
+            .iter()
+            .map(|h| {
+                daxrace::event::HookName::from_name(h).map(|n| n.0).ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "--hooks: unknown hook `{h}` (hooks: {})",
+                        daxrace_common::HookId::ALL
+                            .iter()
+                            .map(|&id| daxrace::event::HookName(id).as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(TracerOptions {
             attach: self.attach,
             strict: self.strict,
             ring_buffer_bytes: (self.ring_buffer_kib.max(4) * 1024).next_power_of_two(),
-            only: Vec::new(),
-        }
+            only,
+        })
     }
 }
 

@@ -68,7 +68,7 @@ async fn run_async(args: RunArgs) -> Result<i32> {
         Some(MetricsServer::bind(args.listen).await?)
     };
     let started = Instant::now();
-    let mut tracer = Tracer::load(&args.attach.options()).context("cannot attach")?;
+    let mut tracer = Tracer::load(&args.attach.options()?).context("cannot attach")?;
     let _stats = live::enable_bpf_stats(args.bpf_stats)?;
     // An administrator may have enabled statistics host-wide already.
     tracer.stats_enabled = args.bpf_stats

@@ -47,7 +47,7 @@ pub fn run(args: TraceArgs) -> Result<i32> {
 
 async fn run_async(args: TraceArgs) -> Result<i32> {
     let started = Instant::now();
-    let mut tracer = Tracer::load(&args.attach.options()).context("cannot attach")?;
+    let mut tracer = Tracer::load(&args.attach.options()?).context("cannot attach")?;
     print_warnings(&tracer);
     let attached = tracer.statuses.iter().filter(|s| s.is_attached()).count();
     eprintln!(

@@ -258,11 +258,11 @@ fn run_qemu(spec: &Spec, initrd: &Path) -> Result<Outcome> {
     let mut qemu_err = Vec::new();
     let stdout = std::io::stdout();
     let result = loop {
-        let deadline = match ready {
-            None => start + BOOT_TIMEOUT,
-            Some((t, _)) if status.is_none() => t + spec.timeout,
+        let deadline = match (ready, status) {
+            (None, _) => start + BOOT_TIMEOUT,
+            (Some((t, _)), None) => t + spec.timeout,
             // After the exit marker only the warnings and poweroff remain.
-            Some(_) => Instant::now().max(start) + Duration::from_secs(30),
+            (Some(_), Some((_, t))) => t + Duration::from_secs(30),
         };
         let now = Instant::now();
         let msg = if now >= deadline {
@@ -376,4 +376,66 @@ fn run_qemu(spec: &Spec, initrd: &Path) -> Result<Outcome> {
 /// The marker may follow kernel text on the same console line.
 fn find_marker<'a>(line: &'a str, marker: &str) -> Option<&'a str> {
     line.find(marker).map(|i| &line[i + marker.len()..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting() {
+        assert_eq!(shell_quote("daxrace"), "daxrace");
+        assert_eq!(shell_quote("--dir=/mnt/ext4"), "--dir=/mnt/ext4");
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(shell_quote(""), "''");
+        assert_eq!(shell_quote("$X"), "'$X'");
+    }
+
+    #[test]
+    fn init_script_parses() {
+        let k = Kernel {
+            pkg: "linux-image-x".into(),
+            version: "1".into(),
+            release: "1".into(),
+            boot_image: PathBuf::from("/nonexistent"),
+            modules: vec![PathBuf::from("/m/nd_pmem.ko"), PathBuf::from("/m/brd.ko")],
+            fetch_time: Duration::ZERO,
+        };
+        let spec = Spec {
+            kernel: &k,
+            fs: Fs::Both,
+            script: "daxrace-workload pin-punch 'a b'".into(),
+            timeout: Duration::from_secs(1),
+            verbose: false,
+            stream: false,
+        };
+        let script = init_script(&spec);
+        assert!(script.contains("insmod /lib/modules/brd.ko rd_nr=1"));
+        assert!(script.contains("export DAX_XFS=/mnt/xfs"));
+        let Some(bb) = ["/usr/bin/busybox", "/bin/busybox"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+        else {
+            return;
+        };
+        let out = Command::new(bb)
+            .args(["sh", "-n", "-c", &script])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    #[test]
+    fn markers_anywhere_in_a_line() {
+        assert_eq!(
+            find_marker("[ 1.0] x @@DAXRACE-EXIT 3", MARK_EXIT),
+            Some(" 3")
+        );
+        assert_eq!(find_marker("nothing", MARK_EXIT), None);
+    }
 }

@@ -229,3 +229,46 @@ pub fn build(out: &Path, c: &Contents) -> Result<u64> {
     w.flush()?;
     Ok(fs::metadata(out)?.len())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpio_lists_with_busybox() {
+        let mut c = Cpio::new(Vec::new());
+        c.file("/usr/local/bin/x", 0o755, b"hello").unwrap();
+        c.symlink("/bin/sh", "busybox").unwrap();
+        c.chardev("/dev/console", 5, 1).unwrap();
+        let bytes = c.finish().unwrap();
+        assert_eq!(bytes.len() % 4, 0);
+        let Some(bb) = ["/usr/bin/busybox", "/bin/busybox"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+        else {
+            return; // the listing check needs busybox (cargo xtask setup)
+        };
+        let mut child = Command::new(bb)
+            .args(["cpio", "-t"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(&bytes).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let list = String::from_utf8_lossy(&out.stdout);
+        for want in [
+            "usr",
+            "usr/local/bin",
+            "usr/local/bin/x",
+            "bin/sh",
+            "dev/console",
+        ] {
+            assert!(
+                list.lines().any(|l| l == want),
+                "{want} missing from {list}"
+            );
+        }
+    }
+}

@@ -47,8 +47,12 @@ pub struct Kernel {
     pub fetch_time: Duration,
 }
 
+/// `<workspace>/target/vm-cache`, or `$DAXRACE_VM_CACHE` (e.g. a CI cache
+/// that outlives `target/`).
 pub fn cache_dir() -> PathBuf {
-    crate::setup::workspace_root().join("target/vm-cache")
+    std::env::var_os("DAXRACE_VM_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::setup::workspace_root().join("target/vm-cache"))
 }
 
 /// Resolves, downloads and prepares the newest kernel of `series`; falls

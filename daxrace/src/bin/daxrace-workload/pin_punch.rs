@@ -312,7 +312,7 @@ fn pread(fd: &File, buf: *mut u8, len: u64, off: u64) -> std::io::Result<u64> {
 
 fn reader(sh: &Shared, slot: &Slot, me: usize, readers: usize, max_read: u64) {
     slot.bind();
-    let mut rng = Rng::new(sh.seed ^ (me as u64 + 1) * 0x9e37);
+    let mut rng = Rng::new(sh.seed ^ ((me as u64 + 1) * 0x9e37));
     let mut check = pattern::Aligned::new(max_read as usize);
     // This reader's regions: every `readers`-th one, starting at `me`.
     let mine: Vec<u64> = (0..sh.gens.len() as u64)
