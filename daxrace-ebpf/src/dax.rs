@@ -17,7 +17,7 @@ use aya_ebpf::{
 };
 use daxrace_common::{Counter, FsKind, HookId, KernelConfig, Record, RecordKind};
 
-use crate::emit::{config, count, fill_inode, new_record, read_at, submit};
+use crate::emit::{config, count, count_n, fill_inode, new_record, read_at, submit};
 
 /// A break-layouts call in progress on one task. Its BreakEnter record is
 /// only sent once the call scans for busy pages: xfs_break_layouts() also runs
@@ -72,9 +72,12 @@ static RECENT_BUSY: LruHashMap<u32, u64> = LruHashMap::with_max_entries(4096, 0)
 #[map]
 static BIO_STASH: HashMap<u32, u64> = HashMap::with_max_entries(4096, 0);
 
-/// Most pages one release walks (64 pages: a 256 KiB direct I/O); more are
-/// counted as `BioTruncated`.
-const MAX_BIO_PAGES: u32 = 64;
+/// Most pages one release walks (a 128 KiB direct I/O); more are counted as
+/// `BioTruncated`.
+const MAX_BIO_PAGES: u32 = 32;
+/// Most watched pages reported from one bio (a busy scan watches one page
+/// per break iteration, so more is rare).
+const MAX_FOUND: usize = 2;
 const PAGE_SHIFT: u32 = 12;
 /// A DAX xarray entry is `xa_mk_value(flags | pfn << DAX_SHIFT)`.
 const DAX_SHIFT: u32 = 4;
@@ -479,8 +482,13 @@ pub fn fe_page_freed(ctx: FEntryContext) -> u32 {
 
 // ---- release path that bypasses the devmap put (Debian 6.1) --------------
 
-/// After `__bio_release_pages(bio)` dropped its references: report every
-/// watched page of the bio with its refcount now.
+/// After `__bio_release_pages(bio)` dropped its references: report the
+/// watched pages of the bio with their refcount now.
+///
+/// The loop is kept tiny on purpose: the verifier walks every iteration, and
+/// a fat body (record building inside) made loading take minutes under
+/// emulation and hit the verifier's limit on 7.x. Found pages are collected
+/// first and reported after the loop.
 #[inline(always)]
 fn bio_released(bio: u64) -> u32 {
     if bio == 0 {
@@ -489,46 +497,42 @@ fn bio_released(bio: u64) -> u32 {
     let cfg = config();
     let vecs = read_at::<u64>(bio, cfg.bio_io_vec);
     let vcnt = read_at::<u16>(bio, cfg.bio_vcnt) as u32;
+    let psz = cfg.page_struct_size as u64;
     let mut idx: u32 = 0;
-    let mut pg: u32 = 0;
-    let mut last: u32 = 0;
-    let mut loaded = false;
-    let mut first_page: u64 = 0;
-    for _ in 0..MAX_BIO_PAGES * 2 {
-        if idx >= vcnt {
-            break;
-        }
-        if !loaded {
+    let mut page: u64 = 0;
+    let mut end: u64 = 0;
+    let mut walked: u64 = 0;
+    let mut found = [0u64; MAX_FOUND];
+    let mut nfound: usize = 0;
+    for _ in 0..MAX_BIO_PAGES {
+        if page >= end {
+            if idx >= vcnt {
+                break;
+            }
             let bv = vecs + (idx as u64) * (cfg.bio_vec_size as u64);
-            first_page = read_at::<u64>(bv, cfg.bvec_page);
-            let len = read_at::<u32>(bv, cfg.bvec_len);
-            let off = read_at::<u32>(bv, cfg.bvec_offset);
-            pg = off >> PAGE_SHIFT;
-            last = if len == 0 {
-                pg
-            } else {
-                (off + len - 1) >> PAGE_SHIFT
-            };
-            loaded = true;
-        }
-        if pg > last {
+            let first = read_at::<u64>(bv, cfg.bvec_page);
+            let off = read_at::<u32>(bv, cfg.bvec_offset) as u64;
+            let len = read_at::<u32>(bv, cfg.bvec_len) as u64;
+            page = first + (off >> PAGE_SHIFT) * psz;
+            end = first + (((off + len).saturating_sub(1) >> PAGE_SHIFT) + 1) * psz;
             idx += 1;
-            loaded = false;
-            continue;
         }
-        let page = first_page + (pg as u64) * (cfg.page_struct_size as u64);
-        if watched(page) {
-            count(Counter::PutWatched);
-            let mut r = new_record(RecordKind::PageReleased, HookId::BioRelease);
-            fill_page(&mut r, &cfg, page);
-            submit(&r);
-        } else {
-            count(Counter::PutUnwatched);
+        if watched(page) && nfound < MAX_FOUND {
+            found[nfound] = page;
+            nfound += 1;
         }
-        pg += 1;
+        walked += 1;
+        page += psz;
     }
-    if idx < vcnt {
+    if page < end || idx < vcnt {
         count(Counter::BioTruncated);
+    }
+    count_n(Counter::PutUnwatched, walked - nfound as u64);
+    for &p in found.iter().take(nfound) {
+        count(Counter::PutWatched);
+        let mut r = new_record(RecordKind::PageReleased, HookId::BioRelease);
+        fill_page(&mut r, &cfg, p);
+        submit(&r);
     }
     0
 }

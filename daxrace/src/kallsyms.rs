@@ -71,7 +71,8 @@ impl Kallsyms {
             };
             if let Some((base, suffix)) = name.split_once('.') {
                 // Compiler clones: .isra.N, .constprop.N, .part.N, .cold (not callable).
-                if !suffix.starts_with("cold") {
+                // `foo.isra.0.cold` is the cold tail of a clone, not callable.
+                if !suffix.split('.').any(|part| part == "cold") {
                     k.clones
                         .entry(base.to_string())
                         .or_default()
@@ -119,6 +120,7 @@ mod tests {
 ffffffff81000000 T _stext
 ffffffff81300000 t dax_disassociate_entry.isra.0
 ffffffff81300100 t dax_disassociate_entry.cold
+ffffffff81300180 t dax_disassociate_entry.isra.0.cold
 ffffffff81300200 T dax_layout_busy_page
 ffffffffa0000000 t xfs_break_dax_layouts\t[xfs]
 ffffffff82000000 D vmemmap_base

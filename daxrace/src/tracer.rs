@@ -261,7 +261,17 @@ impl Tracer {
                 let mut links = Vec::new();
                 let mut failed = None;
                 for program in flavour.programs {
-                    match self.attach_program(program.name, program.kind, &cand.attach_to) {
+                    let t = std::time::Instant::now();
+                    let result = self.attach_program(program.name, program.kind, &cand.attach_to);
+                    log::debug!(
+                        "{} {} on {}: {:?} in {:?}",
+                        program.kind.as_str(),
+                        program.name,
+                        cand.attach_to,
+                        result.as_ref().map(|_| "ok"),
+                        t.elapsed()
+                    );
+                    match result {
                         Ok(()) => links.push(AttachedProgram {
                             symbol: cand.attach_to.clone(),
                             module: cand.module.clone(),

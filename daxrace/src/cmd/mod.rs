@@ -81,16 +81,18 @@ impl AttachArgs {
             .hooks
             .iter()
             .map(|h| {
-                daxrace::event::HookName::from_name(h).map(|n| n.0).ok_or_else(|| {
-                    anyhow::anyhow!(
-                        "--hooks: unknown hook `{h}` (hooks: {})",
-                        daxrace_common::HookId::ALL
-                            .iter()
-                            .map(|&id| daxrace::event::HookName(id).as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )
-                })
+                daxrace::event::HookName::from_name(h)
+                    .map(|n| n.0)
+                    .ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "--hooks: unknown hook `{h}` (hooks: {})",
+                            daxrace_common::HookId::ALL
+                                .iter()
+                                .map(|&id| daxrace::event::HookName(id).as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )
+                    })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(TracerOptions {
