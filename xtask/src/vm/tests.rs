@@ -99,6 +99,37 @@ snap() {
     s
 }
 
+/// The daxrace phase: `probes`, then `trace` around the pin-and-punch
+/// workload on each filesystem, then `replay` of each recorded file. Output
+/// goes to files first so exit statuses are not lost in pipes.
+fn daxrace_script(fss: &[&str]) -> String {
+    let mut s = String::from(
+        r#"echo "== daxrace probes"
+daxrace probes --json > /tmp/probes.json 2>/tmp/probes.err
+echo "@@DR all probes $?"
+echo "@@PROBESJSON $(tr -d '\n' < /tmp/probes.json)"
+sed 's/^/  probes: /' /tmp/probes.err
+"#,
+    );
+    for fs in fss {
+        let var = format!("DAX_{}", fs.to_uppercase());
+        let _ = write!(
+            s,
+            r#"echo "== {fs}: daxrace trace -- pin-punch"
+daxrace trace --json /tmp/trace-{fs}.jsonl -- daxrace-workload pin-punch --dir ${var} --seconds {WORKLOAD_SECONDS} --stall-timeout 3 --max-stalls 1 > /tmp/trace-{fs}.out 2>&1
+echo "@@DR {fs} trace $?"
+sed 's/^/@@TO {fs} /' /tmp/trace-{fs}.out
+grep -o '"type":"finding","kind":"[a-z_]*"' /tmp/trace-{fs}.jsonl | sed 's/.*"kind":"//; s/"//' | sort | uniq -c | awk '{{ print "@@FK {fs}", $2, $1 }}'
+grep -q '"type":"footer"' /tmp/trace-{fs}.jsonl && echo "@@FOOTER {fs}"
+daxrace replay /tmp/trace-{fs}.jsonl > /tmp/replay-{fs}.out 2>&1
+echo "@@DR {fs} replay $?"
+sed 's/^/@@RO {fs} /' /tmp/replay-{fs}.out
+"#
+        );
+    }
+    s
+}
+
 fn workload_script(fs: &str, dir_var: &str) -> String {
     format!(
         r#"echo "== {fs}: pin-punch"
@@ -122,6 +153,13 @@ struct FsResult {
     rcs: BTreeMap<String, i32>,
     /// Workload JSON summaries by workload name.
     summaries: BTreeMap<String, Value>,
+    /// daxrace exit statuses: "trace", "replay".
+    daxrace_rcs: BTreeMap<String, i32>,
+    /// Findings recorded by `daxrace trace`, by kind.
+    findings: BTreeMap<String, u64>,
+    trace_output: Vec<String>,
+    replay_output: Vec<String>,
+    footer: bool,
 }
 
 impl FsResult {
@@ -167,13 +205,20 @@ struct SeriesResult {
     symbols: Vec<String>,
     absent_probes: Vec<String>,
     fs: BTreeMap<String, FsResult>,
+    /// `daxrace probes --json` as the guest printed it.
+    probes: Value,
     failures: Vec<String>,
 }
 
-fn parse(
-    out: &guest::Outcome,
-    fss: &[&str],
-) -> (Vec<String>, Vec<String>, BTreeMap<String, FsResult>) {
+type Parsed = (
+    Vec<String>,
+    Vec<String>,
+    BTreeMap<String, FsResult>,
+    Value,
+    Option<i32>,
+);
+
+fn parse(out: &guest::Outcome, fss: &[&str]) -> Parsed {
     let mut symbols = Vec::new();
     let mut absent = Vec::new();
     let mut snaps: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
@@ -183,9 +228,42 @@ fn parse(
         .map(|f| (f.to_string(), FsResult::default()))
         .collect();
     let mut current_fs = String::new();
+    let mut probes = Value::Null;
+    let mut probes_rc = None;
     for l in &out.output {
+        if let Some(json) = l.strip_prefix("@@PROBESJSON ") {
+            probes = serde_json::from_str(json).unwrap_or(Value::Null);
+            continue;
+        }
         let w: Vec<&str> = l.split_whitespace().collect();
         match w.as_slice() {
+            ["@@DR", "all", "probes", rc] => probes_rc = rc.parse().ok(),
+            ["@@DR", fs, what, rc] => {
+                if let Some(r) = res.get_mut(*fs) {
+                    r.daxrace_rcs
+                        .insert(what.to_string(), rc.parse().unwrap_or(255));
+                }
+            }
+            ["@@FK", fs, kind, n] => {
+                if let Some(r) = res.get_mut(*fs) {
+                    r.findings.insert(kind.to_string(), n.parse().unwrap_or(0));
+                }
+            }
+            ["@@FOOTER", fs] => {
+                if let Some(r) = res.get_mut(*fs) {
+                    r.footer = true;
+                }
+            }
+            ["@@TO", fs, ..] | ["@@RO", fs, ..] => {
+                if let Some(r) = res.get_mut(*fs) {
+                    let text = l.splitn(3, ' ').nth(2).unwrap_or("").to_string();
+                    if w[0] == "@@TO" {
+                        r.trace_output.push(text);
+                    } else {
+                        r.replay_output.push(text);
+                    }
+                }
+            }
             ["@@SYM", name, kind, rest @ ..] => {
                 // A local (t) vmlinux symbol may be inlined elsewhere; module
                 // symbols are all listed lower case, so only mark vmlinux ones.
@@ -247,7 +325,105 @@ fn parse(
         }
         prev = fs.to_string();
     }
-    (symbols, absent, res)
+    (symbols, absent, res, probes, probes_rc)
+}
+
+/// What daxrace must report on each series: Debian's 6.1 releases
+/// direct-I/O pages without waking break-layouts waiters (KERNELS.md, "A
+/// live bug"), so its trace must show lost wake-ups; later kernels are clean.
+fn expects_lost_wakeup(series: &str) -> bool {
+    series == "6.1"
+}
+
+/// The daxrace checks of one series.
+fn check_daxrace(
+    series: &str,
+    probes: &Value,
+    probes_rc: Option<i32>,
+    fs: &BTreeMap<String, FsResult>,
+    dmesg: &[String],
+) -> Vec<String> {
+    let mut failures = Vec::new();
+    if probes_rc != Some(0) {
+        failures.push(format!("daxrace probes exited with {probes_rc:?}"));
+    }
+    // Every hook whose kernel symbol exists must attach: the only acceptable
+    // reason for a missing hook is that the kernel has no candidate.
+    match probes["hooks"].as_array() {
+        None => failures.push("daxrace probes printed no hook list".into()),
+        Some(hooks) => {
+            for h in hooks {
+                let attached = h["attached"].as_array().is_some_and(|a| !a.is_empty());
+                let errors: Vec<&str> = h["errors"]
+                    .as_array()
+                    .map(|e| e.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default();
+                if !attached && !errors.iter().all(|e| e.starts_with("no candidate")) {
+                    failures.push(format!(
+                        "hook {} exists on this kernel but did not attach: {}",
+                        h["hook"],
+                        errors.join("; ")
+                    ));
+                }
+            }
+        }
+    }
+    let kernel_warned_truncation = dmesg
+        .iter()
+        .any(|l| l.contains("dax_disassociate_entry"));
+    for (name, r) in fs {
+        let trace = r.daxrace_rcs.get("trace").copied();
+        let replay = r.daxrace_rcs.get("replay").copied();
+        let bugs: u64 = r
+            .findings
+            .iter()
+            .filter(|(k, _)| *k != "stall")
+            .map(|(_, n)| n)
+            .sum();
+        if !r.footer {
+            failures.push(format!("{name}: the trace file has no footer"));
+        }
+        if !r
+            .trace_output
+            .iter()
+            .any(|l| l.contains("the race window was reached"))
+        {
+            failures.push(format!(
+                "{name}: daxrace's coverage line does not say the race window was reached"
+            ));
+        }
+        if expects_lost_wakeup(series) {
+            if trace != Some(10) || r.findings.get("lost_wakeup").copied().unwrap_or(0) == 0 {
+                failures.push(format!(
+                    "{name}: expected daxrace trace to report lost_wakeup and exit 10, got exit {trace:?} and findings {:?}",
+                    r.findings
+                ));
+            }
+        } else if trace != Some(0) || bugs > 0 {
+            failures.push(format!(
+                "{name}: expected a clean trace (exit 0, no findings), got exit {trace:?} and findings {:?}",
+                r.findings
+            ));
+        }
+        if kernel_warned_truncation && r.findings.get("truncate_while_pinned").is_none() {
+            failures.push(format!(
+                "{name}: the kernel warned in dax_disassociate_entry but daxrace reported no truncate_while_pinned"
+            ));
+        }
+        if replay != trace {
+            failures.push(format!(
+                "{name}: replay exited {replay:?}, the trace {trace:?}"
+            ));
+        }
+        if !r
+            .replay_output
+            .iter()
+            .any(|l| l.contains("replay agrees with the recording"))
+        {
+            failures.push(format!("{name}: replay does not agree with the recording"));
+        }
+    }
+    failures
 }
 
 fn run_series(series: &str) -> Result<SeriesResult> {
@@ -259,6 +435,7 @@ fn run_series(series: &str) -> Result<SeriesResult> {
     for fs in fss {
         script += &workload_script(fs, &format!("DAX_{}", fs.to_uppercase()));
     }
+    script += &daxrace_script(fss);
     let out = guest::boot(
         &guest::Spec {
             kernel: &k,
@@ -270,8 +447,8 @@ fn run_series(series: &str) -> Result<SeriesResult> {
         },
         &super::guest_binaries(),
     )?;
-    let (symbols, absent_probes, fs) = parse(&out, fss);
-    let mut failures = Vec::new();
+    let (symbols, absent_probes, fs, probes, probes_rc) = parse(&out, fss);
+    let mut failures = check_daxrace(series, &probes, probes_rc, &fs, &out.dmesg);
     if out.status != 0 {
         failures.push(format!("guest script exited with {}", out.status));
     }
@@ -319,6 +496,7 @@ fn run_series(series: &str) -> Result<SeriesResult> {
         symbols,
         absent_probes,
         fs,
+        probes,
         failures,
     })
 }
@@ -385,6 +563,36 @@ pub fn test_series(series: &[&str]) -> Result<()> {
             }
         );
         println!("          DAX symbols: {}", r.symbols.join(" "));
+        let attached: Vec<String> = r.probes["hooks"]
+            .as_array()
+            .map(|hs| {
+                hs.iter()
+                    .filter(|h| h["attached"].as_array().is_some_and(|a| !a.is_empty()))
+                    .map(|h| {
+                        let kinds: std::collections::BTreeSet<&str> = h["attached"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(|a| a["kind"].as_str())
+                            .collect();
+                        format!(
+                            "{}({})",
+                            h["hook"].as_str().unwrap_or("?"),
+                            kinds.into_iter().collect::<Vec<_>>().join("+")
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        println!("          daxrace hooks attached: {}", attached.join(" "));
+        for (n, f) in &r.fs {
+            println!(
+                "          daxrace on {n}: trace exit {:?}, replay exit {:?}, findings {:?}",
+                f.daxrace_rcs.get("trace"),
+                f.daxrace_rcs.get("replay"),
+                f.findings
+            );
+        }
         if !r.absent_probes.is_empty() {
             println!(
                 "          probes not attachable: {}",
