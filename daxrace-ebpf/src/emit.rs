@@ -37,14 +37,6 @@ pub fn count(counter: Counter) {
     }
 }
 
-#[inline(always)]
-pub fn count_n(counter: Counter, n: u64) {
-    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
-        // Per-CPU slot: no other writer can race with this increment.
-        unsafe { *slot += n };
-    }
-}
-
 /// Reads a kernel value at `base + offset`; a failed read counts and gives 0.
 #[inline(always)]
 pub fn read_at<T: Copy + Default>(base: u64, offset: u32) -> T {

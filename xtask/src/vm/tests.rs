@@ -368,9 +368,7 @@ fn check_daxrace(
             }
         }
     }
-    let kernel_warned_truncation = dmesg
-        .iter()
-        .any(|l| l.contains("dax_disassociate_entry"));
+    let kernel_warned_truncation = dmesg.iter().any(|l| l.contains("dax_disassociate_entry"));
     for (name, r) in fs {
         let trace = r.daxrace_rcs.get("trace").copied();
         let replay = r.daxrace_rcs.get("replay").copied();
