@@ -30,6 +30,7 @@ fn key(f: &Finding) -> (String, u64, u64) {
 }
 
 pub fn run(args: ReplayArgs) -> Result<i32> {
+    let fail_kinds = args.fail_on.kinds()?;
     let mut reader = TraceReader::open(&args.file)?;
     let h = &reader.header;
     eprintln!(
@@ -38,7 +39,6 @@ pub fn run(args: ReplayArgs) -> Result<i32> {
         h.kernel,
         h.daxrace_version
     );
-    let fail_kinds = args.fail_on.kinds()?;
     let cfg = args.detect.config(h.idle_refcount, h.pin_bias);
     let mut pipeline = Pipeline::new(
         cfg,
