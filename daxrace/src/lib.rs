@@ -11,6 +11,7 @@ pub mod facts;
 pub mod kallsyms;
 pub mod pipeline;
 pub mod plan;
+pub mod privs;
 pub mod sink;
 pub mod source;
 pub mod trace_file;

@@ -46,6 +46,10 @@ pub struct RunArgs {
     /// Stop after this many seconds (default: until SIGINT/SIGTERM).
     #[arg(long, value_name = "SECONDS")]
     pub duration: Option<u64>,
+    /// Keep every capability after attaching (default: drop all but
+    /// CAP_BPF, CAP_PERFMON and CAP_SYSLOG, which late attaches need).
+    #[arg(long)]
+    pub keep_caps: bool,
     /// Collect per-program BPF run counts and run time (enables BPF stats
     /// host-wide while daxrace runs, at a small cost to every BPF program).
     #[arg(long)]
@@ -82,6 +86,13 @@ async fn run_async(args: RunArgs) -> Result<i32> {
         tracer.kernel_release,
         started.elapsed().as_millis()
     );
+    if !args.keep_caps {
+        // After attaching, a compromised daemon should not be root in all
+        // but name; what remains is what attaching a late module's hooks needs.
+        let left = daxrace::privs::drop_capabilities(daxrace::privs::KEPT)
+            .context("cannot drop capabilities (use --keep-caps to run without dropping)")?;
+        log::info!("capabilities left: {left:#x}");
+    }
     let metrics = Arc::new(Mutex::new(Metrics::new(&tracer.kernel_release)));
     {
         let m = metrics.lock().expect("fresh lock");

@@ -6,7 +6,10 @@ use std::{
     io::{BufRead, BufReader, Write},
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    sync::mpsc,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc, Mutex,
+    },
     time::{Duration, Instant},
 };
 
@@ -53,7 +56,45 @@ pub struct Spec<'a> {
     /// Print the command's output as it comes (tests keep it quiet and show
     /// it on failure).
     pub stream: bool,
+    /// Network with one TCP port forward (host port on 127.0.0.1, guest
+    /// port): a virtio NIC at 10.0.2.15 on QEMU's user-mode network with
+    /// `restrict=on`, so the guest cannot reach the host or beyond; only the
+    /// forward reaches in. None: no NIC, no network modules loaded.
+    pub forward: Option<(u16, u16)>,
 }
+
+/// Lets a host thread act on a guest that [`boot_controlled`] runs: see its
+/// output so far, release the guest's `wait_host`, or kill it.
+#[derive(Default)]
+pub struct Control {
+    release: AtomicBool,
+    kill: AtomicBool,
+    output: Mutex<Vec<String>>,
+}
+
+impl Control {
+    /// Ends the guest's `wait_host` (a line on its serial console).
+    pub fn release(&self) {
+        self.release.store(true, Ordering::SeqCst);
+    }
+
+    /// Kills QEMU; the boot then fails with "killed by the host".
+    pub fn kill(&self) {
+        self.kill.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether a line of the command's output so far contains `pat`.
+    pub fn saw(&self, pat: &str) -> bool {
+        self.output
+            .lock()
+            .is_ok_and(|o| o.iter().any(|l| l.contains(pat)))
+    }
+}
+
+/// The longest a guest's `wait_host` waits for the host's release.
+const WAIT_HOST_LIMIT: Duration = Duration::from_secs(900);
+/// What the host writes to the serial console to release `wait_host`.
+const RELEASE_LINE: &str = "daxrace-host-release";
 
 pub struct Outcome {
     pub status: i32,
@@ -105,6 +146,8 @@ mount -t debugfs debugfs /sys/kernel/debug
 mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
 mount -t bpf bpffs /sys/fs/bpf || echo "vm: warning: no bpffs"
 [ -e /sys/kernel/btf/vmlinux ] || echo "vm: warning: no /sys/kernel/btf/vmlinux"
+# Loopback costs nothing and 127.0.0.1 is daxrace's default --listen.
+ip link set lo up 2>/dev/null || echo "vm: warning: cannot bring lo up"
 "#,
     );
     for m in &spec.kernel.modules {
@@ -114,6 +157,19 @@ mount -t bpf bpffs /sys/fs/bpf || echo "vm: warning: no bpffs"
             "insmod /lib/modules/{file} {} 2>/tmp/insmod.err || grep -q 'File exists' /tmp/insmod.err || echo \"vm: warning: insmod {name}: $(cat /tmp/insmod.err)\"\n",
             module_params(name)
         );
+    }
+    if spec.forward.is_some() {
+        for m in &spec.kernel.net_modules {
+            let file = m.file_name().unwrap_or_default().to_string_lossy();
+            s += &format!(
+                "insmod /lib/modules/{file} 2>/tmp/insmod.err || grep -q 'File exists' /tmp/insmod.err || echo \"vm: warning: insmod {file}: $(cat /tmp/insmod.err)\"\n"
+            );
+        }
+        // QEMU's user-mode network: the guest is 10.0.2.15, where hostfwd
+        // delivers; no route or DNS since restrict=on forbids going out.
+        s += r#"i=0; while [ ! -e /sys/class/net/eth0 ]; do i=$((i+1)); [ $i -gt 100 ] && fail "no eth0: the virtio_net module or the virtio-net-pci device is missing"; sleep 0.05; done
+ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 || fail "cannot configure eth0"
+"#;
     }
     s += r#"mount -t configfs configfs /sys/kernel/config 2>/dev/null
 wait_dev() { i=0; while [ ! -b "$1" ]; do i=$((i+1)); [ $i -gt 100 ] && fail "no $1: the pmem (nd_e820, nd_pmem) or brd module did not create it"; sleep 0.05; done; }
@@ -143,6 +199,9 @@ export {var}={mnt}
     }
     s += &format!(
         r#"export DAX_FS="{fs}"
+# For scripts that act together with a host thread (boot_controlled): block
+# until the host releases the guest, at most {wait_limit} s.
+wait_host() {{ read -t {wait_limit} -r _ </dev/console; }}
 dmesg_lines=$(dmesg | wc -l)
 echo "{MARK_READY} $(cut -d' ' -f1 /proc/uptime)"
 cd /root
@@ -159,31 +218,49 @@ sleep 10
 "#,
         fs = spec.fs.list().join(" "),
         script = spec.script,
+        wait_limit = WAIT_HOST_LIMIT.as_secs(),
     );
     s
 }
 
 /// Boots the kernel with the command and waits for it.
 pub fn boot(spec: &Spec, binaries: &[PathBuf]) -> Result<Outcome> {
+    boot_inner(spec, binaries, None)
+}
+
+/// [`boot`] under a host thread's control (typically run in a scoped thread
+/// while the host talks to the guest through `Spec::forward`).
+pub fn boot_controlled(spec: &Spec, binaries: &[PathBuf], ctl: &Control) -> Result<Outcome> {
+    boot_inner(spec, binaries, Some(ctl))
+}
+
+fn boot_inner(spec: &Spec, binaries: &[PathBuf], ctl: Option<&Control>) -> Result<Outcome> {
     let cache = super::kernel::cache_dir();
     let work = cache.join("run");
     std::fs::create_dir_all(&work)?;
     let initrd = work.join(format!("initramfs-{}.cpio", std::process::id()));
     let script = init_script(spec);
+    let modules: Vec<PathBuf> = if spec.forward.is_some() {
+        let mut m = spec.kernel.modules.clone();
+        m.extend(spec.kernel.net_modules.iter().cloned());
+        m
+    } else {
+        spec.kernel.modules.clone()
+    };
     super::initramfs::build(
         &initrd,
         &super::initramfs::Contents {
             init_script: &script,
-            modules: &spec.kernel.modules,
+            modules: &modules,
             binaries,
         },
     )?;
-    let res = run_qemu(spec, &initrd);
+    let res = run_qemu(spec, &initrd, ctl);
     let _ = std::fs::remove_file(&initrd);
     res
 }
 
-fn qemu_command(spec: &Spec, initrd: &Path) -> Command {
+fn qemu_command(spec: &Spec, initrd: &Path, controlled: bool) -> Command {
     let n = spec.fs.list().len() as u64;
     // RAM: 1 GiB for the kernel and the workloads, then the pmem ranges.
     let mem_mib = 1024 + n * PMEM_MIB + 512;
@@ -209,9 +286,25 @@ fn qemu_command(spec: &Spec, initrd: &Path) -> Command {
         .arg("-initrd")
         .arg(initrd)
         .args(["-append", &append])
-        .stdin(Stdio::null())
+        // A controlled guest hears the host on its serial console.
+        .stdin(if controlled {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    if let Some((host, guest)) = spec.forward {
+        // restrict=on isolates the guest (no connection out, not even to the
+        // host) and leaves explicit forwards working. The host side binds
+        // 127.0.0.1 only. romfile= skips the PXE ROM nobody boots from.
+        c.args([
+            "-netdev",
+            &format!("user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{host}-:{guest}"),
+            "-device",
+            "virtio-net-pci,netdev=n0,romfile=",
+        ]);
+    }
     c
 }
 
@@ -221,11 +314,13 @@ enum Line {
     Eof,
 }
 
-fn run_qemu(spec: &Spec, initrd: &Path) -> Result<Outcome> {
+fn run_qemu(spec: &Spec, initrd: &Path, ctl: Option<&Control>) -> Result<Outcome> {
     let start = Instant::now();
-    let mut child = qemu_command(spec, initrd)
+    let mut child = qemu_command(spec, initrd, ctl.is_some())
         .spawn()
         .context("cannot start qemu-system-x86_64: run `cargo xtask setup` (qemu-system-x86)")?;
+    let mut console_in = child.stdin.take();
+    let mut released = false;
     let (tx, rx) = mpsc::channel();
     let out = child.stdout.take().expect("piped");
     let err = child.stderr.take().expect("piped");
@@ -264,11 +359,32 @@ fn run_qemu(spec: &Spec, initrd: &Path) -> Result<Outcome> {
             // After the exit marker only the warnings and poweroff remain.
             (Some(_), Some((_, t))) => t + Duration::from_secs(30),
         };
+        if let Some(ctl) = ctl {
+            if ctl.kill.load(Ordering::SeqCst) {
+                let _ = child.kill();
+                break Err(anyhow::anyhow!("guest killed by the host"));
+            }
+            if !released && ctl.release.load(Ordering::SeqCst) {
+                released = true;
+                if let Some(w) = console_in.as_mut() {
+                    // A failed write shows as wait_host's timeout in the guest.
+                    let _ = writeln!(w, "{RELEASE_LINE}").and_then(|()| w.flush());
+                }
+            }
+        }
         let now = Instant::now();
+        // A controlled guest: wake up often enough to see the host's requests.
+        let wait = match ctl {
+            Some(_) => (deadline - now.min(deadline)).min(Duration::from_millis(100)),
+            None => deadline - now.min(deadline),
+        };
         let msg = if now >= deadline {
             Err(mpsc::RecvTimeoutError::Timeout)
         } else {
-            rx.recv_timeout(deadline - now)
+            match rx.recv_timeout(wait) {
+                Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => continue,
+                m => m,
+            }
         };
         match msg {
             Ok(Line::Out(l)) => {
@@ -296,6 +412,11 @@ fn run_qemu(spec: &Spec, initrd: &Path) -> Result<Outcome> {
                             let mut o = stdout.lock();
                             let _ = writeln!(o, "{l}");
                             let _ = o.flush();
+                        }
+                        if let Some(ctl) = ctl {
+                            if let Ok(mut o) = ctl.output.lock() {
+                                o.push(l.clone());
+                            }
                         }
                         output.push(l);
                     }
@@ -400,6 +521,7 @@ mod tests {
             release: "1".into(),
             boot_image: PathBuf::from("/nonexistent"),
             modules: vec![PathBuf::from("/m/nd_pmem.ko"), PathBuf::from("/m/brd.ko")],
+            net_modules: vec![PathBuf::from("/m/virtio_net.ko")],
             fetch_time: Duration::ZERO,
         };
         let spec = Spec {
@@ -409,9 +531,11 @@ mod tests {
             timeout: Duration::from_secs(1),
             verbose: false,
             stream: false,
+            forward: Some((20000, 9712)),
         };
         let script = init_script(&spec);
         assert!(script.contains("insmod /lib/modules/brd.ko rd_nr=1"));
+        assert!(script.contains("insmod /lib/modules/virtio_net.ko"));
         assert!(script.contains("export DAX_XFS=/mnt/xfs"));
         let Some(bb) = ["/usr/bin/busybox", "/bin/busybox"]
             .into_iter()

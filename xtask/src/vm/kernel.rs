@@ -34,6 +34,13 @@ pub const MODULES: &[&str] = &[
     "null_blk",
 ];
 
+/// Modules for guest networking (`guest::Spec::forward`), prepared like
+/// [`MODULES`] but loaded only by guests that ask for a network, so the
+/// others do not pay for them. virtio_pci is no symbol dependency of
+/// virtio_net, hence listed; on kernels where virtio is built in these names
+/// are simply absent.
+pub const NET_MODULES: &[&str] = &["virtio_pci", "virtio_net"];
+
 pub struct Kernel {
     pub pkg: String,
     pub version: String,
@@ -43,6 +50,8 @@ pub struct Kernel {
     pub boot_image: PathBuf,
     /// Decompressed modules in load order.
     pub modules: Vec<PathBuf>,
+    /// The [`NET_MODULES`] and their dependencies not in `modules`, in load order.
+    pub net_modules: Vec<PathBuf>,
     /// Time spent fetching and preparing (zero when cached).
     pub fetch_time: Duration,
 }
@@ -82,7 +91,9 @@ pub fn fetch(series: &str) -> Result<Kernel> {
     let mut dir = cache
         .join("kernels")
         .join(format!("{}_{}", pkg.image, pkg.version));
-    if !dir.join("complete").exists() {
+    // A kernel prepared before NET_MODULES existed lacks net-order: prepare
+    // it again (one download) rather than boot guests without a network.
+    if !prepared(&dir) {
         let tmp = cache
             .join("tmp")
             .join(format!("{}-{}", pkg.image, std::process::id()));
@@ -103,7 +114,7 @@ pub fn fetch(series: &str) -> Result<Kernel> {
             }
             Err(e) => return Err(e),
         };
-        if !dir.join("complete").exists() {
+        if !prepared(&dir) {
             eprintln!("vm: preparing {} {}", pkg.image, pkg.version);
             prepare(&pkg, &debs, &tmp.join("root"), &dir)
                 .with_context(|| format!("preparing {} {}", pkg.image, pkg.version))?;
@@ -169,6 +180,10 @@ fn cached_fallback(cache: &Path, series: &str) -> Result<Kernel> {
     }
 }
 
+fn prepared(dir: &Path) -> bool {
+    dir.join("complete").exists() && dir.join("modules/net-order").exists()
+}
+
 fn load(dir: &Path) -> Result<Kernel> {
     let meta = fs::read_to_string(dir.join("complete"))
         .with_context(|| format!("{} is not a prepared kernel", dir.display()))?;
@@ -178,17 +193,21 @@ fn load(dir: &Path) -> Result<Kernel> {
             .unwrap_or_default()
             .to_string()
     };
-    let order = fs::read_to_string(dir.join("modules/order")).unwrap_or_default();
+    let list = |file: &str| -> Vec<PathBuf> {
+        fs::read_to_string(dir.join("modules").join(file))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(|l| dir.join("modules").join(l))
+            .collect()
+    };
     Ok(Kernel {
         pkg: get("package"),
         version: get("version"),
         release: get("release"),
         boot_image: dir.join(get("boot")),
-        modules: order
-            .lines()
-            .filter(|l| !l.is_empty())
-            .map(|l| dir.join("modules").join(l))
-            .collect(),
+        modules: list("order"),
+        net_modules: list("net-order"),
         fetch_time: Duration::ZERO,
     })
 }
@@ -245,7 +264,12 @@ fn prepare(pkg: &KernelPkg, debs: &[PathBuf], root: &Path, dir: &Path) -> Result
 
     super::check(Command::new("depmod").arg("-b").arg(root).arg(&release))?;
     let mut order: Vec<String> = Vec::new();
-    for m in MODULES {
+    let mut net_order: Vec<String> = Vec::new();
+    for (m, net) in MODULES
+        .iter()
+        .map(|m| (m, false))
+        .chain(NET_MODULES.iter().map(|m| (m, true)))
+    {
         let out = Command::new("modprobe")
             .arg("-d")
             .arg(root)
@@ -266,7 +290,7 @@ fn prepare(pkg: &KernelPkg, debs: &[PathBuf], root: &Path, dir: &Path) -> Result
                 .trim_end_matches(".zst")
                 .trim_end_matches(".gz")
                 .to_string();
-            if order.contains(&name) {
+            if order.contains(&name) || net_order.contains(&name) {
                 continue;
             }
             // modprobe prints paths as seen from the root it was given.
@@ -276,7 +300,11 @@ fn prepare(pkg: &KernelPkg, debs: &[PathBuf], root: &Path, dir: &Path) -> Result
                 root.join(path.trim_start_matches('/'))
             };
             decompress_module(&src, &dir.join("modules").join(&name))?;
-            order.push(name);
+            if net {
+                net_order.push(name);
+            } else {
+                order.push(name);
+            }
         }
     }
     for needed in ["nd_pmem.ko", "ext4.ko", "xfs.ko"] {
@@ -285,6 +313,7 @@ fn prepare(pkg: &KernelPkg, debs: &[PathBuf], root: &Path, dir: &Path) -> Result
         }
     }
     fs::write(dir.join("modules/order"), order.join("\n") + "\n")?;
+    fs::write(dir.join("modules/net-order"), net_order.join("\n") + "\n")?;
     fs::write(
         dir.join("complete"),
         format!(

@@ -102,6 +102,7 @@ pub fn run(args: VmArgs) -> Result<i32> {
             timeout: Duration::from_secs(args.timeout),
             verbose: args.verbose,
             stream: true,
+            forward: None,
         },
         &guest_binaries(),
     )?;

@@ -442,6 +442,7 @@ fn run_series(series: &str) -> Result<SeriesResult> {
             timeout: Duration::from_secs(300),
             verbose: false,
             stream: false,
+            forward: None,
         },
         &super::guest_binaries(),
     )?;
@@ -672,6 +673,7 @@ pub fn demo(args: &super::DemoArgs) -> Result<()> {
             timeout: Duration::from_secs(ATTACH_WAIT + 300 + 4 * secs),
             verbose: false,
             stream: true,
+            forward: None,
         },
         &super::guest_binaries(),
     )?;

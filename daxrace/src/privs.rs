@@ -1,0 +1,67 @@
+//! Least privilege: once the probes are attached, the daemon keeps only the
+//! capabilities tracing still needs (attaching hooks of a module loaded
+//! later) and drops the rest from its effective, permitted and bounding sets.
+use std::io;
+
+pub const CAP_SYSLOG: u32 = 34;
+pub const CAP_PERFMON: u32 = 38;
+pub const CAP_BPF: u32 = 39;
+/// Capabilities kept after attaching: BPF and perf for late attaches, syslog
+/// for real addresses in /proc/kallsyms.
+pub const KEPT: u64 = (1 << CAP_BPF) | (1 << CAP_PERFMON) | (1 << CAP_SYSLOG);
+
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+const CAP_LAST: u32 = 40;
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: i32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// Drops every capability not in `keep`. Returns the effective set left.
+pub fn drop_capabilities(keep: u64) -> io::Result<u64> {
+    for cap in 0..=CAP_LAST {
+        if keep & (1 << cap) == 0 {
+            // SAFETY: prctl with integer arguments. EINVAL for capabilities
+            // this kernel does not know is fine.
+            let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
+            if rc != 0 {
+                let e = io::Error::last_os_error();
+                if e.raw_os_error() != Some(libc::EINVAL) {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    let mut hdr = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [CapData::default(); 2];
+    // SAFETY: capget fills two CapData for version 3.
+    if unsafe { libc::syscall(libc::SYS_capget, &mut hdr, data.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let current = |d: &[CapData; 2]| d[0].effective as u64 | (d[1].effective as u64) << 32;
+    let want = current(&data) & keep;
+    for (i, d) in data.iter_mut().enumerate() {
+        let bits = (want >> (32 * i)) as u32;
+        d.effective = bits;
+        d.permitted = bits;
+        d.inheritable = 0;
+    }
+    // SAFETY: capset with a valid header and two CapData.
+    if unsafe { libc::syscall(libc::SYS_capset, &hdr, data.as_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(want)
+}

@@ -1,0 +1,140 @@
+//! The daemon on the machine the tests run on (context hooks only: this
+//! kernel has no kprobes): it serves /metrics and /healthz, drops its
+//! capabilities after attaching, and leaves no program in the kernel after
+//! SIGTERM, SIGINT or SIGKILL (programs show in /proc/kallsyms as
+//! `bpf_prog_<tag>_<name>` while loaded).
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::TcpStream,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+const DAXRACE: &str = env!("CARGO_BIN_EXE_daxrace");
+/// Our context programs' names, as the kernel lists them (names are cut to 15 characters).
+const OUR_PROGRAMS: &[&str] = &["_tp_ext4_punch_h", "_tp_ext4_zero_ra", "_tp_ext4_truncat"];
+
+fn assert_root() {
+    // SAFETY: no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "the daemon tests need root (they load BPF programs): run the tests as root"
+    );
+}
+
+fn loaded_programs() -> usize {
+    std::fs::read_to_string("/proc/kallsyms")
+        .expect("read /proc/kallsyms")
+        .lines()
+        .filter(|l| l.contains("bpf_prog_") && OUR_PROGRAMS.iter().any(|p| l.contains(p)))
+        .count()
+}
+
+/// Starts the daemon on a free port; returns it and the address it serves.
+fn start() -> (Child, String) {
+    let mut child = Command::new(DAXRACE)
+        .args(["run", "--listen", "127.0.0.1:0", "--duration", "60"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start daxrace run");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let give_up = Instant::now() + Duration::from_secs(30);
+    let addr = loop {
+        assert!(
+            Instant::now() < give_up,
+            "daxrace run never said where it serves"
+        );
+        let line = lines
+            .next()
+            .expect("daxrace run exited before serving")
+            .expect("read stderr");
+        if let Some(rest) = line.strip_prefix("daxrace: metrics on http://") {
+            break rest.trim_end_matches("/metrics").to_string();
+        }
+    };
+    // Keep draining stderr so the daemon never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, addr)
+}
+
+fn get(addr: &str, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).expect("connect to the daemon");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").expect("send");
+    let mut body = String::new();
+    s.read_to_string(&mut body).expect("read");
+    body
+}
+
+fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
+    let give_up = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            return st;
+        }
+        assert!(Instant::now() < give_up, "daxrace did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Programs are freed after an RCU grace period: poll, with a bound.
+fn assert_no_programs_left(after: &str) {
+    let give_up = Instant::now() + Duration::from_secs(20);
+    while loaded_programs() > 0 {
+        assert!(
+            Instant::now() < give_up,
+            "daxrace programs still loaded 20 s after {after}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn the_daemon_serves_drops_capabilities_and_detaches_on_every_stop() {
+    assert_root();
+    for (sig, name) in [
+        (libc::SIGTERM, "SIGTERM"),
+        (libc::SIGINT, "SIGINT"),
+        (libc::SIGKILL, "SIGKILL"),
+    ] {
+        let (mut child, addr) = start();
+        assert!(loaded_programs() > 0, "the daemon's programs are loaded");
+
+        let metrics = get(&addr, "/metrics");
+        assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+        assert!(metrics.contains("daxrace_build_info{"), "{metrics}");
+        assert!(
+            metrics.contains(
+                r#"daxrace_probe_attached{attach_kind="tp_btf",hook="ext4_punch_hole"} 1"#
+            ),
+            "{metrics}"
+        );
+        let health = get(&addr, "/healthz");
+        assert!(health.contains("hooks_attached 5"), "{health}");
+        assert!(get(&addr, "/nope").starts_with("HTTP/1.1 404"));
+
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", child.id())).expect("daemon status");
+        let cap_eff = status
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .map(|v| u64::from_str_radix(v.trim(), 16).expect("hex"))
+            .expect("CapEff line");
+        assert_eq!(
+            cap_eff & !daxrace::privs::KEPT,
+            0,
+            "capabilities beyond BPF/PERFMON/SYSLOG were kept: {cap_eff:#x}"
+        );
+
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let st = wait_exit(&mut child);
+        if sig != libc::SIGKILL {
+            assert!(st.success(), "clean exit on {name}: {st}");
+        }
+        assert_no_programs_left(name);
+    }
+}
