@@ -25,7 +25,8 @@
 //!   at the end of the stream; not by a short timer, which a descheduled
 //!   task could outlast, so live and replay agree).
 //! - `mapping_mismatch`: `Disassociate` with `page_mapping` not 0, not the
-//!   mapping and not the shared-extent marker (`PAGE_MAPPING_DAX_COW`, 1).
+//!   mapping and not the shared-extent marker (`PAGE_MAPPING_DAX_COW`, 1),
+//!   when the mapping is known (not 0).
 //! - `lost_wakeup`: a waiter on page P whose refcount reached idle (a
 //!   `PinDropped` whose count before minus refs is idle, or a `PageReleased`
 //!   at idle) with no `WakeUp` for P since, and no event from the waiter for
@@ -752,8 +753,12 @@ impl Detector {
     ) {
         self.coverage.disassociations += 1;
         let pinned = trunc && page.refcount > self.cfg.idle_refcount;
-        let mismatch =
-            page_mapping != 0 && page_mapping != mapping && page_mapping != PAGE_MAPPING_DAX_SHARED;
+        // mapping 0: the hook could not read it (6.15+'s `.isra` clone drops
+        // that argument), so there is nothing to compare with.
+        let mismatch = mapping != 0
+            && page_mapping != 0
+            && page_mapping != mapping
+            && page_mapping != PAGE_MAPPING_DAX_SHARED;
         if trunc {
             self.coverage.truncations += 1;
             if !self.suspects.is_empty() {

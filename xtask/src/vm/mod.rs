@@ -8,6 +8,7 @@ mod apt;
 mod guest;
 mod initramfs;
 mod kernel;
+mod prometheus;
 mod tests;
 
 use std::{
@@ -31,6 +32,10 @@ pub struct VmArgs {
     /// instead of a command.
     #[arg(long, conflicts_with = "cmd")]
     pub test: bool,
+    /// Run only the end-to-end test in which a Prometheus server on the
+    /// host scrapes `daxrace run` in the guest (default kernel: newest).
+    #[arg(long, conflicts_with_all = ["cmd", "test"])]
+    pub prometheus: bool,
     /// DAX filesystems to create and mount (both: ext4 on /dev/pmem0, xfs on /dev/pmem1).
     #[arg(long, value_enum, default_value = "both")]
     pub fs: Fs,
@@ -71,6 +76,11 @@ pub fn run(args: VmArgs) -> Result<i32> {
             Some(k) => tests::test_series(&[k.as_str()])?,
             None => tests::test_all()?,
         }
+        return Ok(0);
+    }
+    if args.prometheus {
+        let r = prometheus::prometheus_e2e(args.kernel.as_deref().unwrap_or("newest"))?;
+        println!("{r}");
         return Ok(0);
     }
     let k = kernel::fetch(args.kernel.as_deref().unwrap_or("newest"))?;
