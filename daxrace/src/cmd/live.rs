@@ -118,13 +118,49 @@ pub struct StatsGuard {
     _fd: Option<std::os::fd::OwnedFd>,
 }
 
-pub fn enable_bpf_stats(on: bool) -> Result<StatsGuard> {
-    if !on {
+/// Enables BPF run-time statistics when asked (host-wide, for as long as the
+/// guard lives), or uses them when an administrator already turned them on.
+pub fn enable_bpf_stats(tracer: &mut Tracer, requested: bool) -> Result<StatsGuard> {
+    let sysctl_on = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
+        .is_ok_and(|v| v.trim() == "1");
+    tracer.stats_enabled = requested || sysctl_on;
+    if !requested {
         return Ok(StatsGuard { _fd: None });
     }
     let fd = aya::sys::enable_stats(aya::sys::Stats::RunTime)
         .context("cannot enable BPF run-time statistics (needs CAP_SYS_ADMIN and kernel 5.8+; or set sysctl kernel.bpf_stats_enabled=1 and drop --bpf-stats)")?;
     Ok(StatsGuard { _fd: Some(fd) })
+}
+
+/// Per-program runs and cost, like `bpftool prog show` would give them.
+pub fn print_program_stats(tracer: &Tracer) {
+    let stats = tracer.program_stats();
+    if stats.is_empty() {
+        return;
+    }
+    eprintln!(
+        "daxrace: BPF program statistics:\n  {:<28} {:>12} {:>12} {:>10}",
+        "program", "runs", "total ms", "ns/run"
+    );
+    let (mut runs, mut ns) = (0u64, 0u64);
+    for (name, count, time_ns) in &stats {
+        runs += count;
+        ns += time_ns;
+        eprintln!(
+            "  {:<28} {:>12} {:>12.3} {:>10}",
+            name,
+            count,
+            *time_ns as f64 / 1e6,
+            time_ns.checked_div(*count).unwrap_or(0)
+        );
+    }
+    eprintln!(
+        "  {:<28} {:>12} {:>12.3} {:>10}",
+        "all",
+        runs,
+        ns as f64 / 1e6,
+        ns.checked_div(runs).unwrap_or(0)
+    );
 }
 
 /// Runs until `stop` resolves, feeding the pipeline; then drains and finishes.

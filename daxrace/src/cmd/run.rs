@@ -73,11 +73,7 @@ async fn run_async(args: RunArgs) -> Result<i32> {
     };
     let started = Instant::now();
     let mut tracer = Tracer::load(&args.attach.options()?).context("cannot attach")?;
-    let _stats = live::enable_bpf_stats(args.bpf_stats)?;
-    // An administrator may have enabled statistics host-wide already.
-    tracer.stats_enabled = args.bpf_stats
-        || std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
-            .is_ok_and(|v| v.trim() == "1");
+    let _stats = live::enable_bpf_stats(&mut tracer, args.bpf_stats)?;
     print_warnings(&tracer);
     let attached = tracer.statuses.iter().filter(|s| s.is_attached()).count();
     eprintln!(
@@ -168,5 +164,6 @@ async fn run_async(args: RunArgs) -> Result<i32> {
         "daxrace: {}",
         daxrace::sink::report::coverage_line(pipeline.detector.coverage())
     );
+    live::print_program_stats(&tracer);
     Ok(0)
 }

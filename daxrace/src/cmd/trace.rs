@@ -32,6 +32,10 @@ pub struct TraceArgs {
     /// Print every decoded event as it arrives.
     #[arg(long)]
     pub events: bool,
+    /// Report per-program BPF run counts and run time at the end (enables
+    /// BPF stats host-wide while daxrace runs).
+    #[arg(long)]
+    pub bpf_stats: bool,
     /// The command to run under the tracer.
     #[arg(trailing_var_arg = true, required = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -48,6 +52,7 @@ pub fn run(args: TraceArgs) -> Result<i32> {
 async fn run_async(args: TraceArgs) -> Result<i32> {
     let started = Instant::now();
     let mut tracer = Tracer::load(&args.attach.options()?).context("cannot attach")?;
+    let _stats = live::enable_bpf_stats(&mut tracer, args.bpf_stats)?;
     print_warnings(&tracer);
     let attached = tracer.statuses.iter().filter(|s| s.is_attached()).count();
     eprintln!(
@@ -121,6 +126,7 @@ async fn run_async(args: TraceArgs) -> Result<i32> {
             decode_errors: source.decode_errors.values().sum(),
         })
     );
+    live::print_program_stats(&tracer);
     Ok(verdict(&pipeline, &fail_kinds, code))
 }
 
