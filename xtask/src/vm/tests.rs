@@ -602,6 +602,15 @@ pub fn test_series(series: &[&str]) -> Result<()> {
             errors.push(format!("{}: {f}", r.series));
         }
     }
+    // Monitoring end to end, once: a real Prometheus scraping daxrace in a
+    // guest of the newest series.
+    match super::prometheus::prometheus_e2e("newest") {
+        Ok(r) => println!("  {r}"),
+        Err(e) => {
+            println!("--- prometheus e2e: FAILED: {e:#}");
+            errors.push(format!("{e:#} (re-run alone: cargo xtask vm --prometheus)"));
+        }
+    }
     println!("  total {:.0} s", t0.elapsed().as_secs_f64());
     if !errors.is_empty() {
         bail!(
@@ -721,7 +730,7 @@ mod unit {
             output: lines.iter().map(|s| s.to_string()).collect(),
             dmesg: Vec::new(),
         };
-        let (syms, absent, res) = parse(&out, &["ext4", "xfs"]);
+        let (syms, absent, res, _, _) = parse(&out, &["ext4", "xfs"]);
         assert_eq!(
             syms,
             ["dax_disassociate_entry(t)", "ext4_break_layouts[ext4]"]
