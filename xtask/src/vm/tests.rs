@@ -403,7 +403,7 @@ fn check_daxrace(
                 r.findings
             ));
         }
-        if kernel_warned_truncation && r.findings.get("truncate_while_pinned").is_none() {
+        if kernel_warned_truncation && !r.findings.contains_key("truncate_while_pinned") {
             failures.push(format!(
                 "{name}: the kernel warned in dax_disassociate_entry but daxrace reported no truncate_while_pinned"
             ));
