@@ -12,10 +12,20 @@ pub struct TestArgs {
     pub no_vm: bool,
 }
 
+/// Steps passed so far, for the closing summary line.
+static PASSED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 fn step(name: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
     println!("==> {name}");
     let t = Instant::now();
-    f()?;
+    if let Err(e) = f() {
+        println!(
+            "summary: {} passed, 1 failed",
+            PASSED.load(std::sync::atomic::Ordering::Relaxed)
+        );
+        return Err(e.context(format!("test step `{name}` failed")));
+    }
+    PASSED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     println!("==> {name}: ok ({:.1}s)", t.elapsed().as_secs_f64());
     Ok(())
 }
@@ -53,5 +63,9 @@ pub fn run(args: TestArgs) -> Result<()> {
         step("VM tests on every supported kernel series", vm::test_all)?;
     }
     println!("==> all tests passed in {:.0}s", t.elapsed().as_secs_f64());
+    println!(
+        "summary: {} passed, 0 failed",
+        PASSED.load(std::sync::atomic::Ordering::Relaxed)
+    );
     Ok(())
 }
