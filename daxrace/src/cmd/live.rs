@@ -132,6 +132,18 @@ pub fn enable_bpf_stats(tracer: &mut Tracer, requested: bool) -> Result<StatsGua
     Ok(StatsGuard { _fd: Some(fd) })
 }
 
+/// Peak resident memory of this process (VmHWM), in KiB.
+pub fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 /// Per-program runs and cost, like `bpftool prog show` would give them.
 pub fn print_program_stats(tracer: &Tracer) {
     let stats = tracer.program_stats();

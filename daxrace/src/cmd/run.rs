@@ -155,10 +155,11 @@ async fn run_async(args: RunArgs) -> Result<i32> {
     let lost: u64 = footer.lost_events.values().sum();
     live::write_footer(&mut pipeline.sinks, footer)?;
     eprintln!(
-        "daxrace: stopped: {} events, {} findings, {lost} lost events, {} decode errors",
+        "daxrace: stopped: {} events, {} findings, {lost} lost events, {} decode errors, peak RSS {} KiB",
         pipeline.events,
         pipeline.findings.len(),
-        source.decode_errors.values().sum::<u64>()
+        source.decode_errors.values().sum::<u64>(),
+        live::peak_rss_kib()
     );
     eprintln!(
         "daxrace: {}",

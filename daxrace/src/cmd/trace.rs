@@ -55,11 +55,11 @@ async fn run_async(args: TraceArgs) -> Result<i32> {
     let _stats = live::enable_bpf_stats(&mut tracer, args.bpf_stats)?;
     print_warnings(&tracer);
     let attached = tracer.statuses.iter().filter(|s| s.is_attached()).count();
+    let startup_ms = started.elapsed().as_millis();
     eprintln!(
-        "daxrace: {attached} of {} hooks attached on {} in {} ms",
+        "daxrace: {attached} of {} hooks attached on {} in {startup_ms} ms",
         tracer.statuses.len(),
         tracer.kernel_release,
-        started.elapsed().as_millis()
     );
     let fail_kinds = args.fail_on.kinds()?;
     let mut sinks = Sinks {
@@ -127,6 +127,12 @@ async fn run_async(args: TraceArgs) -> Result<i32> {
         })
     );
     live::print_program_stats(&tracer);
+    eprintln!(
+        "daxrace: {} events traced; start-up {} ms; peak RSS {} KiB",
+        pipeline.events,
+        startup_ms,
+        live::peak_rss_kib()
+    );
     Ok(verdict(&pipeline, &fail_kinds, code))
 }
 
