@@ -16,6 +16,7 @@ use aya_ebpf::{
     macros::{fentry, fexit, kprobe, kretprobe, map},
     maps::{HashMap, LruHashMap},
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
+    EbpfContext,
 };
 use daxrace_common::{Counter, FsKind, HookId, KernelConfig, Record, RecordKind};
 
@@ -465,19 +466,27 @@ pub fn kp_page_freed(ctx: ProbeContext) -> u32 {
     page_freed(ctx.arg::<u64>(0).unwrap_or(0))
 }
 
+/// Argument `n` of an fentry program as a plain number. The verifier types a
+/// `struct page *` / `struct folio *` argument as a BTF pointer and forbids
+/// the arithmetic pfns need; read through a helper, it is a scalar.
+#[inline(always)]
+fn scalar_arg(ctx: &FEntryContext, n: u32) -> u64 {
+    read_at::<u64>(ctx.as_ptr() as u64, n * 8)
+}
+
 #[fentry]
 pub fn fe_pin_dropped_folio_refs(ctx: FEntryContext) -> u32 {
-    pin_dropped(ctx.arg::<u64>(0), ctx.arg::<u32>(1))
+    pin_dropped(scalar_arg(&ctx, 0), ctx.arg::<u32>(1))
 }
 
 #[fentry]
 pub fn fe_pin_dropped_page_refs(ctx: FEntryContext) -> u32 {
-    pin_dropped(ctx.arg::<u64>(0), ctx.arg::<u32>(1))
+    pin_dropped(scalar_arg(&ctx, 0), ctx.arg::<u32>(1))
 }
 
 #[fentry]
 pub fn fe_page_freed(ctx: FEntryContext) -> u32 {
-    page_freed(ctx.arg::<u64>(0))
+    page_freed(scalar_arg(&ctx, 0))
 }
 
 // ---- release path that bypasses the devmap put (Debian 6.1) --------------

@@ -320,7 +320,11 @@ impl Tracer {
             .ebpf
             .program_mut(name)
             .ok_or_else(|| format!("program {name} missing from the object"))?;
-        let e = |e: aya::programs::ProgramError| short_error(&e);
+        let e = |e: aya::programs::ProgramError| {
+            // The whole verifier log, for `RUST_LOG=daxrace=debug`.
+            log::debug!("{name} on {target}: {e}");
+            short_error(&e)
+        };
         match kind {
             AttachKind::TpBtf => {
                 let p: &mut BtfTracePoint = prog.try_into().map_err(e)?;

@@ -16,6 +16,7 @@
 //! - 2: usage or set-up error
 //! - 3: stall: a break-layouts caller had to be interrupted (data checked fine)
 //! - 4: stuck: a thread did not return even after signals
+mod bench;
 mod nullb;
 mod pattern;
 mod pin_punch;
@@ -98,6 +99,14 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         cmd: Vec<String>,
     },
+    /// For `cargo xtask bench`: loaded BPF programs with run counts and
+    /// run time (what bpftool would show), and where they are attached.
+    #[command(hide = true)]
+    BpfProgStats(bench::ProgStatsArgs),
+    /// For `cargo xtask bench`: milliseconds from a process's start to a
+    /// line in its output file.
+    #[command(hide = true)]
+    WaitLine(bench::WaitLineArgs),
 }
 
 fn main() {
@@ -118,6 +127,8 @@ fn main() {
         Cmd::Sigdfl { .. } => unreachable!("handled above"),
         Cmd::PinPunch(a) => pin_punch::run(a),
         Cmd::SlowPin(a) => slow_pin::run(a),
+        Cmd::BpfProgStats(a) => bench::prog_stats(a),
+        Cmd::WaitLine(a) => bench::wait_line(a),
     };
     match res {
         Ok(code) => std::process::exit(code),

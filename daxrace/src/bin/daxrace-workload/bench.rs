@@ -1,0 +1,278 @@
+//! Hidden helpers for `cargo xtask bench` in a guest that has no bpftool:
+//! per-program BPF run statistics with what each program is attached to,
+//! and the time from a tracer's launch to the line saying it is ready.
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+#[derive(clap::Args)]
+pub struct ProgStatsArgs {
+    /// Also show what each program is attached to, from this process's
+    /// perf-event and BPF-link file descriptors (a tracer's pid).
+    #[arg(long)]
+    pub pid: Option<u32>,
+}
+
+#[derive(clap::Args)]
+pub struct WaitLineArgs {
+    /// The process whose start is the zero of the measurement.
+    #[arg(long)]
+    pub pid: u32,
+    /// The file its output goes to.
+    #[arg(long)]
+    pub file: PathBuf,
+    /// Text of the line that says it is ready.
+    #[arg(long)]
+    pub pattern: String,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 600.0)]
+    pub timeout: f64,
+}
+
+/// `bpf-prog-stats`: one `@@PROG id type name runs run_ns attach...` line
+/// per loaded program (run counts and times are zero unless
+/// `kernel.bpf_stats_enabled` is on or a process holds BPF_ENABLE_STATS).
+pub fn prog_stats(a: ProgStatsArgs) -> Result<i32> {
+    let attach = match a.pid {
+        Some(pid) => attachments(pid)?,
+        None => BTreeMap::new(),
+    };
+    let mut n = 0;
+    for p in aya::programs::loaded_programs() {
+        let p = p.context("cannot read a loaded BPF program's info (needs CAP_SYS_ADMIN)")?;
+        let name = p.name_as_str().unwrap_or("?");
+        let kind = format!("{:?}", p.program_type());
+        let at = attach.get(&p.id()).map(|v| v.join(",")).unwrap_or_default();
+        println!(
+            "@@PROG {} {} {} {} {} {}",
+            p.id(),
+            kind.trim_start_matches("BPF_PROG_TYPE_").to_lowercase(),
+            if name.is_empty() { "-" } else { name },
+            p.run_count(),
+            p.run_time().as_nanos(),
+            if at.is_empty() { "-" } else { &at }
+        );
+        n += 1;
+    }
+    if n == 0 {
+        eprintln!("daxrace-workload: no BPF program is loaded");
+    }
+    Ok(crate::EXIT_OK)
+}
+
+/// `union bpf_attr` for BPF_TASK_FD_QUERY.
+#[repr(C)]
+#[derive(Default)]
+struct TaskFdQuery {
+    pid: u32,
+    fd: u32,
+    flags: u32,
+    buf_len: u32,
+    buf: u64,
+    prog_id: u32,
+    fd_type: u32,
+    probe_offset: u64,
+    probe_addr: u64,
+}
+
+const BPF_TASK_FD_QUERY: libc::c_long = 20;
+
+/// Program id -> where it is attached (`kprobe:sym`, `kretprobe:sym`,
+/// `tracepoint:name`, `raw_tracepoint:name`, `fentry:func`...), read the way
+/// `bpftool perf` and `bpftool link` do: BPF_TASK_FD_QUERY on perf-event
+/// fds, fdinfo on BPF link fds (tracing links name a vmlinux BTF type id).
+fn attachments(pid: u32) -> Result<BTreeMap<u32, Vec<String>>> {
+    let mut out: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+    let dir = format!("/proc/{pid}/fd");
+    let mut btf: Option<Vec<u8>> = None;
+    for e in std::fs::read_dir(&dir).with_context(|| format!("cannot list {dir}"))? {
+        let e = e?;
+        let Some(fd) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let mut buf = [0u8; 256];
+        let mut q = TaskFdQuery {
+            pid,
+            fd,
+            buf_len: buf.len() as u32,
+            buf: buf.as_mut_ptr() as u64,
+            ..Default::default()
+        };
+        // SAFETY: the attribute and the name buffer outlive the call; the
+        // kernel writes at most buf_len bytes into buf.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_TASK_FD_QUERY,
+                &mut q as *mut TaskFdQuery,
+                std::mem::size_of::<TaskFdQuery>(),
+            )
+        };
+        if r == 0 {
+            let len = buf.iter().position(|b| *b == 0).unwrap_or(0);
+            let name = String::from_utf8_lossy(&buf[..len]).into_owned();
+            let kind = match q.fd_type {
+                0 => "raw_tracepoint",
+                1 => "tracepoint",
+                2 => "kprobe",
+                3 => "kretprobe",
+                4 => "uprobe",
+                5 => "uretprobe",
+                _ => "other",
+            };
+            out.entry(q.prog_id)
+                .or_default()
+                .push(format!("{kind}:{name}"));
+            continue;
+        }
+        // Not a perf event or raw tracepoint link: a tracing (fentry/fexit)
+        // link says its program and target in fdinfo.
+        let Ok(info) = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")) else {
+            continue;
+        };
+        let field = |k: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(k))
+                .map(|v| v.trim().to_string())
+        };
+        if field("link_type:").as_deref() != Some("tracing") {
+            continue;
+        }
+        let (Some(prog), Some(btf_id)) = (
+            field("prog_id:").and_then(|v| v.parse::<u32>().ok()),
+            field("target_btf_id:").and_then(|v| v.parse::<u32>().ok()),
+        ) else {
+            continue;
+        };
+        // attach_type 24 is BPF_TRACE_FENTRY, 25 BPF_TRACE_FEXIT.
+        let kind = match field("attach_type:").as_deref() {
+            Some("24") => "fentry",
+            Some("25") => "fexit",
+            _ => "tracing",
+        };
+        // Only vmlinux (object id 1) is read; module BTF is split BTF.
+        let name = if field("target_obj_id:").as_deref() == Some("1") {
+            if btf.is_none() {
+                btf = std::fs::read("/sys/kernel/btf/vmlinux").ok();
+            }
+            btf.as_deref().and_then(|b| btf_name(b, btf_id))
+        } else {
+            None
+        };
+        out.entry(prog).or_default().push(format!(
+            "{kind}:{}",
+            name.unwrap_or_else(|| format!("btf_id_{btf_id}"))
+        ));
+    }
+    Ok(out)
+}
+
+fn u32_at(b: &[u8], off: usize) -> Option<u32> {
+    b.get(off..off + 4)
+        .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+}
+
+/// The name of BTF type `id` (walks the type section; enough to name the
+/// function a tracing link targets).
+fn btf_name(b: &[u8], id: u32) -> Option<String> {
+    if b.get(0..2)? != [0x9f, 0xeb] {
+        return None;
+    }
+    let hdr = u32_at(b, 4)? as usize;
+    let (type_off, type_len) = (u32_at(b, 8)? as usize, u32_at(b, 12)? as usize);
+    let str_off = u32_at(b, 16)? as usize;
+    let types = b.get(hdr + type_off..hdr + type_off + type_len)?;
+    let mut off = 0;
+    let mut cur = 1;
+    while off + 12 <= types.len() {
+        let name_off = u32_at(types, off)? as usize;
+        let info = u32_at(types, off + 4)?;
+        if cur == id {
+            let s = b.get(hdr + str_off + name_off..)?;
+            let end = s.iter().position(|c| *c == 0)?;
+            return Some(String::from_utf8_lossy(&s[..end]).into_owned());
+        }
+        let vlen = (info & 0xffff) as usize;
+        off += 12
+            + match (info >> 24) & 0x1f {
+                1 | 14 | 17 => 4,             // INT, VAR, DECL_TAG
+                3 => 12,                      // ARRAY
+                4 | 5 | 15 | 19 => 12 * vlen, // STRUCT, UNION, DATASEC, ENUM64
+                6 | 13 => 8 * vlen,           // ENUM, FUNC_PROTO
+                2 | 7..=12 | 16 | 18 => 0, // PTR, FWD, TYPEDEF, qualifiers, FUNC, FLOAT, TYPE_TAG
+                _ => return None,          // a kind this reader does not know
+            };
+        cur += 1;
+    }
+    None
+}
+
+/// Seconds since boot (CLOCK_BOOTTIME), the clock of /proc/PID/stat.
+fn boottime() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// When process `pid` started, since boot (resolution: one clock tick).
+fn start_time(pid: u32) -> Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("process {pid} is gone"))?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let ticks: u64 = rest
+        .split_whitespace()
+        .nth(19) // field 22, starttime
+        .and_then(|v| v.parse().ok())
+        .context("cannot parse /proc/PID/stat")?;
+    // SAFETY: plain libc query.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Ok(Duration::from_nanos(ticks * 1_000_000_000 / hz))
+}
+
+/// `wait-line`: waits until `file` holds a line containing `pattern`, then
+/// prints `@@READY <ms>`, the time from the process's start (its fork) to
+/// when the line was seen (polled every 5 ms, so the figure includes up to
+/// 5 ms of polling and one clock tick of start-time resolution).
+pub fn wait_line(a: WaitLineArgs) -> Result<i32> {
+    let started = start_time(a.pid)?;
+    let limit = Duration::from_secs_f64(a.timeout.max(0.0));
+    let t = Instant::now();
+    loop {
+        if std::fs::read_to_string(&a.file).is_ok_and(|s| s.contains(&a.pattern)) {
+            let ms = boottime().saturating_sub(started).as_secs_f64() * 1e3;
+            println!("@@READY {ms:.0}");
+            return Ok(crate::EXIT_OK);
+        }
+        if !std::path::Path::new(&format!("/proc/{}", a.pid)).exists()
+            || std::fs::read_to_string(format!("/proc/{}/stat", a.pid)).is_ok_and(|s| {
+                s.rsplit_once(')')
+                    .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+            })
+        {
+            bail!(
+                "process {} ended before printing {:?} (see {})",
+                a.pid,
+                a.pattern,
+                a.file.display()
+            );
+        }
+        if t.elapsed() > limit {
+            bail!(
+                "no line with {:?} in {} after {:.0} s",
+                a.pattern,
+                a.file.display(),
+                limit.as_secs_f64()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
