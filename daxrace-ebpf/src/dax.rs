@@ -52,7 +52,8 @@ struct ScanState {
     start: i64,
     end: i64,
     depth: u32,
-    _pad: u32,
+    /// Entered through dax_layout_busy_page() (which calls the _range one).
+    whole_file: u32,
 }
 
 #[map]
@@ -153,8 +154,17 @@ fn break_enter(hook: HookId, fs: FsKind, inode: u64) -> u32 {
     let tid = tid();
     if let Some(st) = BREAKS.get_ptr_mut(&tid) {
         // SAFETY: pointer from a map lookup, valid for this program run.
-        unsafe { (*st).depth += 1 };
-        return 0;
+        let st = unsafe { &mut *st };
+        // Only the generic dax_break_layout() nests, inside ext4's or xfs's
+        // own call. The same hook entering again means the state is stale
+        // (its return was missed: attached between entry and return, or a
+        // kretprobe instance ran out): start afresh rather than hide every
+        // later call of this task as "nested".
+        let generic = HookId::GenericBreak as u32;
+        if st.hook != generic && hook as u32 == generic && st.depth == 1 {
+            st.depth = 2;
+            return 0;
+        }
     }
     let cfg = config();
     let mut r = Record::zeroed();
@@ -209,8 +219,11 @@ fn break_exit(hook: HookId, fs: FsKind, ret: i64) -> u32 {
     };
     // SAFETY: pointer from a map lookup, valid for this program run.
     let st = unsafe { &mut *st };
-    if st.depth > 1 {
-        st.depth -= 1;
+    if st.hook != hook as u32 {
+        // The nested generic call returning inside the outer one.
+        if st.depth > 1 {
+            st.depth -= 1;
+        }
         return 0;
     }
     let mapping = st.mapping;
@@ -278,19 +291,25 @@ pub fn fx_generic_break(ctx: FExitContext) -> u32 {
 // ---- busy scan ------------------------------------------------------------
 
 #[inline(always)]
-fn scan_enter(mapping: u64, start: i64, end: i64) -> u32 {
+fn scan_enter(mapping: u64, start: i64, end: i64, whole_file: bool) -> u32 {
     let tid = tid();
     if let Some(st) = SCANS.get_ptr_mut(&tid) {
         // SAFETY: pointer from a map lookup, valid for this program run.
-        unsafe { (*st).depth += 1 };
-        return 0;
+        let st = unsafe { &mut *st };
+        // The only real nesting: dax_layout_busy_page() calling the _range
+        // variant. Anything else means a missed return left the state
+        // stale: start afresh (see break_enter).
+        if st.whole_file != 0 && !whole_file && st.depth == 1 {
+            st.depth = 2;
+            return 0;
+        }
     }
     let st = ScanState {
         mapping,
         start,
         end,
         depth: 1,
-        _pad: 0,
+        whole_file: whole_file as u32,
     };
     if SCANS.insert(&tid, &st, 0).is_err() {
         count(Counter::StateFull);
@@ -342,12 +361,13 @@ pub fn kp_busy_scan_range(ctx: ProbeContext) -> u32 {
         ctx.arg::<u64>(0).unwrap_or(0),
         ctx.arg::<i64>(1).unwrap_or(0),
         ctx.arg::<i64>(2).unwrap_or(0),
+        false,
     )
 }
 
 #[kprobe]
 pub fn kp_busy_scan(ctx: ProbeContext) -> u32 {
-    scan_enter(ctx.arg::<u64>(0).unwrap_or(0), 0, LLONG_MAX)
+    scan_enter(ctx.arg::<u64>(0).unwrap_or(0), 0, LLONG_MAX, true)
 }
 
 #[kretprobe]
@@ -357,7 +377,12 @@ pub fn kr_busy_scan(ctx: RetProbeContext) -> u32 {
 
 #[fentry]
 pub fn fe_busy_scan_range(ctx: FEntryContext) -> u32 {
-    scan_enter(ctx.arg::<u64>(0), ctx.arg::<i64>(1), ctx.arg::<i64>(2))
+    scan_enter(
+        ctx.arg::<u64>(0),
+        ctx.arg::<i64>(1),
+        ctx.arg::<i64>(2),
+        false,
+    )
 }
 
 #[fexit]
@@ -367,7 +392,7 @@ pub fn fx_busy_scan_range(ctx: FExitContext) -> u32 {
 
 #[fentry]
 pub fn fe_busy_scan(ctx: FEntryContext) -> u32 {
-    scan_enter(ctx.arg::<u64>(0), 0, LLONG_MAX)
+    scan_enter(ctx.arg::<u64>(0), 0, LLONG_MAX, true)
 }
 
 #[fexit]
