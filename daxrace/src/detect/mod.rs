@@ -599,9 +599,12 @@ impl Detector {
                 ev,
                 &mut self.dropped.timeline_entries_dropped,
             );
-            if p.refcount > idle && wp.idle_unwoken.take().is_some() {
-                // Busy again: whoever waits on it has something to wait for.
-                self.set_waiters_idle(p.pfn, None);
+            if p.refcount > idle {
+                wp.woken = false;
+                if wp.idle_unwoken.take().is_some() {
+                    // Busy again: whoever waits on it has something to wait for.
+                    self.set_waiters_idle(p.pfn, None);
+                }
             }
             return;
         }
@@ -685,6 +688,10 @@ impl Detector {
             return;
         };
         let after = after.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32;
+        if page.refcount > self.cfg.idle_refcount {
+            // A drop from a busy count: this is a new idle transition.
+            wp.woken = false;
+        }
         wp.refcount = after;
         wp.last_seen_ns = ev.ts_ns;
         wp.note_holder(&ev.task);
@@ -694,7 +701,7 @@ impl Detector {
             ev,
             &mut self.dropped.timeline_entries_dropped,
         );
-        if after == self.cfg.idle_refcount {
+        if after == self.cfg.idle_refcount && !wp.woken {
             let t = IdleTransition {
                 ts_ns: ev.ts_ns,
                 task: ev.task,
@@ -711,6 +718,7 @@ impl Detector {
         if let Some(wp) = self.pages.get_mut(&page.pfn) {
             wp.last_seen_ns = ev.ts_ns;
             wp.idle_unwoken = None;
+            wp.woken = true;
             push_capped(
                 &mut wp.timeline,
                 self.cfg.timeline_len,

@@ -62,6 +62,11 @@ pub struct WatchedPage {
     /// Latest known `_refcount` (scan, after a drop or release, disassociate).
     pub refcount: i32,
     pub idle_unwoken: Option<IdleTransition>,
+    /// A wake-up for the page came since it was last seen busy. The same idle
+    /// transition is often reported twice (7.x: the folio free path, then the
+    /// bio release walk after it), around the wake-up: the second report must
+    /// not look like an idle page nobody woke.
+    pub woken: bool,
     /// Tasks seen dropping references: who held the pins.
     pub holders: Vec<Task>,
     pub timeline: VecDeque<Event>,
@@ -77,6 +82,7 @@ impl WatchedPage {
             last_seen_ns: ts_ns,
             refcount: p.refcount,
             idle_unwoken: None,
+            woken: false,
             holders: Vec::new(),
             timeline: VecDeque::with_capacity(timeline_len.min(64)),
         }
