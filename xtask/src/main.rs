@@ -1,5 +1,6 @@
 //! Project tasks: `cargo xtask <command>`. The README's two commands are
 //! `cargo xtask demo` (the main job) and `cargo xtask test` (the tests).
+mod bench;
 mod setup;
 mod test;
 mod vm;
@@ -28,6 +29,11 @@ enum Cmd {
     /// The main job on a machine without pmem: boot the newest kernel with
     /// emulated pmem, run `daxrace run` under the pin-and-punch workload.
     Demo(vm::DemoArgs),
+    /// Tracer overhead in the VM: workload rates untraced, under daxrace
+    /// and under an equivalent bpftrace script; per-hook BPF cost; start-up
+    /// time; and the host pipeline's throughput. Prints figures, never fails
+    /// on them.
+    Bench(bench::BenchArgs),
 }
 
 fn main() {
@@ -57,6 +63,11 @@ fn dispatch(cli: Cli) -> Result<()> {
             setup::setup()?;
             setup::build_release()?;
             vm::demo(args)
+        }
+        Cmd::Bench(args) => {
+            setup::setup()?;
+            setup::build_release()?;
+            bench::run(args)
         }
     }
 }

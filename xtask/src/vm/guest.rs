@@ -83,6 +83,11 @@ impl Control {
         self.kill.store(true, Ordering::SeqCst);
     }
 
+    /// The command's output so far.
+    pub fn output(&self) -> Vec<String> {
+        self.output.lock().map(|o| o.clone()).unwrap_or_default()
+    }
+
     /// Whether a line of the command's output so far contains `pat`.
     pub fn saw(&self, pat: &str) -> bool {
         self.output
@@ -225,16 +230,37 @@ sleep 10
 
 /// Boots the kernel with the command and waits for it.
 pub fn boot(spec: &Spec, binaries: &[PathBuf]) -> Result<Outcome> {
-    boot_inner(spec, binaries, None)
+    boot_inner(spec, binaries, &Extras::default(), None)
+}
+
+/// What a few boots need beyond the usual guest (the bench's bpftrace).
+#[derive(Default, Clone, Copy)]
+pub struct Extras<'a> {
+    /// Host programs copied to the same path in the guest, with the shared
+    /// libraries `ldd` lists for them.
+    pub host_programs: &'a [PathBuf],
+    /// RAM added to the guest's usual 1.5 GiB (MiB): large programs such as
+    /// bpftrace (LLVM, about 200 MB of libraries) live in the initramfs.
+    pub extra_mem_mib: u64,
+}
+
+/// [`boot`] with extra host programs and RAM.
+pub fn boot_with(spec: &Spec, binaries: &[PathBuf], extras: &Extras) -> Result<Outcome> {
+    boot_inner(spec, binaries, extras, None)
 }
 
 /// [`boot`] under a host thread's control (typically run in a scoped thread
 /// while the host talks to the guest through `Spec::forward`).
 pub fn boot_controlled(spec: &Spec, binaries: &[PathBuf], ctl: &Control) -> Result<Outcome> {
-    boot_inner(spec, binaries, Some(ctl))
+    boot_inner(spec, binaries, &Extras::default(), Some(ctl))
 }
 
-fn boot_inner(spec: &Spec, binaries: &[PathBuf], ctl: Option<&Control>) -> Result<Outcome> {
+fn boot_inner(
+    spec: &Spec,
+    binaries: &[PathBuf],
+    extras: &Extras,
+    ctl: Option<&Control>,
+) -> Result<Outcome> {
     let cache = super::kernel::cache_dir();
     let work = cache.join("run");
     std::fs::create_dir_all(&work)?;
@@ -253,17 +279,19 @@ fn boot_inner(spec: &Spec, binaries: &[PathBuf], ctl: Option<&Control>) -> Resul
             init_script: &script,
             modules: &modules,
             binaries,
+            host_programs: extras.host_programs,
         },
     )?;
-    let res = run_qemu(spec, &initrd, ctl);
+    let res = run_qemu(spec, &initrd, extras.extra_mem_mib, ctl);
     let _ = std::fs::remove_file(&initrd);
     res
 }
 
-fn qemu_command(spec: &Spec, initrd: &Path, controlled: bool) -> Command {
+fn qemu_command(spec: &Spec, initrd: &Path, extra_mem_mib: u64, controlled: bool) -> Command {
     let n = spec.fs.list().len() as u64;
-    // RAM: 1 GiB for the kernel and the workloads, then the pmem ranges.
-    let mem_mib = 1024 + n * PMEM_MIB + 512;
+    // RAM: 1 GiB for the kernel and the workloads, then the pmem ranges,
+    // then 512 MiB and any extra above them.
+    let mem_mib = 1024 + n * PMEM_MIB + 512 + extra_mem_mib;
     let memmap: Vec<String> = (0..n)
         .map(|i| format!("memmap={PMEM_MIB}M!{}M", 1024 + i * PMEM_MIB))
         .collect();
@@ -314,9 +342,14 @@ enum Line {
     Eof,
 }
 
-fn run_qemu(spec: &Spec, initrd: &Path, ctl: Option<&Control>) -> Result<Outcome> {
+fn run_qemu(
+    spec: &Spec,
+    initrd: &Path,
+    extra_mem_mib: u64,
+    ctl: Option<&Control>,
+) -> Result<Outcome> {
     let start = Instant::now();
-    let mut child = qemu_command(spec, initrd, ctl.is_some())
+    let mut child = qemu_command(spec, initrd, extra_mem_mib, ctl.is_some())
         .spawn()
         .context("cannot start qemu-system-x86_64: run `cargo xtask setup` (qemu-system-x86)")?;
     let mut console_in = child.stdin.take();

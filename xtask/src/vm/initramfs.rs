@@ -153,6 +153,9 @@ pub struct Contents<'a> {
     pub modules: &'a [PathBuf],
     /// Our binaries, installed in /usr/local/bin under their file names.
     pub binaries: &'a [PathBuf],
+    /// More host programs (absolute paths), installed at the same path with
+    /// their shared libraries; for a few boots only (bpftrace for the bench).
+    pub host_programs: &'a [PathBuf],
 }
 
 pub fn build(out: &Path, c: &Contents) -> Result<u64> {
@@ -213,6 +216,16 @@ pub fn build(out: &Path, c: &Contents) -> Result<u64> {
             .with_context(|| format!("{guest} is missing on the host: run `cargo xtask setup`"))?;
         cpio.host_file(guest, host)?;
         libs.extend(libraries(host)?);
+    }
+    for p in c.host_programs {
+        if !p.is_absolute() || !p.exists() {
+            bail!(
+                "{} is missing on the host: run `cargo xtask setup`",
+                p.display()
+            );
+        }
+        cpio.host_file(&p.to_string_lossy(), p)?;
+        libs.extend(libraries(p)?);
     }
     for b in c.binaries {
         if !b.exists() {

@@ -5,9 +5,9 @@
 //! kernel's modules): no 9p modules to load, nothing shared with the host,
 //! and about 8 s from QEMU start to DAX mounts on 6.1.
 mod apt;
-mod guest;
+pub(crate) mod guest;
 mod initramfs;
-mod kernel;
+pub(crate) mod kernel;
 mod prometheus;
 mod tests;
 
@@ -63,7 +63,7 @@ pub struct DemoArgs {
 }
 
 /// The binaries the guest gets in /usr/local/bin.
-fn guest_binaries() -> Vec<std::path::PathBuf> {
+pub(crate) fn guest_binaries() -> Vec<std::path::PathBuf> {
     ["daxrace", "daxrace-workload"]
         .iter()
         .map(|b| crate::setup::release_bin(b))
