@@ -114,6 +114,18 @@ impl Pipeline {
         Ok(())
     }
 
+    /// The end-of-run report (findings, coverage, counts, losses).
+    pub fn report(&self, lost: &BTreeMap<String, u64>, decode_errors: u64) -> String {
+        crate::sink::report::render(&crate::sink::report::RunSummary {
+            findings: &self.findings,
+            coverage: self.detector.coverage(),
+            dropped: &self.detector.dropped(),
+            events_by_hook: &self.events_by_hook,
+            lost,
+            decode_errors,
+        })
+    }
+
     pub fn count_of(&self, kinds: &[FindingKind]) -> usize {
         self.findings
             .iter()

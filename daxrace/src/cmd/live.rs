@@ -14,10 +14,56 @@ use daxrace::{
     pipeline::{Pipeline, Sinks},
     sink::metrics::Metrics,
     source::LiveSource,
-    trace_file::{Footer, Header, TraceLine, FORMAT, VERSION},
+    trace_file::{Footer, Header, TraceLine, TraceWriter, FORMAT, VERSION},
     tracer::{KernelCounters, Tracer},
 };
 use daxrace_common::Counter;
+
+/// Runs a command's async body on a single-threaded runtime: the pipeline is
+/// one consumer, and a second thread would only add locking.
+pub fn block_on<F: Future<Output = Result<i32>>>(f: impl FnOnce() -> F) -> Result<i32> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(f())
+}
+
+/// Loads and attaches, enables BPF stats if asked, and says what attached
+/// and how long it took (start-up time, in ms, is returned too).
+pub fn attach(attach: &super::AttachArgs, bpf_stats: bool) -> Result<(Tracer, StatsGuard, u128)> {
+    let started = std::time::Instant::now();
+    let mut tracer = Tracer::load(&attach.options()?).context("cannot attach")?;
+    let stats = enable_bpf_stats(&mut tracer, bpf_stats)?;
+    super::print_warnings(&tracer);
+    let attached = tracer.statuses.iter().filter(|s| s.is_attached()).count();
+    let startup_ms = started.elapsed().as_millis();
+    eprintln!(
+        "daxrace: {attached} of {} hooks attached on {} in {startup_ms} ms (`daxrace probes` shows which)",
+        tracer.statuses.len(),
+        tracer.kernel_release,
+    );
+    Ok((tracer, stats, startup_ms))
+}
+
+/// The sinks of a live run: findings on stderr, optional events on stdout,
+/// optional JSON lines file (header written), optional metrics.
+pub fn sinks(
+    tracer: &Tracer,
+    print_events: bool,
+    json: Option<&std::path::Path>,
+    metrics: Option<Arc<Mutex<Metrics>>>,
+    command: Option<Vec<String>>,
+) -> Result<Sinks> {
+    let mut sinks = Sinks {
+        print_events,
+        print_findings: true,
+        json: json.map(TraceWriter::create).transpose()?,
+        metrics,
+    };
+    write_header(&mut sinks, header(tracer, command))?;
+    Ok(sinks)
+}
 
 /// CLOCK_MONOTONIC in ns: the clock `bpf_ktime_get_ns()` reads.
 pub fn monotonic_ns() -> u64 {

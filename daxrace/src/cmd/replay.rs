@@ -5,7 +5,6 @@ use anyhow::{bail, Result};
 use daxrace::{
     detect::Finding,
     pipeline::{Pipeline, Sinks},
-    sink::report::{render, RunSummary},
     trace_file::{TraceLine, TraceReader},
 };
 
@@ -85,16 +84,12 @@ pub fn run(args: ReplayArgs) -> Result<i32> {
         .unwrap_or_default();
     eprint!(
         "{}",
-        render(&RunSummary {
-            findings: &pipeline.findings,
-            coverage: pipeline.detector.coverage(),
-            dropped: &pipeline.detector.dropped(),
-            events_by_hook: &pipeline.events_by_hook,
-            lost: &lost,
-            decode_errors: footer
+        pipeline.report(
+            &lost,
+            footer
                 .as_ref()
                 .map_or(0, |f| f.decode_errors.values().sum()),
-        })
+        )
     );
     if footer.is_none() {
         eprintln!("daxrace: warning: the trace has no footer: it was cut short (tracer killed?); findings are from what was recorded");

@@ -4,25 +4,22 @@ use std::{
     net::SocketAddr,
     path::PathBuf,
     sync::{Arc, Mutex},
-    time::Instant,
 };
 
 use anyhow::{Context, Result};
 use daxrace::{
-    pipeline::{Pipeline, Sinks},
+    pipeline::Pipeline,
     sink::{
         http::{Health, MetricsServer},
         metrics::Metrics,
     },
     source::LiveSource,
-    trace_file::TraceWriter,
-    tracer::Tracer,
 };
 use tokio::signal::unix::{signal, SignalKind};
 
 use super::{
     live::{self, DetectArgs},
-    print_warnings, AttachArgs,
+    AttachArgs,
 };
 
 #[derive(clap::Args)]
@@ -57,11 +54,7 @@ pub struct RunArgs {
 }
 
 pub fn run(args: RunArgs) -> Result<i32> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    rt.block_on(run_async(args))
+    live::block_on(|| run_async(args))
 }
 
 async fn run_async(args: RunArgs) -> Result<i32> {
@@ -71,17 +64,8 @@ async fn run_async(args: RunArgs) -> Result<i32> {
     } else {
         Some(MetricsServer::bind(args.listen).await?)
     };
-    let started = Instant::now();
-    let mut tracer = Tracer::load(&args.attach.options()?).context("cannot attach")?;
-    let _stats = live::enable_bpf_stats(&mut tracer, args.bpf_stats)?;
-    print_warnings(&tracer);
+    let (mut tracer, _stats, _startup_ms) = live::attach(&args.attach, args.bpf_stats)?;
     let attached = tracer.statuses.iter().filter(|s| s.is_attached()).count();
-    eprintln!(
-        "daxrace: {attached} of {} hooks attached on {} in {} ms (`daxrace probes` shows which)",
-        tracer.statuses.len(),
-        tracer.kernel_release,
-        started.elapsed().as_millis()
-    );
     if !args.keep_caps {
         // After attaching, a compromised daemon should not be root in all
         // but name; what remains is what attaching a late module's hooks needs.
@@ -111,16 +95,13 @@ async fn run_async(args: RunArgs) -> Result<i32> {
         );
         tokio::spawn(server.serve(metrics.clone(), health));
     }
-    let mut sinks = Sinks {
-        print_events: args.events,
-        print_findings: true,
-        json: match &args.json {
-            Some(p) => Some(TraceWriter::create(p)?),
-            None => None,
-        },
-        metrics: Some(metrics.clone()),
-    };
-    live::write_header(&mut sinks, live::header(&tracer, None))?;
+    let sinks = live::sinks(
+        &tracer,
+        args.events,
+        args.json.as_deref(),
+        Some(metrics.clone()),
+        None,
+    )?;
     let cfg = args.detect.config(
         tracer.facts.idle_refcount as i32,
         tracer.facts.pin_bias as i32,

@@ -1,21 +1,14 @@
 //! `daxrace trace -- CMD`: attach, run the command, report, and exit with a
 //! verdict (see [`super::EXIT_FINDINGS`]).
-use std::{path::PathBuf, time::Instant};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use daxrace::{
-    detect::FindingKind,
-    pipeline::{Pipeline, Sinks},
-    sink::report::{render, RunSummary},
-    source::LiveSource,
-    trace_file::TraceWriter,
-    tracer::Tracer,
-};
+use daxrace::{detect::FindingKind, pipeline::Pipeline, source::LiveSource};
 use tokio::signal::unix::{signal, SignalKind};
 
 use super::{
     live::{self, DetectArgs},
-    print_warnings, AttachArgs, FailOn,
+    AttachArgs, FailOn,
 };
 
 #[derive(clap::Args)]
@@ -42,38 +35,18 @@ pub struct TraceArgs {
 }
 
 pub fn run(args: TraceArgs) -> Result<i32> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    rt.block_on(run_async(args))
+    live::block_on(|| run_async(args))
 }
 
 async fn run_async(args: TraceArgs) -> Result<i32> {
-    let started = Instant::now();
-    let mut tracer = Tracer::load(&args.attach.options()?).context("cannot attach")?;
-    let _stats = live::enable_bpf_stats(&mut tracer, args.bpf_stats)?;
-    print_warnings(&tracer);
-    let attached = tracer.statuses.iter().filter(|s| s.is_attached()).count();
-    let startup_ms = started.elapsed().as_millis();
-    eprintln!(
-        "daxrace: {attached} of {} hooks attached on {} in {startup_ms} ms",
-        tracer.statuses.len(),
-        tracer.kernel_release,
-    );
     let fail_kinds = args.fail_on.kinds()?;
-    let mut sinks = Sinks {
-        print_events: args.events,
-        print_findings: true,
-        json: match &args.json {
-            Some(p) => Some(TraceWriter::create(p)?),
-            None => None,
-        },
-        metrics: None,
-    };
-    live::write_header(
-        &mut sinks,
-        live::header(&tracer, Some(args.command.clone())),
+    let (mut tracer, _stats, startup_ms) = live::attach(&args.attach, args.bpf_stats)?;
+    let sinks = live::sinks(
+        &tracer,
+        args.events,
+        args.json.as_deref(),
+        None,
+        Some(args.command.clone()),
     )?;
     let cfg = args.detect.config(
         tracer.facts.idle_refcount as i32,
@@ -117,14 +90,7 @@ async fn run_async(args: TraceArgs) -> Result<i32> {
     live::write_footer(&mut pipeline.sinks, footer)?;
     eprint!(
         "{}",
-        render(&RunSummary {
-            findings: &pipeline.findings,
-            coverage: pipeline.detector.coverage(),
-            dropped: &pipeline.detector.dropped(),
-            events_by_hook: &pipeline.events_by_hook,
-            lost: &lost,
-            decode_errors: source.decode_errors.values().sum(),
-        })
+        pipeline.report(&lost, source.decode_errors.values().sum())
     );
     live::print_program_stats(&tracer);
     eprintln!(
