@@ -65,6 +65,9 @@ pub fn sinks(
     Ok(sinks)
 }
 
+/// How far behind the clock the live detector judges time-based findings.
+const TICK_LAG_NS: u64 = 250_000_000;
+
 /// CLOCK_MONOTONIC in ns: the clock `bpf_ktime_get_ns()` reads.
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
@@ -241,7 +244,16 @@ pub async fn drive(
                 batch.clear();
             }
             _ = tick.tick() => {
-                pipeline.tick(monotonic_ns())?;
+                // Time may only advance past events already read: take the
+                // clock, drain what the kernel wrote before it, and judge a
+                // little behind it (a record reserved just before the clock
+                // read may still be committing). Otherwise a waiter whose
+                // progress sits unread in the ring looks stranded.
+                let now = monotonic_ns();
+                source.drain(&mut batch);
+                pipeline.feed(&batch)?;
+                batch.clear();
+                pipeline.tick(now.saturating_sub(TICK_LAG_NS))?;
                 for hook in tracer.attach_new_modules() {
                     eprintln!("daxrace: {hook} attached (a module with its symbols was loaded)");
                     if let Some(m) = metrics {

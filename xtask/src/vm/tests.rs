@@ -109,6 +109,18 @@ daxrace probes --json > /tmp/probes.json 2>/tmp/probes.err
 echo "@@DR all probes $?"
 echo "@@PROBESJSON $(tr -d '\n' < /tmp/probes.json)"
 sed 's/^/  probes: /' /tmp/probes.err
+# Detach: kernel-held links must not outlive a SIGKILLed daxrace. Our
+# programs show in /proc/kallsyms as bpf_prog_<tag>_<name> while loaded.
+ours() { grep -cE 'bpf_prog_[0-9a-f]+_(kp|kr|fe|fx|raw|tp)_' /proc/kallsyms; }
+daxrace-workload sigdfl daxrace run --no-metrics --duration 300 > /tmp/kill.out 2>&1 &
+DR=$!
+i=0; while ! grep -q 'hooks attached' /tmp/kill.out && [ $i -lt 120 ]; do sleep 1; i=$((i+1)); done
+before=$(ours)
+kill -9 $DR; wait $DR
+i=0; while [ "$(ours)" -gt 0 ] && [ $i -lt 20 ]; do sleep 1; i=$((i+1)); done
+# aya attaches kprobes through the perf kprobe PMU, never through tracefs;
+# anything there but the witness's own events would be a leftover.
+echo "@@DETACH $before $(ours) $(grep -vc daxrace_w/ /sys/kernel/tracing/kprobe_events)"
 "#,
     );
     for fs in fss {
@@ -216,6 +228,8 @@ type Parsed = (
     BTreeMap<String, FsResult>,
     Value,
     Option<i32>,
+    // Our programs loaded before and after SIGKILL, and tracefs kprobe events left.
+    Option<(u64, u64, u64)>,
 );
 
 fn parse(out: &guest::Outcome, fss: &[&str]) -> Parsed {
@@ -230,6 +244,7 @@ fn parse(out: &guest::Outcome, fss: &[&str]) -> Parsed {
     let mut current_fs = String::new();
     let mut probes = Value::Null;
     let mut probes_rc = None;
+    let mut detach: Option<(u64, u64, u64)> = None;
     for l in &out.output {
         if let Some(json) = l.strip_prefix("@@PROBESJSON ") {
             probes = serde_json::from_str(json).unwrap_or(Value::Null);
@@ -238,6 +253,13 @@ fn parse(out: &guest::Outcome, fss: &[&str]) -> Parsed {
         let w: Vec<&str> = l.split_whitespace().collect();
         match w.as_slice() {
             ["@@DR", "all", "probes", rc] => probes_rc = rc.parse().ok(),
+            ["@@DETACH", before, after, events] => {
+                detach = Some((
+                    before.parse().unwrap_or(0),
+                    after.parse().unwrap_or(u64::MAX),
+                    events.parse().unwrap_or(u64::MAX),
+                ))
+            }
             ["@@DR", fs, what, rc] => {
                 if let Some(r) = res.get_mut(*fs) {
                     r.daxrace_rcs
@@ -325,7 +347,7 @@ fn parse(out: &guest::Outcome, fss: &[&str]) -> Parsed {
         }
         prev = fs.to_string();
     }
-    (symbols, absent, res, probes, probes_rc)
+    (symbols, absent, res, probes, probes_rc, detach)
 }
 
 /// What daxrace must report on each series: Debian's 6.1 releases
@@ -446,8 +468,16 @@ fn run_series(series: &str) -> Result<SeriesResult> {
         },
         &super::guest_binaries(),
     )?;
-    let (symbols, absent_probes, fs, probes, probes_rc) = parse(&out, fss);
+    let (symbols, absent_probes, fs, probes, probes_rc, detach) = parse(&out, fss);
     let mut failures = check_daxrace(series, &probes, probes_rc, &fs, &out.dmesg);
+    match detach {
+        Some((before, 0, 0)) if before > 0 => {
+            println!("--- {series}: SIGKILL detach: {before} programs loaded, 0 left")
+        }
+        other => failures.push(format!(
+            "after SIGKILL, daxrace programs or kprobe events stayed in the kernel (loaded, left, kprobe events): {other:?}"
+        )),
+    }
     if out.status != 0 {
         failures.push(format!("guest script exited with {}", out.status));
     }
@@ -730,7 +760,7 @@ mod unit {
             output: lines.iter().map(|s| s.to_string()).collect(),
             dmesg: Vec::new(),
         };
-        let (syms, absent, res, _, _) = parse(&out, &["ext4", "xfs"]);
+        let (syms, absent, res, _, _, _) = parse(&out, &["ext4", "xfs"]);
         assert_eq!(
             syms,
             ["dax_disassociate_entry(t)", "ext4_break_layouts[ext4]"]
