@@ -40,6 +40,11 @@ const PACKAGES: &[(&str, &str)] = &[
         "prometheus",
         "the real Prometheus server and promtool for the metrics tests",
     ),
+    ("systemd", "systemd-analyze, to verify the daemon's unit"),
+    (
+        "bpftrace",
+        "the equivalent bpftrace script `cargo xtask bench` compares daxrace with",
+    ),
 ];
 
 pub const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -142,20 +142,31 @@ fn attachments(pid: u32) -> Result<BTreeMap<u32, Vec<String>>> {
         if field("link_type:").as_deref() != Some("tracing") {
             continue;
         }
-        let (Some(prog), Some(btf_id)) = (
-            field("prog_id:").and_then(|v| v.parse::<u32>().ok()),
-            field("target_btf_id:").and_then(|v| v.parse::<u32>().ok()),
-        ) else {
+        let Some(prog) = field("prog_id:").and_then(|v| v.parse::<u32>().ok()) else {
             continue;
         };
-        // attach_type 24 is BPF_TRACE_FENTRY, 25 BPF_TRACE_FEXIT.
+        // fdinfo names the target from 6.4 or so; before, the program's
+        // own info does (attach_btf_obj_id, attach_btf_id: 5.18+).
+        let target = match (
+            field("target_obj_id:").and_then(|v| v.parse::<u32>().ok()),
+            field("target_btf_id:").and_then(|v| v.parse::<u32>().ok()),
+        ) {
+            (Some(obj), Some(id)) => Some((obj, id)),
+            _ => prog_attach_btf(prog),
+        };
+        let Some((obj_id, btf_id)) = target else {
+            continue;
+        };
+        // attach_type 23 is BPF_TRACE_RAW_TP (tp_btf), 24 BPF_TRACE_FENTRY,
+        // 25 BPF_TRACE_FEXIT.
         let kind = match field("attach_type:").as_deref() {
+            Some("23") => "tp_btf",
             Some("24") => "fentry",
             Some("25") => "fexit",
             _ => "tracing",
         };
         // Only vmlinux (object id 1) is read; module BTF is split BTF.
-        let name = if field("target_obj_id:").as_deref() == Some("1") {
+        let name = if obj_id == 1 {
             if btf.is_none() {
                 btf = std::fs::read("/sys/kernel/btf/vmlinux").ok();
             }
@@ -163,12 +174,83 @@ fn attachments(pid: u32) -> Result<BTreeMap<u32, Vec<String>>> {
         } else {
             None
         };
+        // A BTF tracepoint's type is `btf_trace_<tracepoint>`.
+        let name = name.map(|n| n.trim_start_matches("btf_trace_").to_string());
         out.entry(prog).or_default().push(format!(
             "{kind}:{}",
             name.unwrap_or_else(|| format!("btf_id_{btf_id}"))
         ));
     }
     Ok(out)
+}
+
+/// `union bpf_attr` for BPF_PROG_GET_FD_BY_ID.
+#[repr(C)]
+struct GetFdById {
+    id: u32,
+    next_id: u32,
+    open_flags: u32,
+}
+
+/// `union bpf_attr` for BPF_OBJ_GET_INFO_BY_FD.
+#[repr(C)]
+struct GetInfo {
+    bpf_fd: u32,
+    info_len: u32,
+    info: u64,
+}
+
+const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+/// `struct bpf_prog_info` up to `attach_btf_id` (8-byte aligned), and the
+/// offsets of `attach_btf_obj_id` and `attach_btf_id` in it (uapi bpf.h).
+const PROG_INFO_LEN: usize = 232;
+const ATTACH_BTF_OBJ_ID_OFF: usize = 220;
+const ATTACH_BTF_ID_OFF: usize = 224;
+
+/// The BTF object and type a tracing program was loaded for (aya's
+/// ProgramInfo does not expose them).
+fn prog_attach_btf(prog_id: u32) -> Option<(u32, u32)> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let mut a = GetFdById {
+        id: prog_id,
+        next_id: 0,
+        open_flags: 0,
+    };
+    // SAFETY: a valid attribute for this command, of the size passed.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_GET_FD_BY_ID,
+            &mut a as *mut GetFdById,
+            std::mem::size_of::<GetFdById>(),
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: the kernel just returned this descriptor to us.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let mut info = [0u8; PROG_INFO_LEN];
+    let mut g = GetInfo {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: PROG_INFO_LEN as u32,
+        info: info.as_mut_ptr() as u64,
+    };
+    // SAFETY: the kernel writes at most info_len bytes into `info`.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            &mut g as *mut GetInfo,
+            std::mem::size_of::<GetInfo>(),
+        )
+    };
+    if r != 0 {
+        return None;
+    }
+    let id = u32_at(&info, ATTACH_BTF_ID_OFF)?;
+    (id != 0).then_some((u32_at(&info, ATTACH_BTF_OBJ_ID_OFF)?, id))
 }
 
 fn u32_at(b: &[u8], off: usize) -> Option<u32> {
