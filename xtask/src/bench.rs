@@ -1135,6 +1135,18 @@ fn report(
         fmt_opt(median(st(BT)), 0),
         st(BT).len()
     );
+    let stalled = p
+        .workloads
+        .values()
+        .filter(|v| v["stalls"].as_array().is_some_and(|a| !a.is_empty()))
+        .count();
+    if stalled > 0 {
+        let _ = writeln!(
+            t,
+            "  note: {stalled} of {} workload runs stalled (break-layouts slept until signalled: the lost wake-up); their rates measure the stall timeout, not a tracer's cost",
+            p.workloads.len()
+        );
+    }
     for f in &p.start_failures {
         let _ = writeln!(t, "  note: {f} did not attach (see {})", log.display());
     }
