@@ -65,6 +65,9 @@ pub fn sinks(
     Ok(sinks)
 }
 
+/// How often the reader drains the ring without being woken.
+const DRAIN_EVERY: Duration = Duration::from_millis(50);
+
 /// How far behind the clock the live detector judges time-based findings.
 const TICK_LAG_NS: u64 = 250_000_000;
 
@@ -236,10 +239,19 @@ pub async fn drive(
     let mut batch = Vec::with_capacity(4096);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The kernel side wakes the reader only when the ring fills up (see
+    // `submit` in daxrace-ebpf): everything else is drained on this timer.
+    let mut drain = tokio::time::interval(DRAIN_EVERY);
+    drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             r = source.next_batch(&mut batch) => {
                 r.context("reading the ring buffer")?;
+                pipeline.feed(&batch)?;
+                batch.clear();
+            }
+            _ = drain.tick() => {
+                source.drain(&mut batch);
                 pipeline.feed(&batch)?;
                 batch.clear();
             }
