@@ -533,7 +533,24 @@ fn find_marker<'a>(line: &'a str, marker: &str) -> Option<&'a str> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
+
+    /// The guest runs busybox sh: a script must at least parse there.
+    pub(crate) fn assert_sh_parses(script: &str) {
+        let bb = ["/usr/bin/busybox", "/bin/busybox"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("busybox (busybox-static) is missing: run `cargo xtask setup`");
+        let out = Command::new(bb)
+            .args(["sh", "-n", "-c", script])
+            .output()
+            .expect("run busybox sh -n");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     use super::*;
 
     #[test]
@@ -570,21 +587,7 @@ mod tests {
         assert!(script.contains("insmod /lib/modules/brd.ko rd_nr=1"));
         assert!(script.contains("insmod /lib/modules/virtio_net.ko"));
         assert!(script.contains("export DAX_XFS=/mnt/xfs"));
-        let Some(bb) = ["/usr/bin/busybox", "/bin/busybox"]
-            .into_iter()
-            .find(|p| Path::new(p).exists())
-        else {
-            return;
-        };
-        let out = Command::new(bb)
-            .args(["sh", "-n", "-c", &script])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_sh_parses(&script);
     }
 
     #[test]
