@@ -174,7 +174,7 @@ fn generate(n: usize, seed: u64) -> Vec<u8> {
 fn config() -> DetectorConfig {
     DetectorConfig {
         pin_bias: 1024,
-        ..DetectorConfig::for_kernel(6, 12)
+        ..DetectorConfig::with_idle_refcount(1)
     }
 }
 

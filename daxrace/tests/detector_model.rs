@@ -140,7 +140,7 @@ fn lkml_2018_retry_bug_truncates_pinned_page_y() {
     ];
     events.extend(truncation(S + 4_000, 0, PFN_X, 1));
     events.extend(truncation(S + 5_000, 1, PFN_Y, 2));
-    let found = detect(DetectorConfig::for_kernel(4, 18), &events);
+    let found = detect(DetectorConfig::with_idle_refcount(1), &events);
     assert_eq!(found.len(), 2, "{found:#?}");
 
     let [twp] = of_kind(&found, FindingKind::TruncateWhilePinned)[..] else {
@@ -245,7 +245,7 @@ fn lkml_2018_wait_that_slept_rescans_and_is_clean() {
     ];
     events.extend(truncation(S + 22_000, 0, PFN_X, 1));
     events.extend(truncation(S + 23_000, 1, PFN_Y, 1));
-    let mut d = Detector::new(DetectorConfig::for_kernel(4, 19));
+    let mut d = Detector::new(DetectorConfig::with_idle_refcount(1));
     let mut found = Vec::new();
     for e in &events {
         d.observe(e, &mut found);
@@ -307,7 +307,7 @@ fn debian_6_1_lost_wakeup_is_reported_once_with_its_evidence() {
         ("quiet", quiet, S + 5 * S),
         ("busy", busy, S + 3_000 + 11 * 100_000_000),
     ] {
-        let found = detect(DetectorConfig::for_kernel(6, 1), &events);
+        let found = detect(DetectorConfig::with_idle_refcount(1), &events);
         let [lost] = of_kind(&found, FindingKind::LostWakeup)[..] else {
             panic!("{name}: exactly one lost_wakeup: {found:#?}");
         };
@@ -394,7 +394,7 @@ fn linux_6_12_pin_drop_then_wakeup_is_fine() {
     events.extend(truncation(S + 8_000, 0, PFN_X, 1));
     let cfg = DetectorConfig {
         pin_bias: 1024,
-        ..DetectorConfig::for_kernel(6, 12)
+        ..DetectorConfig::with_idle_refcount(1)
     };
     let found = detect(cfg, &events);
     assert!(found.is_empty(), "{found:#?}");

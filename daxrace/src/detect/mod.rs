@@ -116,27 +116,14 @@ impl Default for DetectorConfig {
 }
 
 impl DetectorConfig {
-    /// Refcount of an idle fsdax page on a kernel version: 1 before 6.15
-    /// ("fs/dax: properly refcount fs dax pages", 38607c62b34b), 0 from 6.15.
-    pub fn idle_refcount_for_kernel(major: u32, minor: u32) -> i32 {
-        if (major, minor) >= (6, 15) {
-            0
-        } else {
-            1
-        }
-    }
-
-    /// Defaults with the given idle refcount.
+    /// Defaults with the given idle refcount (1 before 6.15, 0 from 6.15:
+    /// the live tracer takes it from the kernel's facts, replay from the
+    /// trace header; no version is ever compared here).
     pub fn with_idle_refcount(idle_refcount: i32) -> Self {
         DetectorConfig {
             idle_refcount,
             ..Default::default()
         }
-    }
-
-    /// Defaults for a kernel version.
-    pub fn for_kernel(major: u32, minor: u32) -> Self {
-        Self::with_idle_refcount(Self::idle_refcount_for_kernel(major, minor))
     }
 }
 

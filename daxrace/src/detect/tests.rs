@@ -191,7 +191,7 @@ fn a_clean_call_gives_no_finding_in_either_refcount_model() {
 #[test]
 fn idle_zero_model_judges_refcount_one_as_pinned_and_zero_as_idle() {
     let a = punch();
-    let cfg = DetectorConfig::for_kernel(6, 15);
+    let cfg = DetectorConfig::with_idle_refcount(0);
     assert_eq!(cfg.idle_refcount, 0);
     let (_, out) = run(
         cfg.clone(),
@@ -205,7 +205,7 @@ fn idle_zero_model_judges_refcount_one_as_pinned_and_zero_as_idle() {
     assert_eq!((out[0].pins, out[0].refs), (None, Some(1)));
     // The same refcount 1 is idle before 6.15.
     let (_, out) = run(
-        DetectorConfig::for_kernel(6, 1),
+        DetectorConfig::with_idle_refcount(1),
         &[truncate(S, a, page(PFN_Y, 1))],
     );
     assert!(out.is_empty(), "{out:#?}");
