@@ -126,6 +126,52 @@ pub fn add(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
 }
 
+/// Creates `dir/name` on the DAX mount, fills it with the pattern of
+/// `seed`, unlinks it (it lives while open) and maps it shared: O_DIRECT reads
+/// into this mapping pin its DAX pages. The mapping lives until exit.
+pub fn mapped_dax_file(
+    dir: &std::path::Path,
+    name: &str,
+    seed: u64,
+    size: u64,
+) -> anyhow::Result<(File, *mut libc::c_void)> {
+    use std::os::fd::AsRawFd;
+
+    use anyhow::Context;
+    let path = dir.join(name);
+    let dax = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    let _ = std::fs::remove_file(&path);
+    write(&dax, seed, 0, size)?;
+    dax.sync_all()
+        .with_context(|| format!("fsync {}", path.display()))?;
+    // SAFETY: a shared mapping of our own file; only the kernel touches it
+    // (O_DIRECT into it), never our code.
+    let map = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            size as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            dax.as_raw_fd(),
+            0,
+        )
+    };
+    if map == libc::MAP_FAILED {
+        anyhow::bail!(
+            "mmap of {} failed: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok((dax, map))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -164,36 +164,12 @@ pub fn run(a: Args) -> Result<i32> {
         })?;
     let _ = std::fs::remove_file(&src_path); // gone on exit, open until then
 
-    let dax_path = dir.join(format!("daxrace-pin-{pid}"));
-    let dax = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&dax_path)
-        .with_context(|| format!("creating {}", dax_path.display()))?;
-    let _ = std::fs::remove_file(&dax_path);
-    pattern::write(&dax, seed ^ DAX_SALT, 0, file_size)?;
-    dax.sync_all()?;
-    // SAFETY: a shared mapping of our own file, unmapped at the end; only the
-    // kernel touches it (O_DIRECT into it), never our code.
-    let map = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            file_size as usize,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            dax.as_raw_fd(),
-            0,
-        )
-    };
-    if map == libc::MAP_FAILED {
-        bail!(
-            "mmap of {} failed: {}",
-            dax_path.display(),
-            std::io::Error::last_os_error()
-        );
-    }
+    let (dax, map) = pattern::mapped_dax_file(
+        &dir,
+        &format!("daxrace-pin-{pid}"),
+        seed ^ DAX_SALT,
+        file_size,
+    )?;
 
     let sh = Arc::new(Shared {
         report: Report::default(),

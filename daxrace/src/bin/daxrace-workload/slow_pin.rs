@@ -165,31 +165,12 @@ pub fn run(a: Args) -> Result<i32> {
         .open(&nb.dev)
         .with_context(|| format!("opening {} with O_DIRECT", nb.dev.display()))?;
 
-    let dax_path = dir.join(format!("daxrace-slow-{pid}"));
-    let dax = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&dax_path)
-        .with_context(|| format!("creating {}", dax_path.display()))?;
-    let _ = std::fs::remove_file(&dax_path);
-    pattern::write(&dax, seed ^ DAX_SALT, 0, FILE_SIZE)?;
-    dax.sync_all()?;
-    // SAFETY: a shared mapping of our own file that only the kernel touches.
-    let map = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            FILE_SIZE as usize,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            dax.as_raw_fd(),
-            0,
-        )
-    };
-    if map == libc::MAP_FAILED {
-        bail!("mmap failed: {}", std::io::Error::last_os_error());
-    }
+    let (dax, map) = pattern::mapped_dax_file(
+        &dir,
+        &format!("daxrace-slow-{pid}"),
+        seed ^ DAX_SALT,
+        FILE_SIZE,
+    )?;
     let map = map as usize;
     let src = Arc::new(src);
     let dax = Arc::new(dax);
