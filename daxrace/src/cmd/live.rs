@@ -71,6 +71,21 @@ const DRAIN_EVERY: Duration = Duration::from_millis(50);
 /// How far behind the clock the live detector judges time-based findings.
 const TICK_LAG_NS: u64 = 250_000_000;
 
+/// The detector pipeline for this kernel's facts, and the ring-buffer reader
+/// that feeds it.
+pub fn pipeline(
+    tracer: &mut Tracer,
+    detect: &DetectArgs,
+    sinks: Sinks,
+) -> Result<(Pipeline, LiveSource)> {
+    let cfg = detect.config(
+        tracer.facts.idle_refcount as i32,
+        tracer.facts.pin_bias as i32,
+    );
+    let source = LiveSource::new(tracer.take_events()?).context("cannot poll the ring buffer")?;
+    Ok((Pipeline::new(cfg, sinks), source))
+}
+
 /// CLOCK_MONOTONIC in ns: the clock `bpf_ktime_get_ns()` reads.
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {

@@ -7,13 +7,9 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use daxrace::{
-    pipeline::Pipeline,
-    sink::{
-        http::{Health, MetricsServer},
-        metrics::Metrics,
-    },
-    source::LiveSource,
+use daxrace::sink::{
+    http::{Health, MetricsServer},
+    metrics::Metrics,
 };
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -102,13 +98,7 @@ async fn run_async(args: RunArgs) -> Result<i32> {
         Some(metrics.clone()),
         None,
     )?;
-    let cfg = args.detect.config(
-        tracer.facts.idle_refcount as i32,
-        tracer.facts.pin_bias as i32,
-    );
-    let mut pipeline = Pipeline::new(cfg, sinks);
-    let mut source =
-        LiveSource::new(tracer.take_events()?).context("cannot poll the ring buffer")?;
+    let (mut pipeline, mut source) = live::pipeline(&mut tracer, &args.detect, sinks)?;
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let duration = args.duration;

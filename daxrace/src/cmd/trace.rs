@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use daxrace::{detect::FindingKind, pipeline::Pipeline, source::LiveSource};
+use daxrace::{detect::FindingKind, pipeline::Pipeline};
 use tokio::signal::unix::{signal, SignalKind};
 
 use super::{
@@ -48,13 +48,7 @@ async fn run_async(args: TraceArgs) -> Result<i32> {
         None,
         Some(args.command.clone()),
     )?;
-    let cfg = args.detect.config(
-        tracer.facts.idle_refcount as i32,
-        tracer.facts.pin_bias as i32,
-    );
-    let mut pipeline = Pipeline::new(cfg, sinks);
-    let mut source =
-        LiveSource::new(tracer.take_events()?).context("cannot poll the ring buffer")?;
+    let (mut pipeline, mut source) = live::pipeline(&mut tracer, &args.detect, sinks)?;
 
     // Hooks are attached: now the command may start.
     let mut child = tokio::process::Command::new(&args.command[0])
