@@ -10,8 +10,10 @@
 pub const EVENTS_MAP: &str = "EVENTS";
 /// Name of the per-CPU array of [`Counter`]s.
 pub const COUNTERS_MAP: &str = "COUNTERS";
-/// Name of the hash map of watched pages (page address -> first seen busy, ns).
+/// Name of the direct-mapped array of watched pages (see the eBPF crate).
 pub const WATCHED_MAP: &str = "WATCHED";
+/// Name of the per-CPU array of break-layouts statistics ([`BreakStat`]).
+pub const BREAK_STATS_MAP: &str = "BREAK_STATS";
 /// Name of the global holding [`KernelConfig`].
 pub const CONFIG_GLOBAL: &str = "CONFIG";
 
@@ -243,9 +245,16 @@ pub enum Counter {
     /// A break-layouts call that never scanned for busy pages (xfs lease
     /// breaks on plain writes): not recorded.
     BreakQuiet = 9,
+    /// A busy scan that found no page, in a call that had not found one
+    /// either: it changes nothing for the detector, so it is counted, not
+    /// recorded.
+    ScanQuiet = 10,
+    /// A break-layouts call that scanned and never found a busy page: no
+    /// record, only the break statistics ([`BREAK_STATS_MAP`]) and this count.
+    BreakClean = 11,
 }
 
-pub const COUNTER_COUNT: u32 = 10;
+pub const COUNTER_COUNT: u32 = 12;
 
 impl Counter {
     pub const ALL: [Counter; COUNTER_COUNT as usize] = [
@@ -259,6 +268,8 @@ impl Counter {
         Counter::DeleteQuiet,
         Counter::StateFull,
         Counter::BreakQuiet,
+        Counter::ScanQuiet,
+        Counter::BreakClean,
     ];
 
     /// Metric label.
@@ -274,7 +285,34 @@ impl Counter {
             Counter::DeleteQuiet => "delete_quiet",
             Counter::StateFull => "state_full",
             Counter::BreakQuiet => "break_quiet",
+            Counter::ScanQuiet => "scan_quiet",
+            Counter::BreakClean => "break_clean",
         }
+    }
+}
+
+/// Break-layouts statistics kept in the kernel for every call that scanned
+/// (recorded or not), per [`FsKind`]: a log2 histogram of durations like
+/// ebpf_exporter's, so that the quiet calls cost no record.
+pub struct BreakStat;
+
+impl BreakStat {
+    /// Histogram buckets: bucket `k` counts calls whose duration in
+    /// microseconds has bit length `k` (bucket 0: under 1 us, bucket `k`:
+    /// under `2^k` us); the last bucket also takes everything longer.
+    pub const BUCKETS: u32 = 32;
+    /// Slot of the number of calls that returned an error.
+    pub const ERRORS: u32 = Self::BUCKETS;
+    /// Slot of the summed duration, in nanoseconds.
+    pub const SUM_NS: u32 = Self::BUCKETS + 1;
+    /// Slots per filesystem kind.
+    pub const PER_FS: u32 = Self::BUCKETS + 2;
+    /// Filesystem kinds ([`FsKind`] values 0..=3).
+    pub const FS_KINDS: u32 = 4;
+    pub const ENTRIES: u32 = Self::PER_FS * Self::FS_KINDS;
+
+    pub const fn index(fs: u32, slot: u32) -> u32 {
+        (fs % Self::FS_KINDS) * Self::PER_FS + slot
     }
 }
 

@@ -14,67 +14,118 @@ use core::ffi::c_void;
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_loop},
     macros::{fentry, fexit, kprobe, kretprobe, map},
-    maps::{HashMap, LruHashMap},
+    maps::{Array, PerCpuArray},
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
     EbpfContext,
 };
-use daxrace_common::{Counter, FsKind, HookId, KernelConfig, Record, RecordKind};
+use daxrace_common::{BreakStat, Counter, FsKind, HookId, KernelConfig, Record, RecordKind};
 
-use crate::emit::{config, count, fill_inode, new_record, read_at, submit};
+use crate::emit::{config, count, fill_inode, new_record, read_at, read_page, submit, vmemmap};
 
-/// A break-layouts call in progress on one task. Its BreakEnter record is
-/// only sent once the call scans for busy pages: xfs_break_layouts() also runs
-/// on every plain write (to break leases) and must not flood the ring.
+// ---- state ----------------------------------------------------------------
+//
+// Every table is an array indexed directly (by a task's tid, or a page's
+// address), never a hash map: the verifier inlines array lookups into plain
+// loads, and nothing here takes a lock. Hash-map updates and deletes (bucket
+// spinlock, free-list pops, LRU shrinking) were most of what the hooks cost.
+// A slot names its owner (tid or page); a lookup that finds another owner
+// finds nothing, and taking over a slot another task is using is counted.
+
+/// Slots of the per-task tables (a power of two: `tid % TASK_SLOTS`).
+const TASK_SLOTS: u32 = 16384;
+/// Slots of the watched-page table (a power of two).
+const WATCH_SLOTS: u32 = 16384;
+
+/// A break-layouts call in progress on one task. Nothing is recorded until a
+/// busy scan inside it finds a page: xfs_break_layouts() runs on every plain
+/// write, and most calls find nothing (they are summed in `BREAK_STATS`).
 #[derive(Clone, Copy)]
 #[repr(C)]
-struct BreakState {
-    mapping: u64,
-    ino: u64,
-    ts_ns: u64,
-    dev: u32,
-    fs: u32,
+struct BreakSlot {
+    /// Owner; 0 when free.
+    tid: u32,
+    /// Nesting depth (0: no call): on 6.15+ the generic dax_break_layout()
+    /// runs inside ext4/xfs's own; only the outermost call is recorded.
+    depth: u32,
     hook: u32,
+    fs: u32,
     /// The BreakEnter record was sent.
     emitted: u32,
-    /// Nesting depth: on 6.15+ the generic dax_break_layout() runs inside
-    /// ext4/xfs's own; only the outermost call is recorded.
-    depth: u32,
     /// A busy scan inside this call returned a page.
     saw_busy: u32,
+    /// Busy scans that ran inside this call.
+    scans: u32,
+    _pad: u32,
+    ts_ns: u64,
+    inode: u64,
+    /// The inode's mapping, read when the call is first recorded.
+    mapping: u64,
 }
 
 /// A busy scan in progress on one task (dax_layout_busy_page may call
 /// dax_layout_busy_page_range: only the outermost is recorded).
 #[derive(Clone, Copy)]
 #[repr(C)]
-struct ScanState {
-    mapping: u64,
-    start: i64,
-    end: i64,
+struct ScanSlot {
+    tid: u32,
     depth: u32,
     /// Entered through dax_layout_busy_page() (which calls the _range one).
     whole_file: u32,
+    _pad: u32,
+    mapping: u64,
+    start: i64,
+    end: i64,
+}
+
+/// A task whose last break-layouts call saw a busy page, and that call's
+/// mapping: its truncation that follows is worth recording entry by entry.
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct RecentSlot {
+    tid: u32,
+    _pad: u32,
+    mapping: u64,
+}
+
+/// The kprobe flavour of the bio release hook: the bio, from entry to return.
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct BioSlot {
+    tid: u32,
+    _pad: u32,
+    bio: u64,
+}
+
+/// A page a busy scan returned, and when (ns).
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct WatchSlot {
+    page: u64,
+    since_ns: u64,
 }
 
 #[map]
-static BREAKS: HashMap<u32, BreakState> = HashMap::with_max_entries(4096, 0);
+static BREAKS: Array<BreakSlot> = Array::with_max_entries(TASK_SLOTS, 0);
 
 #[map]
-static SCANS: HashMap<u32, ScanState> = HashMap::with_max_entries(4096, 0);
+static SCANS: Array<ScanSlot> = Array::with_max_entries(TASK_SLOTS, 0);
 
-/// Pages a busy scan returned: page address -> when first seen busy (ns).
-/// LRU so an abandoned page cannot fill it.
 #[map]
-static WATCHED: LruHashMap<u64, u64> = LruHashMap::with_max_entries(8192, 0);
+static RECENT_BUSY: Array<RecentSlot> = Array::with_max_entries(TASK_SLOTS, 0);
 
-/// Tasks whose last break-layouts call saw a busy page -> its mapping: their
-/// truncation that follows is worth recording entry by entry.
 #[map]
-static RECENT_BUSY: LruHashMap<u32, u64> = LruHashMap::with_max_entries(4096, 0);
+static BIO_STASH: Array<BioSlot> = Array::with_max_entries(TASK_SLOTS, 0);
 
-/// kprobe flavour of the bio release hook: the bio, from entry to return.
+/// Watched pages, direct-mapped by address: a page taking the slot of
+/// another watched page evicts it (counted as `WatchFull`).
 #[map]
-static BIO_STASH: HashMap<u32, u64> = HashMap::with_max_entries(4096, 0);
+static WATCHED: Array<WatchSlot> = Array::with_max_entries(WATCH_SLOTS, 0);
+
+/// Break-layouts statistics per filesystem (see [`BreakStat`]): one entry,
+/// so that userspace reads them all in one system call.
+#[map]
+static BREAK_STATS: PerCpuArray<[u64; BreakStat::ENTRIES as usize]> =
+    PerCpuArray::with_max_entries(1, 0);
 
 /// Most bvecs and pages per bvec one release walks; the rest is counted as
 /// `BioTruncated`.
@@ -95,15 +146,47 @@ fn tid() -> u32 {
     bpf_get_current_pid_tgid() as u32
 }
 
+/// The task's slot of a per-task table (owned by it or not: callers check).
 #[inline(always)]
-fn vmemmap(cfg: &KernelConfig) -> u64 {
-    if cfg.vmemmap_base_addr != 0 {
-        let base = read_at::<u64>(cfg.vmemmap_base_addr, 0);
-        if base != 0 {
-            return base;
+fn task_slot<T>(map: &Array<T>, tid: u32) -> Option<&mut T> {
+    // SAFETY: an array map value, valid for this program run; a racing
+    // writer can only be another task sharing the slot, which is counted.
+    map.get_ptr_mut(tid & (TASK_SLOTS - 1))
+        .map(|p| unsafe { &mut *p })
+}
+
+#[inline(always)]
+fn watch_slot(page: u64) -> Option<&'static mut WatchSlot> {
+    // struct page is 64 bytes: consecutive pages take consecutive slots.
+    // SAFETY: as task_slot.
+    WATCHED
+        .get_ptr_mut(((page >> 6) as u32) & (WATCH_SLOTS - 1))
+        .map(|p| unsafe { &mut *p })
+}
+
+#[inline(always)]
+fn watched(page: u64) -> bool {
+    page != 0 && watch_slot(page).is_some_and(|s| s.page == page)
+}
+
+#[inline(always)]
+fn watch(page: u64, now: u64) {
+    if let Some(s) = watch_slot(page) {
+        if s.page != 0 && s.page != page {
+            count(Counter::WatchFull);
+        }
+        s.page = page;
+        s.since_ns = now;
+    }
+}
+
+#[inline(always)]
+fn unwatch(page: u64) {
+    if let Some(s) = watch_slot(page) {
+        if s.page == page {
+            s.page = 0;
         }
     }
-    cfg.vmemmap_default
 }
 
 /// Fills the page fields: pfn, refcount, page->mapping, and the inode the
@@ -116,10 +199,10 @@ fn fill_page(r: &mut Record, cfg: &KernelConfig, page: u64) {
     if size != 0 && page >= base {
         r.pfn = (page - base) / size;
     }
-    r.refcount = read_at::<i32>(page, cfg.page_refcount);
-    let page_mapping = read_at::<u64>(page, cfg.page_mapping);
-    r.page_mapping = page_mapping;
-    fill_from_mapping(r, cfg, page_mapping);
+    let f = read_page(cfg, page);
+    r.refcount = f.refcount;
+    r.page_mapping = f.mapping;
+    fill_from_mapping(r, cfg, f.mapping);
 }
 
 #[inline(always)]
@@ -141,61 +224,52 @@ fn var_to_page(cfg: &KernelConfig, var: u64) -> u64 {
     }
 }
 
-#[inline(always)]
-fn watched(page: u64) -> bool {
-    // SAFETY: the value is only tested for presence.
-    unsafe { WATCHED.get(&page).is_some() }
-}
-
 // ---- break layouts -------------------------------------------------------
 
 #[inline(always)]
 fn break_enter(hook: HookId, fs: FsKind, inode: u64) -> u32 {
     let tid = tid();
-    if let Some(st) = BREAKS.get_ptr_mut(&tid) {
-        // SAFETY: pointer from a map lookup, valid for this program run.
-        let st = unsafe { &mut *st };
-        // Only the generic dax_break_layout() nests, inside ext4's or xfs's
-        // own call. The same hook entering again means the state is stale
-        // (its return was missed: attached between entry and return, or a
-        // kretprobe instance ran out): start afresh rather than hide every
-        // later call of this task as "nested".
-        let generic = HookId::GenericBreak as u32;
-        if st.hook != generic && hook as u32 == generic && st.depth == 1 {
-            st.depth = 2;
-            return 0;
+    let Some(st) = task_slot(&BREAKS, tid) else {
+        return 0;
+    };
+    if st.depth != 0 {
+        if st.tid == tid {
+            // Only the generic dax_break_layout() nests, inside ext4's or
+            // xfs's own call. The same hook entering again means the state
+            // is stale (its return was missed: attached between entry and
+            // return, or a kretprobe instance ran out): start afresh rather
+            // than hide every later call of this task as "nested".
+            let generic = HookId::GenericBreak as u32;
+            if st.hook != generic && hook as u32 == generic && st.depth == 1 {
+                st.depth = 2;
+                return 0;
+            }
+        } else {
+            count(Counter::StateFull);
         }
     }
-    let cfg = config();
-    let mut r = Record::zeroed();
-    fill_inode(&mut r, &cfg, inode);
-    let st = BreakState {
-        mapping: read_at::<u64>(inode, cfg.inode_mapping),
-        ino: r.ino,
-        // SAFETY: plain helper call.
-        ts_ns: unsafe { bpf_ktime_get_ns() },
-        dev: r.dev,
-        fs: fs as u32,
-        hook: hook as u32,
-        emitted: 0,
-        depth: 1,
-        saw_busy: 0,
-    };
-    if BREAKS.insert(&tid, &st, 0).is_err() {
-        count(Counter::StateFull);
+    st.tid = tid;
+    st.depth = 1;
+    st.hook = hook as u32;
+    st.fs = fs as u32;
+    st.emitted = 0;
+    st.saw_busy = 0;
+    st.scans = 0;
+    // SAFETY: plain helper call.
+    st.ts_ns = unsafe { bpf_ktime_get_ns() };
+    st.inode = inode;
+    st.mapping = 0;
+    if let Some(rb) = task_slot(&RECENT_BUSY, tid) {
+        if rb.tid == tid {
+            rb.tid = 0;
+        }
     }
-    let _ = RECENT_BUSY.remove(&tid);
     0
 }
 
 /// Sends the deferred BreakEnter of the task's break call, once.
 #[inline(always)]
-fn break_scanned(tid: u32) {
-    let Some(st) = BREAKS.get_ptr_mut(&tid) else {
-        return;
-    };
-    // SAFETY: pointer from a map lookup, valid for this program run.
-    let st = unsafe { &mut *st };
+fn break_recorded(st: &mut BreakSlot, cfg: &KernelConfig) {
     if st.emitted != 0 {
         return;
     }
@@ -203,22 +277,65 @@ fn break_scanned(tid: u32) {
     let hook = HookId::from_u16(st.hook as u16).unwrap_or(HookId::GenericBreak);
     let mut r = new_record(RecordKind::BreakEnter, hook);
     r.ts_ns = st.ts_ns;
-    r.ino = st.ino;
-    r.dev = st.dev;
+    fill_inode(&mut r, cfg, st.inode);
+    st.mapping = read_at::<u64>(st.inode, cfg.inode_mapping);
     r.op = st.fs;
     r.mapping = st.mapping;
     submit(&r);
 }
 
+/// Bit length of `v`: the log2 histogram bucket of a duration in us.
 #[inline(always)]
-fn break_exit(hook: HookId, fs: FsKind, ret: i64) -> u32 {
+fn bit_len(mut v: u64) -> u32 {
+    let mut n = 0;
+    if v >= 1 << 32 {
+        v >>= 32;
+        n += 32;
+    }
+    if v >= 1 << 16 {
+        v >>= 16;
+        n += 16;
+    }
+    if v >= 1 << 8 {
+        v >>= 8;
+        n += 8;
+    }
+    if v >= 1 << 4 {
+        v >>= 4;
+        n += 4;
+    }
+    if v >= 1 << 2 {
+        v >>= 2;
+        n += 2;
+    }
+    if v >= 1 << 1 {
+        v >>= 1;
+        n += 1;
+    }
+    n + v as u32
+}
+
+#[inline(always)]
+fn stat_add(fs: u32, slot: u32, v: u64) {
+    let i = BreakStat::index(fs, slot) as usize;
+    if let Some(row) = BREAK_STATS.get_ptr_mut(0) {
+        if i < BreakStat::ENTRIES as usize {
+            // SAFETY: per-CPU entry, index checked: no other writer races.
+            unsafe { (*row)[i] += v };
+        }
+    }
+}
+
+#[inline(always)]
+fn break_exit(hook: HookId, ret: i64) -> u32 {
     let tid = tid();
-    let Some(st) = BREAKS.get_ptr_mut(&tid) else {
-        // Attached while the call was running: its entry was never seen.
+    let Some(st) = task_slot(&BREAKS, tid) else {
         return 0;
     };
-    // SAFETY: pointer from a map lookup, valid for this program run.
-    let st = unsafe { &mut *st };
+    if st.tid != tid || st.depth == 0 {
+        // Attached while the call was running: its entry was never seen.
+        return 0;
+    }
     if st.hook != hook as u32 {
         // The nested generic call returning inside the outer one.
         if st.depth > 1 {
@@ -226,18 +343,34 @@ fn break_exit(hook: HookId, fs: FsKind, ret: i64) -> u32 {
         }
         return 0;
     }
-    let mapping = st.mapping;
-    let emitted = st.emitted != 0;
+    st.depth = 0;
+    st.tid = 0;
+    let (fs, mapping) = (st.fs, st.mapping);
     if st.saw_busy != 0 {
-        let _ = RECENT_BUSY.insert(&tid, &mapping, 0);
+        if let Some(rb) = task_slot(&RECENT_BUSY, tid) {
+            rb.tid = tid;
+            rb.mapping = mapping;
+        }
     }
-    let _ = BREAKS.remove(&tid);
-    if !emitted {
+    if st.scans == 0 {
         count(Counter::BreakQuiet);
         return 0;
     }
+    // SAFETY: plain helper call.
+    let took = unsafe { bpf_ktime_get_ns() }.saturating_sub(st.ts_ns);
+    let bucket = bit_len(took / 1000);
+    let last = BreakStat::BUCKETS - 1;
+    stat_add(fs, if bucket > last { last } else { bucket }, 1);
+    stat_add(fs, BreakStat::SUM_NS, took);
+    if ret != 0 {
+        stat_add(fs, BreakStat::ERRORS, 1);
+    }
+    if st.emitted == 0 {
+        count(Counter::BreakClean);
+        return 0;
+    }
     let mut r = new_record(RecordKind::BreakExit, hook);
-    r.op = fs as u32;
+    r.op = fs;
     r.mapping = mapping;
     r.a = ret;
     submit(&r);
@@ -253,7 +386,7 @@ macro_rules! kprobe_break {
 
         #[kretprobe]
         pub fn $exit(ctx: RetProbeContext) -> u32 {
-            break_exit($hook, $fs, ctx.ret::<i32>() as i64)
+            break_exit($hook, ctx.ret::<i32>() as i64)
         }
     };
 }
@@ -281,11 +414,7 @@ pub fn fe_generic_break(ctx: FEntryContext) -> u32 {
 
 #[fexit]
 pub fn fx_generic_break(ctx: FExitContext) -> u32 {
-    break_exit(
-        HookId::GenericBreak,
-        FsKind::Generic,
-        ctx.ret::<i32>().unwrap_or(0) as i64,
-    )
+    break_exit(HookId::GenericBreak, ctx.ret::<i32>().unwrap_or(0) as i64)
 }
 
 // ---- busy scan ------------------------------------------------------------
@@ -293,47 +422,70 @@ pub fn fx_generic_break(ctx: FExitContext) -> u32 {
 #[inline(always)]
 fn scan_enter(mapping: u64, start: i64, end: i64, whole_file: bool) -> u32 {
     let tid = tid();
-    if let Some(st) = SCANS.get_ptr_mut(&tid) {
-        // SAFETY: pointer from a map lookup, valid for this program run.
-        let st = unsafe { &mut *st };
-        // The only real nesting: dax_layout_busy_page() calling the _range
-        // variant. Anything else means a missed return left the state
-        // stale: start afresh (see break_enter).
-        if st.whole_file != 0 && !whole_file && st.depth == 1 {
-            st.depth = 2;
-            return 0;
+    let Some(st) = task_slot(&SCANS, tid) else {
+        return 0;
+    };
+    if st.depth != 0 {
+        if st.tid == tid {
+            // The only real nesting: dax_layout_busy_page() calling the
+            // _range variant. Anything else means a missed return left the
+            // state stale: start afresh (see break_enter).
+            if st.whole_file != 0 && !whole_file && st.depth == 1 {
+                st.depth = 2;
+                return 0;
+            }
+        } else {
+            count(Counter::StateFull);
         }
     }
-    let st = ScanState {
-        mapping,
-        start,
-        end,
-        depth: 1,
-        whole_file: whole_file as u32,
-    };
-    if SCANS.insert(&tid, &st, 0).is_err() {
-        count(Counter::StateFull);
-    }
+    st.tid = tid;
+    st.depth = 1;
+    st.whole_file = whole_file as u32;
+    st.mapping = mapping;
+    st.start = start;
+    st.end = end;
     0
 }
 
 #[inline(always)]
 fn scan_exit(page: u64) -> u32 {
     let tid = tid();
-    let Some(st) = SCANS.get_ptr_mut(&tid) else {
-        // Attached while a scan was running: its arguments are unknown.
+    let Some(st) = task_slot(&SCANS, tid) else {
         return 0;
     };
-    // SAFETY: pointer from a map lookup, valid for this program run.
-    let st = unsafe { &mut *st };
+    if st.tid != tid || st.depth == 0 {
+        // Attached while a scan was running: its arguments are unknown.
+        return 0;
+    }
     if st.depth > 1 {
         st.depth -= 1;
         return 0;
     }
+    st.depth = 0;
+    st.tid = 0;
     let (mapping, start, end) = (st.mapping, st.start, st.end);
-    let _ = SCANS.remove(&tid);
-    break_scanned(tid);
     let cfg = config();
+    let brk = task_slot(&BREAKS, tid).filter(|b| b.tid == tid && b.depth != 0);
+    match brk {
+        Some(b) => {
+            b.scans += 1;
+            if page == 0 && b.saw_busy == 0 {
+                // Nothing found, and nothing before: the call's statistics
+                // say enough.
+                count(Counter::ScanQuiet);
+                return 0;
+            }
+            break_recorded(b, &cfg);
+            if page != 0 {
+                b.saw_busy = 1;
+            }
+        }
+        None if page == 0 => {
+            count(Counter::ScanQuiet);
+            return 0;
+        }
+        None => {}
+    }
     let mut r = new_record(RecordKind::BusyScan, HookId::BusyScan);
     r.mapping = mapping;
     r.a = start;
@@ -341,15 +493,7 @@ fn scan_exit(page: u64) -> u32 {
     fill_from_mapping(&mut r, &cfg, mapping);
     if page != 0 {
         fill_page(&mut r, &cfg, page);
-        // SAFETY: plain helper call.
-        let now = unsafe { bpf_ktime_get_ns() };
-        if WATCHED.insert(&page, &now, 0).is_err() {
-            count(Counter::WatchFull);
-        }
-        if let Some(b) = BREAKS.get_ptr_mut(&tid) {
-            // SAFETY: pointer from a map lookup, valid for this program run.
-            unsafe { (*b).saw_busy = 1 };
-        }
+        watch(page, r.ts_ns);
     }
     submit(&r);
     0
@@ -469,7 +613,11 @@ fn page_freed(page: u64) -> u32 {
         return 0;
     }
     count(Counter::PutWatched);
-    page_event(RecordKind::PageReleased, HookId::PinDropped, page)
+    let cfg = config();
+    let mut r = new_record(RecordKind::PageReleased, HookId::PinDropped);
+    fill_page(&mut r, &cfg, page);
+    submit(&r);
+    0
 }
 
 #[kprobe]
@@ -487,7 +635,6 @@ pub fn kp_pin_dropped_one(ctx: ProbeContext) -> u32 {
 
 #[kprobe]
 pub fn kp_page_freed(ctx: ProbeContext) -> u32 {
-    // Shares the wait/wake translation: the folio is the page here.
     page_freed(ctx.arg::<u64>(0).unwrap_or(0))
 }
 
@@ -516,19 +663,18 @@ pub fn fe_page_freed(ctx: FEntryContext) -> u32 {
 
 // ---- release path that bypasses the devmap put (Debian 6.1) --------------
 
-/// One page of a released bio: reported if watched, counted if not.
+/// One page of a released bio, if watched: reported.
 /// Not inlined, so the loop below stays small for the verifier.
 #[inline(never)]
-fn released_page(page: u64) {
+fn released_page(page: u64) -> u64 {
     if !watched(page) {
-        count(Counter::PutUnwatched);
-        return;
+        return 0;
     }
-    count(Counter::PutWatched);
     let cfg = config();
     let mut r = new_record(RecordKind::PageReleased, HookId::BioRelease);
     fill_page(&mut r, &cfg, page);
     submit(&r);
+    1
 }
 
 /// What the bvec callback needs from the bio.
@@ -537,6 +683,9 @@ struct BioWalk {
     vecs: u64,
     bvec_size: u64,
     psz: u64,
+    /// Pages walked and pages found watched, counted once per bio.
+    pages: u64,
+    watched: u64,
 }
 
 /// What the page callback needs from one bvec.
@@ -545,20 +694,21 @@ struct BvecWalk {
     first: u64,
     first_pg: u64,
     psz: u64,
+    watched: u64,
 }
 
 type LoopCallback = extern "C" fn(u32, *mut c_void) -> i64;
 
 extern "C" fn page_step(i: u32, ctx: *mut c_void) -> i64 {
     // SAFETY: bpf_loop passes back the pointer given to it below.
-    let w = unsafe { &*(ctx as *const BvecWalk) };
-    released_page(w.first + (w.first_pg + i as u64) * w.psz);
+    let w = unsafe { &mut *(ctx as *mut BvecWalk) };
+    w.watched += released_page(w.first + (w.first_pg + i as u64) * w.psz);
     0
 }
 
 extern "C" fn bvec_step(i: u32, ctx: *mut c_void) -> i64 {
     // SAFETY: bpf_loop passes back the pointer given to it below.
-    let w = unsafe { &*(ctx as *const BioWalk) };
+    let w = unsafe { &mut *(ctx as *mut BioWalk) };
     let cfg = config();
     let bv = w.vecs + (i as u64) * w.bvec_size;
     let off = read_at::<u32>(bv, cfg.bvec_offset) as u64;
@@ -569,6 +719,7 @@ extern "C" fn bvec_step(i: u32, ctx: *mut c_void) -> i64 {
         first: read_at::<u64>(bv, cfg.bvec_page),
         first_pg,
         psz: w.psz,
+        watched: 0,
     };
     if npages > MAX_BVEC_PAGES {
         count(Counter::BioTruncated);
@@ -587,7 +738,19 @@ extern "C" fn bvec_step(i: u32, ctx: *mut c_void) -> i64 {
             0,
         )
     };
+    w.pages += n;
+    w.watched += pw.watched;
     0
+}
+
+#[inline(always)]
+fn count_add(counter: Counter, n: u64) {
+    if n != 0 {
+        if let Some(slot) = crate::emit::counter_slot(counter) {
+            // SAFETY: per-CPU slot: no other writer races with this add.
+            unsafe { *slot += n };
+        }
+    }
 }
 
 /// After `__bio_release_pages(bio)` dropped its references: report the
@@ -607,6 +770,8 @@ fn bio_released(bio: u64) -> u32 {
         vecs: read_at::<u64>(bio, cfg.bio_io_vec),
         bvec_size: cfg.bio_vec_size as u64,
         psz: cfg.page_struct_size as u64,
+        pages: 0,
+        watched: 0,
     };
     if vcnt > MAX_BIO_VECS {
         count(Counter::BioTruncated);
@@ -625,6 +790,8 @@ fn bio_released(bio: u64) -> u32 {
             0,
         )
     };
+    count_add(Counter::PutWatched, w.watched);
+    count_add(Counter::PutUnwatched, w.pages.saturating_sub(w.watched));
     0
 }
 
@@ -635,9 +802,10 @@ pub fn fx_bio_release(ctx: FExitContext) -> u32 {
 
 #[kprobe]
 pub fn kp_bio_release(ctx: ProbeContext) -> u32 {
-    let bio = ctx.arg::<u64>(0).unwrap_or(0);
-    if BIO_STASH.insert(&tid(), &bio, 0).is_err() {
-        count(Counter::StateFull);
+    let tid = tid();
+    if let Some(st) = task_slot(&BIO_STASH, tid) {
+        st.tid = tid;
+        st.bio = ctx.arg::<u64>(0).unwrap_or(0);
     }
     0
 }
@@ -645,10 +813,14 @@ pub fn kp_bio_release(ctx: ProbeContext) -> u32 {
 #[kretprobe]
 pub fn kr_bio_release(_ctx: RetProbeContext) -> u32 {
     let tid = tid();
-    // SAFETY: value copied out before the entry is removed.
-    let bio = unsafe { BIO_STASH.get(&tid).copied() };
-    let _ = BIO_STASH.remove(&tid);
-    bio_released(bio.unwrap_or(0))
+    let Some(st) = task_slot(&BIO_STASH, tid) else {
+        return 0;
+    };
+    if st.tid != tid {
+        return 0;
+    }
+    st.tid = 0;
+    bio_released(st.bio)
 }
 
 // ---- truncation -------------------------------------------------------------
@@ -666,8 +838,8 @@ fn disassociate(entry: u64, mapping: u64, trunc: bool) -> u32 {
     let cfg = config();
     let pfn = value >> DAX_SHIFT;
     let page = vmemmap(&cfg) + pfn * cfg.page_struct_size as u64;
-    let refcount = read_at::<i32>(page, cfg.page_refcount);
-    let page_mapping = read_at::<u64>(page, cfg.page_mapping);
+    let f = read_page(&cfg, page);
+    let (refcount, page_mapping) = (f.refcount, f.mapping);
     let is_watched = watched(page);
     let pinned = trunc && refcount > cfg.idle_refcount as i32;
     let mismatch = mapping != 0 && page_mapping > PAGE_MAPPING_DAX_COW && page_mapping != mapping;
@@ -676,7 +848,7 @@ fn disassociate(entry: u64, mapping: u64, trunc: bool) -> u32 {
         return 0;
     }
     if is_watched && trunc {
-        let _ = WATCHED.remove(&page);
+        unwatch(page);
     }
     let mut r = new_record(RecordKind::Disassociate, HookId::Disassociate);
     r.page = page;
@@ -718,9 +890,8 @@ pub fn fe_disassociate(ctx: FEntryContext) -> u32 {
 #[inline(always)]
 fn delete_entry(mapping: u64, index: u64) -> u32 {
     let tid = tid();
-    // SAFETY: value copied out.
-    let recent = unsafe { RECENT_BUSY.get(&tid).copied() };
-    if recent != Some(mapping) {
+    let recent = task_slot(&RECENT_BUSY, tid).is_some_and(|s| s.tid == tid && s.mapping == mapping);
+    if !recent {
         count(Counter::DeleteQuiet);
         return 0;
     }

@@ -30,8 +30,13 @@ pub fn config() -> KernelConfig {
 }
 
 #[inline(always)]
+pub fn counter_slot(counter: Counter) -> Option<*mut u64> {
+    COUNTERS.get_ptr_mut(counter as u32)
+}
+
+#[inline(always)]
 pub fn count(counter: Counter) {
-    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
+    if let Some(slot) = counter_slot(counter) {
         // Per-CPU slot: no other writer can race with this increment.
         unsafe { *slot += 1 };
     }
@@ -49,6 +54,80 @@ pub fn read_at<T: Copy + Default>(base: u64, offset: u32) -> T {
             count(Counter::ReadFailed);
             T::default()
         }
+    }
+}
+
+/// `vmemmap_base`, read once from the kernel and then kept here: the
+/// disassociate hook needs it on every truncated entry.
+#[no_mangle]
+static mut VMEMMAP_CACHE: u64 = 0;
+
+/// Base of the `struct page` array (pfn -> page).
+#[inline(always)]
+pub fn vmemmap(cfg: &KernelConfig) -> u64 {
+    // SAFETY: a plain u64 global; a racing first read on two CPUs stores
+    // the same value.
+    let cached = unsafe { core::ptr::read_volatile(&raw const VMEMMAP_CACHE) };
+    if cached != 0 {
+        return cached;
+    }
+    let mut base = cfg.vmemmap_default;
+    if cfg.vmemmap_base_addr != 0 {
+        let b = read_at::<u64>(cfg.vmemmap_base_addr, 0);
+        if b != 0 {
+            base = b;
+        }
+    }
+    unsafe { core::ptr::write_volatile(&raw mut VMEMMAP_CACHE, base) };
+    base
+}
+
+/// The fields of a `struct page` the hooks need.
+pub struct PageFields {
+    pub refcount: i32,
+    pub mapping: u64,
+}
+
+/// Bytes of `struct page` read at once (its size on x86_64).
+const PAGE_READ: usize = 64;
+
+/// `page->_refcount` and `page->mapping` in one kernel read (one helper
+/// call instead of two: the disassociate hook runs on every truncated entry).
+#[inline(always)]
+pub fn read_page(cfg: &KernelConfig, page: u64) -> PageFields {
+    let mut buf = [0u64; PAGE_READ / 8];
+    let ok = page != 0
+        && unsafe {
+            aya_ebpf::helpers::bpf_probe_read_kernel_buf(
+                page as *const u8,
+                core::slice::from_raw_parts_mut(buf.as_mut_ptr() as *mut u8, PAGE_READ),
+            )
+        }
+        .is_ok();
+    if !ok {
+        if page != 0 {
+            count(Counter::ReadFailed);
+        }
+        return PageFields {
+            refcount: 0,
+            mapping: 0,
+        };
+    }
+    let bytes = buf.as_ptr() as *const u8;
+    let (rc, mp) = (cfg.page_refcount as usize, cfg.page_mapping as usize);
+    // The offsets are constants to the verifier (read-only config); the
+    // bounds keep every access inside the buffer.
+    PageFields {
+        refcount: if rc <= PAGE_READ - 4 {
+            unsafe { core::ptr::read_unaligned(bytes.add(rc) as *const i32) }
+        } else {
+            0
+        },
+        mapping: if mp <= PAGE_READ - 8 {
+            unsafe { core::ptr::read_unaligned(bytes.add(mp) as *const u64) }
+        } else {
+            0
+        },
     }
 }
 

@@ -15,6 +15,8 @@ pub struct KernelSymbol {
     pub kind: char,
     /// `Some("xfs")` for module symbols.
     pub module: Option<String>,
+    /// Bytes up to the next symbol, when known (kallsyms lists by address).
+    pub size: Option<u64>,
 }
 
 impl KernelSymbol {
@@ -38,36 +40,73 @@ impl Kallsyms {
     /// Reads only the symbols `wanted` names (and their clones): the kernel
     /// has over 100,000, and start-up time matters.
     pub fn read(wanted: &[&str]) -> std::io::Result<Self> {
-        let set: std::collections::HashSet<&str> = wanted.iter().copied().collect();
-        Ok(Self::parse_filtered(
-            &std::fs::read_to_string(KALLSYMS)?,
-            |base| set.contains(base),
-        ))
+        let set: std::collections::HashSet<&[u8]> = wanted.iter().map(|w| w.as_bytes()).collect();
+        // One read: the kernel formats ~200,000 lines either way; a large
+        // buffer saves the system calls.
+        let mut text = Vec::with_capacity(16 << 20);
+        std::io::Read::read_to_end(&mut std::fs::File::open(KALLSYMS)?, &mut text)?;
+        Ok(Self::parse_bytes(&text, |base| set.contains(base)))
     }
 
     pub fn parse(text: &str) -> Self {
-        Self::parse_filtered(text, |_| true)
+        Self::parse_bytes(text.as_bytes(), |_| true)
     }
 
     /// Keeps the symbols whose name, without any clone suffix, passes `keep`.
-    pub fn parse_filtered(text: &str, keep: impl Fn(&str) -> bool) -> Self {
+    /// Works on bytes and builds nothing for the lines it skips: under
+    /// emulation, parsing was as slow as the kernel's formatting.
+    pub fn parse_bytes(text: &[u8], keep: impl Fn(&[u8]) -> bool) -> Self {
         let mut k = Kallsyms::default();
-        for line in text.lines() {
-            let mut it = line.split_whitespace();
-            let (Some(addr), Some(kind), Some(name)) = (it.next(), it.next(), it.next()) else {
+        // The last kept symbol, whose size the next line's address gives.
+        let mut pending: Option<String> = None;
+        for line in text.split(|&b| b == b'\n') {
+            // "ADDR T NAME[\t[MODULE]]"
+            let Some(sp1) = line.iter().position(|&b| b == b' ') else {
                 continue;
             };
-            if !keep(name.split('.').next().unwrap_or(name)) {
+            let rest = &line[sp1 + 1..];
+            if rest.len() < 3 || rest[1] != b' ' {
                 continue;
             }
-            let module = it
-                .next()
-                .map(|m| m.trim_start_matches('[').trim_end_matches(']').to_string());
+            let kind = rest[0] as char;
+            let tail = &rest[2..];
+            let name_end = tail
+                .iter()
+                .position(|&b| b == b'\t' || b == b' ')
+                .unwrap_or(tail.len());
+            let name = &tail[..name_end];
+            let addr_of = || {
+                std::str::from_utf8(&line[..sp1])
+                    .ok()
+                    .and_then(|a| u64::from_str_radix(a, 16).ok())
+                    .unwrap_or(0)
+            };
+            if let Some(prev) = pending.take() {
+                let addr = addr_of();
+                if let Some(sym) = k.by_name.get_mut(&prev) {
+                    if addr > sym.addr {
+                        sym.size = Some(addr - sym.addr);
+                    }
+                }
+            }
+            let base = name.split(|&b| b == b'.').next().unwrap_or(name);
+            if !keep(base) {
+                continue;
+            }
+            let Ok(name) = std::str::from_utf8(name) else {
+                continue;
+            };
+            let module = std::str::from_utf8(&tail[name_end..])
+                .ok()
+                .map(|m| m.trim().trim_start_matches('[').trim_end_matches(']'))
+                .filter(|m| !m.is_empty())
+                .map(str::to_string);
             let sym = KernelSymbol {
                 name: name.to_string(),
-                addr: u64::from_str_radix(addr, 16).unwrap_or(0),
-                kind: kind.chars().next().unwrap_or('?'),
+                addr: addr_of(),
+                kind,
                 module,
+                size: None,
             };
             if let Some((base, suffix)) = name.split_once('.') {
                 // Compiler clones: .isra.N, .constprop.N, .part.N, .cold (not callable).
@@ -81,7 +120,10 @@ impl Kallsyms {
             }
             // First definition wins: duplicates of local names are rare and
             // any of them is as good as another for attaching.
-            k.by_name.entry(name.to_string()).or_insert(sym);
+            if !k.by_name.contains_key(name) {
+                k.by_name.insert(name.to_string(), sym);
+                pending = Some(name.to_string());
+            }
         }
         k
     }
@@ -153,5 +195,10 @@ ffffffff82000000 D vmemmap_base
         );
         assert!(k.resolve_function("missing").is_none());
         assert!(k.has_addresses());
+        assert_eq!(
+            k.get("dax_layout_busy_page").and_then(|s| s.size),
+            Some(0xffffffffa0000000 - 0xffffffff81300200)
+        );
+        assert_eq!(k.get("_stext").and_then(|s| s.size), Some(0x300000));
     }
 }

@@ -115,7 +115,12 @@ impl Pipeline {
     }
 
     /// The end-of-run report (findings, coverage, counts, losses).
-    pub fn report(&self, lost: &BTreeMap<String, u64>, decode_errors: u64) -> String {
+    pub fn report(
+        &self,
+        lost: &BTreeMap<String, u64>,
+        decode_errors: u64,
+        unrecorded: crate::sink::report::Unrecorded,
+    ) -> String {
         crate::sink::report::render(&crate::sink::report::RunSummary {
             findings: &self.findings,
             coverage: self.detector.coverage(),
@@ -123,6 +128,7 @@ impl Pipeline {
             events_by_hook: &self.events_by_hook,
             lost,
             decode_errors,
+            unrecorded,
         })
     }
 

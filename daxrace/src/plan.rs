@@ -89,11 +89,19 @@ pub struct HookSpec {
     /// Attach every available target, not just the first: for functions that
     /// call each other where either may be inlined (the busy scan pair).
     pub attach_all: bool,
+    /// `(wrapper, callee)` pairs among the targets: when the wrapper is no
+    /// more than a tail call (at most [`WRAPPER_MAX_BYTES`]) and the callee is
+    /// hooked, the wrapper's own hook would only see each call twice.
+    pub wrappers: &'static [(&'static str, &'static str)],
     /// Context hooks are nice to have; a missing DAX hook is a coverage gap.
     pub context: bool,
 }
 
 use AttachKind::*;
+
+/// A function this small (endbr, the fentry nop, two argument loads and a
+/// jump, padded) cannot hold an inlined copy of anything it calls.
+pub const WRAPPER_MAX_BYTES: u64 = 64;
 
 /// A tracepoint served by a BTF tracepoint program, else by a raw tracepoint
 /// program (module tracepoints have no vmlinux BTF type).
@@ -153,6 +161,7 @@ pub static HOOKS: &[HookSpec] = &[
             "raw_ext4_punch_hole"
         )],
         attach_all: false,
+        wrappers: &[],
         context: true,
     },
     HookSpec {
@@ -164,6 +173,7 @@ pub static HOOKS: &[HookSpec] = &[
             "raw_ext4_zero_range"
         )],
         attach_all: false,
+        wrappers: &[],
         context: true,
     },
     HookSpec {
@@ -175,6 +185,7 @@ pub static HOOKS: &[HookSpec] = &[
             "raw_ext4_collapse_range"
         )],
         attach_all: false,
+        wrappers: &[],
         context: true,
     },
     HookSpec {
@@ -186,6 +197,7 @@ pub static HOOKS: &[HookSpec] = &[
             "raw_ext4_insert_range"
         )],
         attach_all: false,
+        wrappers: &[],
         context: true,
     },
     HookSpec {
@@ -197,6 +209,7 @@ pub static HOOKS: &[HookSpec] = &[
             "raw_ext4_truncate_enter"
         )],
         attach_all: false,
+        wrappers: &[],
         context: true,
     },
     HookSpec {
@@ -205,6 +218,7 @@ pub static HOOKS: &[HookSpec] = &[
         // ext4 is a module on distribution kernels: kprobes only.
         targets: &[function!("ext4_break_layouts", [], [BREAK_EXT4])],
         attach_all: false,
+        wrappers: &[],
         context: false,
     },
     HookSpec {
@@ -217,6 +231,7 @@ pub static HOOKS: &[HookSpec] = &[
             function!("xfs_break_dax_layouts", [], [BREAK_XFS]),
         ],
         attach_all: false,
+        wrappers: &[],
         context: false,
     },
     HookSpec {
@@ -234,6 +249,7 @@ pub static HOOKS: &[HookSpec] = &[
             ]]
         )],
         attach_all: false,
+        wrappers: &[],
         context: true,
     },
     HookSpec {
@@ -263,6 +279,7 @@ pub static HOOKS: &[HookSpec] = &[
             ),
         ],
         attach_all: true,
+        wrappers: &[("dax_layout_busy_page", "dax_layout_busy_page_range")],
         context: false,
     },
     HookSpec {
@@ -274,6 +291,7 @@ pub static HOOKS: &[HookSpec] = &[
             [&[prog("kp_wait_start", Kprobe)]]
         )],
         attach_all: false,
+        wrappers: &[],
         context: false,
     },
     HookSpec {
@@ -300,6 +318,7 @@ pub static HOOKS: &[HookSpec] = &[
             ),
         ],
         attach_all: false,
+        wrappers: &[],
         context: false,
     },
     HookSpec {
@@ -314,6 +333,7 @@ pub static HOOKS: &[HookSpec] = &[
             ]]
         )],
         attach_all: false,
+        wrappers: &[],
         context: false,
     },
     HookSpec {
@@ -325,6 +345,7 @@ pub static HOOKS: &[HookSpec] = &[
             [&[prog("kp_wake_up", Kprobe)]]
         )],
         attach_all: false,
+        wrappers: &[],
         context: false,
     },
     HookSpec {
@@ -339,6 +360,7 @@ pub static HOOKS: &[HookSpec] = &[
             clones: [&[prog("kp_disassociate_clone", Kprobe)]]
         )],
         attach_all: false,
+        wrappers: &[],
         context: false,
     },
     HookSpec {
@@ -350,6 +372,7 @@ pub static HOOKS: &[HookSpec] = &[
             [&[prog("kp_delete_entry", Kprobe)]]
         )],
         attach_all: false,
+        wrappers: &[],
         context: false,
     },
 ];
@@ -421,6 +444,18 @@ fn resolve_hook(spec: &HookSpec, view: &KernelView<'_>, pref: AttachPreference) 
     let mut candidates = Vec::new();
     let mut absent = Vec::new();
     for t in spec.targets {
+        let tail_call = spec.wrappers.iter().any(|&(wrapper, callee)| {
+            wrapper == t.symbol
+                && view
+                    .kallsyms
+                    .get(wrapper)
+                    .and_then(|s| s.size)
+                    .is_some_and(|n| n <= WRAPPER_MAX_BYTES)
+                && candidates.iter().any(|c: &Candidate| c.symbol == callee)
+        });
+        if tail_call {
+            continue;
+        }
         let (attach_to, module) = if is_tracepoint(t) {
             (t.symbol.to_string(), None)
         } else {
@@ -641,6 +676,23 @@ ffffffff81400700 T init_wait_var_entry
             vec!["dax_disassociate_entry.isra.0"]
         );
         assert_eq!(k73[&HookId::GenericBreak], vec!["dax_break_layout"]);
+    }
+
+    #[test]
+    fn a_tail_call_wrapper_is_not_hooked_twice() {
+        // dax_layout_busy_page as a 32-byte jump to the _range variant.
+        let k = chosen(
+            "ffffffff81400000 T dax_layout_busy_page\n\
+             ffffffff81400020 T dax_layout_busy_page_range\n\
+             ffffffff81400200 T __put_devmap_managed_folio_refs\n",
+        );
+        assert_eq!(k[&HookId::BusyScan], vec!["dax_layout_busy_page_range"]);
+        // Without the callee the wrapper is all there is.
+        let k = chosen(
+            "ffffffff81400000 T dax_layout_busy_page\n\
+             ffffffff81400020 T __put_devmap_managed_folio_refs\n",
+        );
+        assert_eq!(k[&HookId::BusyScan], vec!["dax_layout_busy_page"]);
     }
 
     #[test]

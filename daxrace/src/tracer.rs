@@ -7,7 +7,9 @@ use aya::{
     programs::{BtfTracePoint, FEntry, FExit, KProbe, RawTracePoint},
     Ebpf, EbpfLoader,
 };
-use daxrace_common::{Counter, COUNTERS_MAP, COUNTER_COUNT, EVENTS_MAP};
+use daxrace_common::{
+    BreakStat, Counter, BREAK_STATS_MAP, COUNTERS_MAP, COUNTER_COUNT, EVENTS_MAP,
+};
 
 use crate::{
     btf::{Btf, VMLINUX_BTF},
@@ -404,6 +406,33 @@ impl Tracer {
 }
 
 impl Tracer {
+    /// The kernel's break-layouts statistics, summed over CPUs.
+    pub fn break_stats(&self) -> Result<BreakStats, TraceError> {
+        let map = self
+            .ebpf
+            .map(BREAK_STATS_MAP)
+            .ok_or(TraceError::MissingMap(BREAK_STATS_MAP))?;
+        let arr: PerCpuArray<&MapData, [u64; BreakStat::ENTRIES as usize]> =
+            PerCpuArray::try_from(map).map_err(|source| TraceError::Map {
+                name: BREAK_STATS_MAP,
+                source,
+            })?;
+        let per_cpu = arr.get(&0, 0).map_err(|source| TraceError::Map {
+            name: BREAK_STATS_MAP,
+            source,
+        })?;
+        let mut out = BreakStats::default();
+        for row in per_cpu.iter() {
+            for fs in 0..BreakStat::FS_KINDS {
+                for slot in 0..BreakStat::PER_FS {
+                    out.per_fs[fs as usize][slot as usize] +=
+                        row[BreakStat::index(fs, slot) as usize];
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// BPF run statistics per attached program: (name, run count, run time
     /// ns). Zero unless statistics are enabled (`--bpf-stats`).
     pub fn program_stats(&self) -> Vec<(String, u64, u64)> {
@@ -430,6 +459,32 @@ impl Tracer {
         }
         out.sort();
         out
+    }
+}
+
+/// The kernel's break-layouts statistics at one moment: per [`FsKind`]
+/// value, the [`BreakStat`] slots (log2 duration buckets, errors, sum).
+///
+/// [`FsKind`]: daxrace_common::FsKind
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BreakStats {
+    pub per_fs: [[u64; BreakStat::PER_FS as usize]; BreakStat::FS_KINDS as usize],
+}
+
+impl Default for BreakStats {
+    fn default() -> Self {
+        BreakStats {
+            per_fs: [[0; BreakStat::PER_FS as usize]; BreakStat::FS_KINDS as usize],
+        }
+    }
+}
+
+impl BreakStats {
+    /// Calls of filesystem kind `fs`, and how many of them failed.
+    pub fn calls(&self, fs: usize) -> (u64, u64) {
+        let row = &self.per_fs[fs];
+        let calls = row[..BreakStat::BUCKETS as usize].iter().sum();
+        (calls, row[BreakStat::ERRORS as usize])
     }
 }
 

@@ -5,6 +5,7 @@ use anyhow::{bail, Result};
 use daxrace::{
     detect::Finding,
     pipeline::{Pipeline, Sinks},
+    sink::report::Unrecorded,
     trace_file::{TraceLine, TraceReader},
 };
 
@@ -89,6 +90,10 @@ pub fn run(args: ReplayArgs) -> Result<i32> {
             footer
                 .as_ref()
                 .map_or(0, |f| f.decode_errors.values().sum()),
+            footer
+                .as_ref()
+                .map(|f| Unrecorded::from_counters(&f.kernel_counters))
+                .unwrap_or_default(),
         )
     );
     if footer.is_none() {

@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 use daxrace::sink::{
     http::{Health, MetricsServer},
     metrics::Metrics,
+    report::Unrecorded,
 };
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -124,6 +125,7 @@ async fn run_async(args: RunArgs) -> Result<i32> {
     .await?;
     let footer = live::footer(&pipeline, &source, &counters, None);
     let lost: u64 = footer.lost_events.values().sum();
+    let unrecorded = Unrecorded::from_counters(&footer.kernel_counters);
     live::write_footer(&mut pipeline.sinks, footer)?;
     eprintln!(
         "daxrace: stopped: {} events, {} findings, {lost} lost events, {} decode errors, peak RSS {} KiB",
@@ -134,7 +136,7 @@ async fn run_async(args: RunArgs) -> Result<i32> {
     );
     eprintln!(
         "daxrace: {}",
-        daxrace::sink::report::coverage_line(pipeline.detector.coverage())
+        daxrace::sink::report::coverage_line(pipeline.detector.coverage(), unrecorded)
     );
     live::print_program_stats(&tracer);
     Ok(0)

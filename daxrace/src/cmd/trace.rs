@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use daxrace::{detect::FindingKind, pipeline::Pipeline};
+use daxrace::{detect::FindingKind, pipeline::Pipeline, sink::report::Unrecorded};
 use tokio::signal::unix::{signal, SignalKind};
 
 use super::{
@@ -81,10 +81,11 @@ async fn run_async(args: TraceArgs) -> Result<i32> {
         .unwrap_or(1);
     let footer = live::footer(&pipeline, &source, &counters, Some(code));
     let lost = footer.lost_events.clone();
+    let unrecorded = Unrecorded::from_counters(&footer.kernel_counters);
     live::write_footer(&mut pipeline.sinks, footer)?;
     eprint!(
         "{}",
-        pipeline.report(&lost, source.decode_errors.values().sum())
+        pipeline.report(&lost, source.decode_errors.values().sum(), unrecorded)
     );
     live::print_program_stats(&tracer);
     eprintln!(

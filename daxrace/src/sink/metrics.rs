@@ -1,18 +1,23 @@
 //! The Prometheus registry: what the daemon exports. Names follow Prometheus
 //! conventions (`daxrace_` prefix, base units, `_total` on counters); no pid,
 //! pfn or inode ever becomes a label.
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
 
-use daxrace_common::Counter;
+use daxrace_common::{BreakStat, Counter, FsKind};
 use prometheus::{
-    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec,
-    Opts, Registry, TextEncoder,
+    core::{Collector, Desc},
+    proto, Encoder, Gauge, GaugeVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::{
     detect::Finding,
     event::{Event, EventBody, Filesystem},
     plan::HookStatus,
+    tracer::BreakStats,
 };
 
 /// Every metric name the daemon exports (dashboards and alert rules are
@@ -39,8 +44,7 @@ pub struct Metrics {
     pub registry: Registry,
     findings: IntCounterVec,
     events: IntCounterVec,
-    breaks: IntCounterVec,
-    break_duration: HistogramVec,
+    break_stats: Arc<Mutex<BreakStats>>,
     busy_scans: IntCounterVec,
     pages_waited_on: IntCounter,
     lost_events: IntCounterVec,
@@ -51,8 +55,6 @@ pub struct Metrics {
     prog_run_count: IntCounterVec,
     prog_run_time: prometheus::CounterVec,
     start_time: Gauge,
-    /// Break calls in progress, per task: enter time and filesystem.
-    open_breaks: HashMap<u32, (u64, Filesystem)>,
     /// Kernel counters already added (they are read as running totals).
     kernel_seen: [u64; daxrace_common::COUNTER_COUNT as usize],
     decode_seen: HashMap<&'static str, u64>,
@@ -64,6 +66,132 @@ fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCoun
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
     r.register(Box::new(c.clone())).expect("unique metric");
     c
+}
+
+/// Buckets of the duration histogram shown with a finite bound: up to 2^27 us
+/// (134 s); longer calls only count in `+Inf`.
+const DURATION_BUCKETS_SHOWN: u32 = 28;
+
+/// Exports the kernel's break-layouts statistics (log2 histogram, calls by
+/// result) as they were last read: the kernel sums every call, recorded or not.
+struct BreakStatsCollector {
+    descs: Vec<Desc>,
+    latest: Arc<Mutex<BreakStats>>,
+}
+
+const BREAKS_TOTAL: &str = "daxrace_break_layouts_total";
+const BREAKS_TOTAL_HELP: &str =
+    "Break-layouts calls that scanned for busy DAX pages, by filesystem and result (ok or error).";
+const BREAK_DURATION: &str = "daxrace_break_layouts_duration_seconds";
+const BREAK_DURATION_HELP: &str =
+    "Duration of break-layouts calls that scanned for busy DAX pages (log2 buckets kept in the kernel).";
+
+impl BreakStatsCollector {
+    fn new(latest: Arc<Mutex<BreakStats>>) -> Self {
+        let desc = |name: &str, help: &str, labels: &[&str]| {
+            Desc::new(
+                name.into(),
+                help.into(),
+                labels.iter().map(|l| l.to_string()).collect(),
+                HashMap::new(),
+            )
+            .expect("valid metric")
+        };
+        BreakStatsCollector {
+            descs: vec![
+                desc(BREAKS_TOTAL, BREAKS_TOTAL_HELP, &["fs", "result"]),
+                desc(BREAK_DURATION, BREAK_DURATION_HELP, &["fs"]),
+            ],
+            latest,
+        }
+    }
+}
+
+fn label(name: &str, value: &str) -> proto::LabelPair {
+    let mut l = proto::LabelPair::default();
+    l.set_name(name.into());
+    l.set_value(value.into());
+    l
+}
+
+fn family(
+    name: &str,
+    help: &str,
+    kind: proto::MetricType,
+    metrics: Vec<proto::Metric>,
+) -> proto::MetricFamily {
+    let mut f = proto::MetricFamily::default();
+    f.set_name(name.into());
+    f.set_help(help.into());
+    f.set_field_type(kind);
+    f.set_metric(metrics);
+    f
+}
+
+impl Collector for BreakStatsCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<proto::MetricFamily> {
+        let stats = self
+            .latest
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mut totals = Vec::new();
+        let mut histograms = Vec::new();
+        for fs in [FsKind::Ext4, FsKind::Xfs, FsKind::Generic, FsKind::Unknown] {
+            let i = fs as usize;
+            let (calls, errors) = stats.calls(i);
+            // ext4 and xfs always exist (at 0), the others once they happen.
+            if calls == 0 && !matches!(fs, FsKind::Ext4 | FsKind::Xfs) {
+                continue;
+            }
+            let name = Filesystem::from(fs).as_str();
+            for (result, n) in [("ok", calls - errors.min(calls)), ("error", errors)] {
+                let mut m = proto::Metric::default();
+                m.set_label(vec![label("fs", name), label("result", result)]);
+                let mut c = proto::Counter::default();
+                c.set_value(n as f64);
+                m.set_counter(c);
+                totals.push(m);
+            }
+            let row = &stats.per_fs[i];
+            let mut h = proto::Histogram::default();
+            h.set_sample_count(calls);
+            h.set_sample_sum(row[BreakStat::SUM_NS as usize] as f64 / 1e9);
+            let mut cumulative = 0;
+            let buckets = (0..DURATION_BUCKETS_SHOWN)
+                .map(|k| {
+                    cumulative += row[k as usize];
+                    let mut b = proto::Bucket::default();
+                    b.set_cumulative_count(cumulative);
+                    b.set_upper_bound((1u64 << k) as f64 * 1e-6);
+                    b
+                })
+                .collect();
+            h.set_bucket(buckets);
+            let mut m = proto::Metric::default();
+            m.set_label(vec![label("fs", name)]);
+            m.set_histogram(h);
+            histograms.push(m);
+        }
+        vec![
+            family(
+                BREAKS_TOTAL,
+                BREAKS_TOTAL_HELP,
+                proto::MetricType::COUNTER,
+                totals,
+            ),
+            family(
+                BREAK_DURATION,
+                BREAK_DURATION_HELP,
+                proto::MetricType::HISTOGRAM,
+                histograms,
+            ),
+        ]
+    }
 }
 
 impl Metrics {
@@ -88,18 +216,8 @@ impl Metrics {
         .expect("valid metric");
         r.register(Box::new(start_time.clone()))
             .expect("unique metric");
-        let break_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "daxrace_break_layouts_duration_seconds",
-                "Duration of break-layouts calls that scanned for busy DAX pages.",
-            )
-            .buckets(vec![
-                1e-5, 1e-4, 1e-3, 0.01, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0,
-            ]),
-            &["fs"],
-        )
-        .expect("valid metric");
-        r.register(Box::new(break_duration.clone()))
+        let break_stats = Arc::new(Mutex::new(BreakStats::default()));
+        r.register(Box::new(BreakStatsCollector::new(break_stats.clone())))
             .expect("unique metric");
         let pages_waited_on = IntCounter::new(
             "daxrace_pages_waited_on_total",
@@ -141,12 +259,6 @@ impl Metrics {
                 "Events received from the kernel, by logical hook.",
                 &["hook"],
             ),
-            breaks: counter_vec(
-                &r,
-                "daxrace_break_layouts_total",
-                "Break-layouts calls that scanned for busy DAX pages, by filesystem and result (ok or error).",
-                &["fs", "result"],
-            ),
             busy_scans: counter_vec(
                 &r,
                 "daxrace_busy_scans_total",
@@ -184,12 +296,11 @@ impl Metrics {
                 &["program"],
             ),
             registry: r,
-            break_duration,
+            break_stats,
             pages_waited_on,
             probe_attached,
             prog_run_time,
             start_time,
-            open_breaks: HashMap::new(),
             kernel_seen: [0; daxrace_common::COUNTER_COUNT as usize],
             decode_seen: HashMap::new(),
             prog_seen: HashMap::new(),
@@ -243,18 +354,6 @@ impl Metrics {
     pub fn observe_event(&mut self, ev: &Event) {
         self.events.with_label_values(&[ev.hook.as_str()]).inc();
         match ev.body {
-            EventBody::BreakEnter { fs, .. } if self.open_breaks.len() < 65536 => {
-                self.open_breaks.insert(ev.task.tid, (ev.ts_ns, fs));
-            }
-            EventBody::BreakExit { ret, .. } => {
-                if let Some((t0, fs)) = self.open_breaks.remove(&ev.task.tid) {
-                    self.break_duration
-                        .with_label_values(&[fs.as_str()])
-                        .observe(ev.ts_ns.saturating_sub(t0) as f64 / 1e9);
-                    let result = if ret == 0 { "ok" } else { "error" };
-                    self.breaks.with_label_values(&[fs.as_str(), result]).inc();
-                }
-            }
             EventBody::BusyScan { page, .. } => {
                 let result = if page.is_some() { "page" } else { "none" };
                 self.busy_scans.with_label_values(&[result]).inc();
@@ -280,6 +379,11 @@ impl Metrics {
             if delta == 0 {
                 continue;
             }
+            if c == Counter::ScanQuiet {
+                // Scans that found nothing, counted in the kernel instead of recorded.
+                self.busy_scans.with_label_values(&["none"]).inc_by(delta);
+                continue;
+            }
             let lost_reason = match c {
                 Counter::RingbufFull => Some("ringbuf_full"),
                 Counter::StateFull => Some("state_full"),
@@ -295,6 +399,11 @@ impl Metrics {
                     .inc_by(delta),
             }
         }
+    }
+
+    /// The kernel's break-layouts statistics (running totals).
+    pub fn set_break_stats(&self, stats: &BreakStats) {
+        *self.break_stats.lock().unwrap_or_else(|e| e.into_inner()) = stats.clone();
     }
 
     /// Running totals of decode errors by reason.
@@ -362,8 +471,11 @@ mod tests {
         // Touch the label vectors so they appear in the exposition.
         m.findings.with_label_values(&["stall", "ext4"]).inc();
         m.events.with_label_values(&["busy_scan"]).inc();
-        m.breaks.with_label_values(&["ext4", "ok"]).inc();
-        m.break_duration.with_label_values(&["ext4"]).observe(0.1);
+        let mut stats = BreakStats::default();
+        stats.per_fs[FsKind::Ext4 as usize][3] = 2;
+        stats.per_fs[FsKind::Ext4 as usize][BreakStat::ERRORS as usize] = 1;
+        stats.per_fs[FsKind::Ext4 as usize][BreakStat::SUM_NS as usize] = 9_000;
+        m.set_break_stats(&stats);
         m.busy_scans.with_label_values(&["page"]).inc();
         m.lost_events.with_label_values(&["ringbuf_full"]).inc();
         m.kernel_filtered
@@ -386,5 +498,18 @@ mod tests {
         let mut want: Vec<String> = METRIC_NAMES.iter().map(|s| s.to_string()).collect();
         want.sort();
         assert_eq!(names, want);
+        let text = String::from_utf8(m.render()).expect("utf-8");
+        for line in [
+            r#"daxrace_break_layouts_total{fs="ext4",result="ok"} 1"#,
+            r#"daxrace_break_layouts_total{fs="ext4",result="error"} 1"#,
+            r#"daxrace_break_layouts_total{fs="xfs",result="ok"} 0"#,
+            r#"daxrace_break_layouts_duration_seconds_bucket{fs="ext4",le="0.000004"} 0"#,
+            r#"daxrace_break_layouts_duration_seconds_bucket{fs="ext4",le="0.000008"} 2"#,
+            r#"daxrace_break_layouts_duration_seconds_bucket{fs="ext4",le="+Inf"} 2"#,
+            r#"daxrace_break_layouts_duration_seconds_sum{fs="ext4"} 0.000009"#,
+            r#"daxrace_break_layouts_duration_seconds_count{fs="ext4"} 2"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} not in:\n{text}");
+        }
     }
 }

@@ -13,6 +13,26 @@ pub struct RunSummary<'a> {
     /// Lost before the detector, by reason (ring buffer full, ...).
     pub lost: &'a BTreeMap<String, u64>,
     pub decode_errors: u64,
+    pub unrecorded: Unrecorded,
+}
+
+/// What the kernel counted instead of recording: calls that never met a
+/// busy page cost no record (see `Counter::BreakClean`, `Counter::ScanQuiet`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Unrecorded {
+    pub clean_breaks: u64,
+    pub quiet_scans: u64,
+}
+
+impl Unrecorded {
+    /// From kernel counters by name (a live run's, or a trace footer's).
+    pub fn from_counters(counters: &BTreeMap<String, u64>) -> Unrecorded {
+        let get = |c: daxrace_common::Counter| counters.get(c.as_str()).copied().unwrap_or(0);
+        Unrecorded {
+            clean_breaks: get(daxrace_common::Counter::BreakClean),
+            quiet_scans: get(daxrace_common::Counter::ScanQuiet),
+        }
+    }
 }
 
 fn secs(ns: u64) -> String {
@@ -20,8 +40,8 @@ fn secs(ns: u64) -> String {
 }
 
 /// One line that says whether the run could have seen the race at all.
-pub fn coverage_line(c: &Coverage) -> String {
-    let breaks = c.breaks_started.total();
+pub fn coverage_line(c: &Coverage, u: Unrecorded) -> String {
+    let breaks = c.breaks_started.total() + u.clean_breaks;
     let verdict = if c.reached_race_window() {
         "the race window was reached"
     } else if breaks == 0 {
@@ -31,7 +51,7 @@ pub fn coverage_line(c: &Coverage) -> String {
     };
     format!(
         "coverage: {breaks} break-layouts calls, {} busy scans ({} found a pinned page), {} waits ({} total, {} max), {} truncations; {verdict}",
-        c.busy_scans,
+        c.busy_scans + u.quiet_scans,
         c.busy_scans_with_page,
         c.waits,
         secs(c.wait_ns_total),
@@ -57,7 +77,7 @@ pub fn render(s: &RunSummary<'_>) -> String {
             }
         }
     }
-    let _ = writeln!(out, "{}", coverage_line(s.coverage));
+    let _ = writeln!(out, "{}", coverage_line(s.coverage, s.unrecorded));
     let hooks: Vec<String> = s
         .events_by_hook
         .iter()
