@@ -12,6 +12,8 @@ pub const EVENTS_MAP: &str = "EVENTS";
 pub const COUNTERS_MAP: &str = "COUNTERS";
 /// Name of the direct-mapped array of watched pages (see the eBPF crate).
 pub const WATCHED_MAP: &str = "WATCHED";
+/// How long a watched page counts as fresh after its last event.
+pub const WATCH_FRESH_NS: u64 = 10_000_000_000;
 /// Name of the per-CPU array of break-layouts statistics ([`BreakStat`]).
 pub const BREAK_STATS_MAP: &str = "BREAK_STATS";
 /// Name of the global holding [`KernelConfig`].
@@ -232,7 +234,8 @@ pub enum Counter {
     PutWatched = 2,
     /// A kernel read (`bpf_probe_read_kernel`) failed; the record carries zeros there.
     ReadFailed = 3,
-    /// The watched-page map was full: a busy page could not be watched.
+    /// A watched page lost its slot to another busy page while still fresh
+    /// (watched in the last [`WATCH_FRESH_NS`]): its later events are lost.
     WatchFull = 4,
     /// A release path listed more pages than a program may walk.
     BioTruncated = 5,
@@ -252,9 +255,12 @@ pub enum Counter {
     /// A break-layouts call that scanned and never found a busy page: no
     /// record, only the break statistics ([`BREAK_STATS_MAP`]) and this count.
     BreakClean = 11,
+    /// A watched page gave its slot to a newly busy page long after anything
+    /// last happened to it (a stale watch, not a loss).
+    WatchRecycled = 12,
 }
 
-pub const COUNTER_COUNT: u32 = 12;
+pub const COUNTER_COUNT: u32 = 13;
 
 impl Counter {
     pub const ALL: [Counter; COUNTER_COUNT as usize] = [
@@ -270,6 +276,7 @@ impl Counter {
         Counter::BreakQuiet,
         Counter::ScanQuiet,
         Counter::BreakClean,
+        Counter::WatchRecycled,
     ];
 
     /// Metric label.
@@ -287,6 +294,7 @@ impl Counter {
             Counter::BreakQuiet => "break_quiet",
             Counter::ScanQuiet => "scan_quiet",
             Counter::BreakClean => "break_clean",
+            Counter::WatchRecycled => "watch_recycled",
         }
     }
 }

@@ -25,7 +25,7 @@ fn range_op(ctx: &impl EbpfContext, hook: HookId, op: FsOp) -> u32 {
     let cfg = config();
     let inode = tp_arg(ctx, 0);
     let mut r = new_record(RecordKind::FsOp, hook);
-    fill_inode(&mut r, &cfg, inode);
+    fill_inode(&mut r, cfg, inode);
     r.op = op as u32;
     r.a = tp_arg(ctx, 1) as i64;
     r.b = tp_arg(ctx, 2) as i64;
@@ -39,9 +39,9 @@ fn truncate(ctx: &impl EbpfContext) -> u32 {
     let cfg = config();
     let inode = tp_arg(ctx, 0);
     let mut r = new_record(RecordKind::FsOp, HookId::Ext4Truncate);
-    fill_inode(&mut r, &cfg, inode);
+    fill_inode(&mut r, cfg, inode);
     r.op = FsOp::Truncate as u32;
-    r.a = read_at::<i64>(inode, cfg.inode_size);
+    r.a = read_at::<i64>(inode, cfg.inode_size());
     submit(&r);
     0
 }

@@ -18,9 +18,11 @@ use aya_ebpf::{
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
     EbpfContext,
 };
-use daxrace_common::{BreakStat, Counter, FsKind, HookId, KernelConfig, Record, RecordKind};
+use daxrace_common::{BreakStat, Counter, FsKind, HookId, Record, RecordKind, WATCH_FRESH_NS};
 
-use crate::emit::{config, count, fill_inode, new_record, read_at, read_page, submit, vmemmap};
+use crate::emit::{
+    config, count, fill_inode, new_record, read_at, read_page, submit, vmemmap, Cfg,
+};
 
 // ---- state ----------------------------------------------------------------
 //
@@ -173,7 +175,11 @@ fn watched(page: u64) -> bool {
 fn watch(page: u64, now: u64) {
     if let Some(s) = watch_slot(page) {
         if s.page != 0 && s.page != page {
-            count(Counter::WatchFull);
+            if now.saturating_sub(s.since_ns) < WATCH_FRESH_NS {
+                count(Counter::WatchFull);
+            } else {
+                count(Counter::WatchRecycled);
+            }
         }
         s.page = page;
         s.since_ns = now;
@@ -192,9 +198,9 @@ fn unwatch(page: u64) {
 /// Fills the page fields: pfn, refcount, page->mapping, and the inode the
 /// page belongs to when it still has one.
 #[inline(always)]
-fn fill_page(r: &mut Record, cfg: &KernelConfig, page: u64) {
+fn fill_page(r: &mut Record, cfg: Cfg, page: u64) {
     r.page = page;
-    let size = cfg.page_struct_size as u64;
+    let size = cfg.page_struct_size() as u64;
     let base = vmemmap(cfg);
     if size != 0 && page >= base {
         r.pfn = (page - base) / size;
@@ -202,13 +208,15 @@ fn fill_page(r: &mut Record, cfg: &KernelConfig, page: u64) {
     let f = read_page(cfg, page);
     r.refcount = f.refcount;
     r.page_mapping = f.mapping;
-    fill_from_mapping(r, cfg, f.mapping);
+    if r.ino == 0 || f.mapping != r.mapping {
+        fill_from_mapping(r, cfg, f.mapping);
+    }
 }
 
 #[inline(always)]
-fn fill_from_mapping(r: &mut Record, cfg: &KernelConfig, mapping: u64) {
+fn fill_from_mapping(r: &mut Record, cfg: Cfg, mapping: u64) {
     if mapping > PAGE_MAPPING_DAX_COW {
-        let host = read_at::<u64>(mapping, cfg.mapping_host);
+        let host = read_at::<u64>(mapping, cfg.mapping_host());
         fill_inode(r, cfg, host);
     }
 }
@@ -216,9 +224,9 @@ fn fill_from_mapping(r: &mut Record, cfg: &KernelConfig, mapping: u64) {
 /// The page behind a wait/wake variable: `&page->_refcount` before 6.15,
 /// the page itself after.
 #[inline(always)]
-fn var_to_page(cfg: &KernelConfig, var: u64) -> u64 {
-    if cfg.wait_on_refcount != 0 {
-        var.wrapping_sub(cfg.page_refcount as u64)
+fn var_to_page(cfg: Cfg, var: u64) -> u64 {
+    if cfg.wait_on_refcount() != 0 {
+        var.wrapping_sub(cfg.page_refcount() as u64)
     } else {
         var
     }
@@ -269,7 +277,7 @@ fn break_enter(hook: HookId, fs: FsKind, inode: u64) -> u32 {
 
 /// Sends the deferred BreakEnter of the task's break call, once.
 #[inline(always)]
-fn break_recorded(st: &mut BreakSlot, cfg: &KernelConfig) {
+fn break_recorded(st: &mut BreakSlot, cfg: Cfg) {
     if st.emitted != 0 {
         return;
     }
@@ -278,7 +286,7 @@ fn break_recorded(st: &mut BreakSlot, cfg: &KernelConfig) {
     let mut r = new_record(RecordKind::BreakEnter, hook);
     r.ts_ns = st.ts_ns;
     fill_inode(&mut r, cfg, st.inode);
-    st.mapping = read_at::<u64>(st.inode, cfg.inode_mapping);
+    st.mapping = read_at::<u64>(st.inode, cfg.inode_mapping());
     r.op = st.fs;
     r.mapping = st.mapping;
     submit(&r);
@@ -475,7 +483,7 @@ fn scan_exit(page: u64) -> u32 {
                 count(Counter::ScanQuiet);
                 return 0;
             }
-            break_recorded(b, &cfg);
+            break_recorded(b, cfg);
             if page != 0 {
                 b.saw_busy = 1;
             }
@@ -490,9 +498,9 @@ fn scan_exit(page: u64) -> u32 {
     r.mapping = mapping;
     r.a = start;
     r.b = end;
-    fill_from_mapping(&mut r, &cfg, mapping);
+    fill_from_mapping(&mut r, cfg, mapping);
     if page != 0 {
-        fill_page(&mut r, &cfg, page);
+        fill_page(&mut r, cfg, page);
         watch(page, r.ts_ns);
     }
     submit(&r);
@@ -549,12 +557,12 @@ pub fn fx_busy_scan(ctx: FExitContext) -> u32 {
 #[inline(always)]
 fn page_event(kind: RecordKind, hook: HookId, var: u64) -> u32 {
     let cfg = config();
-    let page = var_to_page(&cfg, var);
+    let page = var_to_page(cfg, var);
     if !watched(page) {
         return 0;
     }
     let mut r = new_record(kind, hook);
-    fill_page(&mut r, &cfg, page);
+    fill_page(&mut r, cfg, page);
     submit(&r);
     0
 }
@@ -599,7 +607,7 @@ fn pin_dropped(page: u64, refs: u32) -> u32 {
     count(Counter::PutWatched);
     let cfg = config();
     let mut r = new_record(RecordKind::PinDropped, HookId::PinDropped);
-    fill_page(&mut r, &cfg, page);
+    fill_page(&mut r, cfg, page);
     r.refs = refs;
     submit(&r);
     0
@@ -615,7 +623,7 @@ fn page_freed(page: u64) -> u32 {
     count(Counter::PutWatched);
     let cfg = config();
     let mut r = new_record(RecordKind::PageReleased, HookId::PinDropped);
-    fill_page(&mut r, &cfg, page);
+    fill_page(&mut r, cfg, page);
     submit(&r);
     0
 }
@@ -640,10 +648,18 @@ pub fn kp_page_freed(ctx: ProbeContext) -> u32 {
 
 /// Argument `n` of an fentry program as a plain number. The verifier types a
 /// `struct page *` / `struct folio *` argument as a BTF pointer and forbids
-/// the arithmetic pfns need; read through a helper, it is a scalar.
+/// the arithmetic pfns and slots need; `bpf_get_func_arg` (inlined by the
+/// verifier, 5.17+) hands it over as a scalar.
 #[inline(always)]
 fn scalar_arg(ctx: &FEntryContext, n: u32) -> u64 {
-    read_at::<u64>(ctx.as_ptr() as u64, n * 8)
+    let mut v: u64 = 0;
+    // SAFETY: helper call writing one u64 to our stack.
+    let rc = unsafe { aya_ebpf::helpers::generated::bpf_get_func_arg(ctx.as_ptr(), n, &mut v) };
+    if rc != 0 {
+        count(Counter::ReadFailed);
+        return 0;
+    }
+    v
 }
 
 #[fentry]
@@ -672,7 +688,7 @@ fn released_page(page: u64) -> u64 {
     }
     let cfg = config();
     let mut r = new_record(RecordKind::PageReleased, HookId::BioRelease);
-    fill_page(&mut r, &cfg, page);
+    fill_page(&mut r, cfg, page);
     submit(&r);
     1
 }
@@ -711,12 +727,12 @@ extern "C" fn bvec_step(i: u32, ctx: *mut c_void) -> i64 {
     let w = unsafe { &mut *(ctx as *mut BioWalk) };
     let cfg = config();
     let bv = w.vecs + (i as u64) * w.bvec_size;
-    let off = read_at::<u32>(bv, cfg.bvec_offset) as u64;
-    let len = read_at::<u32>(bv, cfg.bvec_len) as u64;
+    let off = read_at::<u32>(bv, cfg.bvec_offset()) as u64;
+    let len = read_at::<u32>(bv, cfg.bvec_len()) as u64;
     let first_pg = off >> PAGE_SHIFT;
     let npages = ((off + len).saturating_sub(1) >> PAGE_SHIFT) + 1 - first_pg;
     let mut pw = BvecWalk {
-        first: read_at::<u64>(bv, cfg.bvec_page),
+        first: read_at::<u64>(bv, cfg.bvec_page()),
         first_pg,
         psz: w.psz,
         watched: 0,
@@ -765,11 +781,11 @@ fn bio_released(bio: u64) -> u32 {
         return 0;
     }
     let cfg = config();
-    let vcnt = read_at::<u16>(bio, cfg.bio_vcnt) as u32;
+    let vcnt = read_at::<u16>(bio, cfg.bio_vcnt()) as u32;
     let mut w = BioWalk {
-        vecs: read_at::<u64>(bio, cfg.bio_io_vec),
-        bvec_size: cfg.bio_vec_size as u64,
-        psz: cfg.page_struct_size as u64,
+        vecs: read_at::<u64>(bio, cfg.bio_io_vec()),
+        bvec_size: cfg.bio_vec_size() as u64,
+        psz: cfg.page_struct_size() as u64,
         pages: 0,
         watched: 0,
     };
@@ -837,17 +853,20 @@ fn disassociate(entry: u64, mapping: u64, trunc: bool) -> u32 {
     }
     let cfg = config();
     let pfn = value >> DAX_SHIFT;
-    let page = vmemmap(&cfg) + pfn * cfg.page_struct_size as u64;
-    let f = read_page(&cfg, page);
+    let page = vmemmap(cfg) + pfn * cfg.page_struct_size() as u64;
+    let f = read_page(cfg, page);
     let (refcount, page_mapping) = (f.refcount, f.mapping);
     let is_watched = watched(page);
-    let pinned = trunc && refcount > cfg.idle_refcount as i32;
+    let pinned = trunc && refcount > cfg.idle_refcount() as i32;
     let mismatch = mapping != 0 && page_mapping > PAGE_MAPPING_DAX_COW && page_mapping != mapping;
     if !(is_watched || pinned || mismatch) {
         count(Counter::DisassociateQuiet);
         return 0;
     }
-    if is_watched && trunc {
+    if is_watched {
+        // The page left the file: what happens to it next belongs to its
+        // next owner, whose busy scan will watch it again. (The 6.15+ clone
+        // cannot tell truncation from invalidation, so both end the watch.)
         unwatch(page);
     }
     let mut r = new_record(RecordKind::Disassociate, HookId::Disassociate);
@@ -857,7 +876,7 @@ fn disassociate(entry: u64, mapping: u64, trunc: bool) -> u32 {
     r.page_mapping = page_mapping;
     r.mapping = mapping;
     r.op = trunc as u32;
-    fill_from_mapping(&mut r, &cfg, mapping);
+    fill_from_mapping(&mut r, cfg, mapping);
     submit(&r);
     0
 }
@@ -899,7 +918,7 @@ fn delete_entry(mapping: u64, index: u64) -> u32 {
     let mut r = new_record(RecordKind::DeleteEntry, HookId::DeleteEntry);
     r.mapping = mapping;
     r.a = index as i64;
-    fill_from_mapping(&mut r, &cfg, mapping);
+    fill_from_mapping(&mut r, cfg, mapping);
     submit(&r);
     0
 }

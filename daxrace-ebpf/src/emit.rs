@@ -22,12 +22,54 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
 
+/// The kernel facts, read field by field where used: copying the whole
+/// struct was two dozen instructions on every hook's fast path.
+#[derive(Clone, Copy)]
+pub struct Cfg;
+
 #[inline(always)]
-pub fn config() -> KernelConfig {
-    // Volatile so the compiler cannot fold the defaults above into the code:
-    // the real values are written into the map behind this global at load time.
-    unsafe { core::ptr::read_volatile(&CONFIG) }
+pub fn config() -> Cfg {
+    Cfg
 }
+
+macro_rules! config_fields {
+    ($($field:ident: $ty:ty),* $(,)?) => {
+        impl Cfg {
+            $(
+                #[inline(always)]
+                pub fn $field(self) -> $ty {
+                    // Volatile so the compiler cannot fold the defaults above
+                    // into the code: the real values are written into the map
+                    // behind this global at load time (read-only, so the
+                    // verifier still sees them as constants).
+                    unsafe { core::ptr::read_volatile(&raw const CONFIG.$field) }
+                }
+            )*
+        }
+    };
+}
+
+config_fields!(
+    page_refcount: u32,
+    page_mapping: u32,
+    page_struct_size: u32,
+    inode_ino: u32,
+    inode_size: u32,
+    inode_sb: u32,
+    sb_dev: u32,
+    mapping_host: u32,
+    bio_io_vec: u32,
+    bio_vcnt: u32,
+    bio_vec_size: u32,
+    bvec_page: u32,
+    bvec_len: u32,
+    bvec_offset: u32,
+    inode_mapping: u32,
+    idle_refcount: u32,
+    wait_on_refcount: u32,
+    vmemmap_base_addr: u64,
+    vmemmap_default: u64,
+);
 
 #[inline(always)]
 pub fn counter_slot(counter: Counter) -> Option<*mut u64> {
@@ -64,16 +106,16 @@ static mut VMEMMAP_CACHE: u64 = 0;
 
 /// Base of the `struct page` array (pfn -> page).
 #[inline(always)]
-pub fn vmemmap(cfg: &KernelConfig) -> u64 {
+pub fn vmemmap(cfg: Cfg) -> u64 {
     // SAFETY: a plain u64 global; a racing first read on two CPUs stores
     // the same value.
     let cached = unsafe { core::ptr::read_volatile(&raw const VMEMMAP_CACHE) };
     if cached != 0 {
         return cached;
     }
-    let mut base = cfg.vmemmap_default;
-    if cfg.vmemmap_base_addr != 0 {
-        let b = read_at::<u64>(cfg.vmemmap_base_addr, 0);
+    let mut base = cfg.vmemmap_default();
+    if cfg.vmemmap_base_addr() != 0 {
+        let b = read_at::<u64>(cfg.vmemmap_base_addr(), 0);
         if b != 0 {
             base = b;
         }
@@ -94,7 +136,7 @@ const PAGE_READ: usize = 64;
 /// `page->_refcount` and `page->mapping` in one kernel read (one helper
 /// call instead of two: the disassociate hook runs on every truncated entry).
 #[inline(always)]
-pub fn read_page(cfg: &KernelConfig, page: u64) -> PageFields {
+pub fn read_page(cfg: Cfg, page: u64) -> PageFields {
     let mut buf = [0u64; PAGE_READ / 8];
     let ok = page != 0
         && unsafe {
@@ -114,7 +156,7 @@ pub fn read_page(cfg: &KernelConfig, page: u64) -> PageFields {
         };
     }
     let bytes = buf.as_ptr() as *const u8;
-    let (rc, mp) = (cfg.page_refcount as usize, cfg.page_mapping as usize);
+    let (rc, mp) = (cfg.page_refcount() as usize, cfg.page_mapping() as usize);
     // The offsets are constants to the verifier (read-only config); the
     // bounds keep every access inside the buffer.
     PageFields {
@@ -148,10 +190,10 @@ pub fn new_record(kind: RecordKind, hook: HookId) -> Record {
 
 /// Fills `ino`, `dev` from a `struct inode *`.
 #[inline(always)]
-pub fn fill_inode(r: &mut Record, cfg: &KernelConfig, inode: u64) {
-    r.ino = read_at::<u64>(inode, cfg.inode_ino);
-    let sb = read_at::<u64>(inode, cfg.inode_sb);
-    r.dev = read_at::<u32>(sb, cfg.sb_dev);
+pub fn fill_inode(r: &mut Record, cfg: Cfg, inode: u64) {
+    r.ino = read_at::<u64>(inode, cfg.inode_ino());
+    let sb = read_at::<u64>(inode, cfg.inode_sb());
+    r.dev = read_at::<u32>(sb, cfg.sb_dev());
 }
 
 /// `bpf_ringbuf_query` / `bpf_ringbuf_submit` flags.
