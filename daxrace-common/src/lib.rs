@@ -241,9 +241,11 @@ pub enum Counter {
     BioTruncated = 5,
     /// A truncation disassociated an idle, unwatched page (nothing to report).
     DisassociateQuiet = 6,
-    /// A mapping entry was deleted by a task whose last break saw no busy page.
+    /// A mapping entry was deleted by a task whose last break saw no busy
+    /// page, or after the first deletion that followed such a break.
     DeleteQuiet = 7,
-    /// A per-task state map was full: a break or scan could not be tracked.
+    /// Another task held the per-task slot a break or scan needed: the
+    /// older state was dropped.
     StateFull = 8,
     /// A break-layouts call that never scanned for busy pages (xfs lease
     /// breaks on plain writes): not recorded.

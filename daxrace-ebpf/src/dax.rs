@@ -195,8 +195,9 @@ fn unwatch(page: u64) {
     }
 }
 
-/// Fills the page fields: pfn, refcount, page->mapping, and the inode the
-/// page belongs to when it still has one.
+/// Fills the page fields: pfn, refcount and page->mapping. The file the
+/// page belongs to is named once, by the busy scan that starts watching it
+/// (`fill_owner`); the page events that follow carry only the page.
 #[inline(always)]
 fn fill_page(r: &mut Record, cfg: Cfg, page: u64) {
     r.page = page;
@@ -208,8 +209,14 @@ fn fill_page(r: &mut Record, cfg: Cfg, page: u64) {
     let f = read_page(cfg, page);
     r.refcount = f.refcount;
     r.page_mapping = f.mapping;
-    if r.ino == 0 || f.mapping != r.mapping {
-        fill_from_mapping(r, cfg, f.mapping);
+}
+
+/// The inode of the page's own mapping, when the record has none yet or
+/// names another mapping.
+#[inline(always)]
+fn fill_owner(r: &mut Record, cfg: Cfg) {
+    if r.ino == 0 || r.page_mapping != r.mapping {
+        fill_from_mapping(r, cfg, r.page_mapping);
     }
 }
 
@@ -501,6 +508,7 @@ fn scan_exit(page: u64) -> u32 {
     fill_from_mapping(&mut r, cfg, mapping);
     if page != 0 {
         fill_page(&mut r, cfg, page);
+        fill_owner(&mut r, cfg);
         watch(page, r.ts_ns);
     }
     submit(&r);
@@ -909,11 +917,16 @@ pub fn fe_disassociate(ctx: FEntryContext) -> u32 {
 #[inline(always)]
 fn delete_entry(mapping: u64, index: u64) -> u32 {
     let tid = tid();
-    let recent = task_slot(&RECENT_BUSY, tid).is_some_and(|s| s.tid == tid && s.mapping == mapping);
-    if !recent {
+    let Some(slot) = task_slot(&RECENT_BUSY, tid) else {
+        return 0;
+    };
+    if slot.tid != tid || slot.mapping != mapping {
         count(Counter::DeleteQuiet);
         return 0;
     }
+    // The first deletion shows the truncation the busy break allowed; the
+    // rest of the range says nothing more.
+    slot.tid = 0;
     let cfg = config();
     let mut r = new_record(RecordKind::DeleteEntry, HookId::DeleteEntry);
     r.mapping = mapping;
