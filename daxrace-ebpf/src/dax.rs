@@ -687,18 +687,54 @@ pub fn fe_page_freed(ctx: FEntryContext) -> u32 {
 
 // ---- release path that bypasses the devmap put (Debian 6.1) --------------
 
-/// One page of a released bio, if watched: reported.
-/// Not inlined, so the loop below stays small for the verifier.
+/// Watched pages one release reports; more in one bio (never seen: a busy
+/// scan watches one page per file) are counted as `BioTruncated`.
+const MAX_RELEASED_WATCHED: usize = 4;
+
+/// Reports one watched page of a released bio. Called after the walk, not
+/// inside it: the walk's callbacks stay a few instructions long, which is
+/// what the 6.8+ verifier (it iterates callbacks to a fixed point) needs to
+/// load them quickly.
 #[inline(never)]
-fn released_page(page: u64) -> u64 {
-    if !watched(page) {
-        return 0;
-    }
+fn report_released(page: u64) {
     let cfg = config();
     let mut r = new_record(RecordKind::PageReleased, HookId::BioRelease);
     fill_page(&mut r, cfg, page);
     submit(&r);
-    1
+}
+
+/// What the walk found. In a per-CPU map rather than on the stack: values
+/// read from map memory are unknown to the verifier, so the loop states
+/// converge instead of forking on every count (a stack counter made the 7.x
+/// verifier give up). The program cannot nest on one CPU (the kernel skips
+/// a program's re-entry there), so one slot per CPU is enough.
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct Found {
+    pages: [u64; MAX_RELEASED_WATCHED],
+    n: u64,
+    overflow: u64,
+    /// Pages walked, counted once per bio.
+    walked: u64,
+}
+
+#[map]
+static RELEASE_FOUND: PerCpuArray<Found> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+fn found_push(page: u64) {
+    let Some(f) = RELEASE_FOUND.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's slot, only this program run uses it.
+    let f = unsafe { &mut *f };
+    let n = f.n as usize;
+    if n < MAX_RELEASED_WATCHED {
+        f.pages[n] = page;
+        f.n += 1;
+    } else {
+        f.overflow += 1;
+    }
 }
 
 /// What the bvec callback needs from the bio.
@@ -707,9 +743,6 @@ struct BioWalk {
     vecs: u64,
     bvec_size: u64,
     psz: u64,
-    /// Pages walked and pages found watched, counted once per bio.
-    pages: u64,
-    watched: u64,
 }
 
 /// What the page callback needs from one bvec.
@@ -718,21 +751,23 @@ struct BvecWalk {
     first: u64,
     first_pg: u64,
     psz: u64,
-    watched: u64,
 }
 
 type LoopCallback = extern "C" fn(u32, *mut c_void) -> i64;
 
 extern "C" fn page_step(i: u32, ctx: *mut c_void) -> i64 {
     // SAFETY: bpf_loop passes back the pointer given to it below.
-    let w = unsafe { &mut *(ctx as *mut BvecWalk) };
-    w.watched += released_page(w.first + (w.first_pg + i as u64) * w.psz);
+    let w = unsafe { &*(ctx as *const BvecWalk) };
+    let page = w.first + (w.first_pg + i as u64) * w.psz;
+    if watched(page) {
+        found_push(page);
+    }
     0
 }
 
 extern "C" fn bvec_step(i: u32, ctx: *mut c_void) -> i64 {
     // SAFETY: bpf_loop passes back the pointer given to it below.
-    let w = unsafe { &mut *(ctx as *mut BioWalk) };
+    let w = unsafe { &*(ctx as *const BioWalk) };
     let cfg = config();
     let bv = w.vecs + (i as u64) * w.bvec_size;
     let off = read_at::<u32>(bv, cfg.bvec_offset()) as u64;
@@ -743,7 +778,6 @@ extern "C" fn bvec_step(i: u32, ctx: *mut c_void) -> i64 {
         first: read_at::<u64>(bv, cfg.bvec_page()),
         first_pg,
         psz: w.psz,
-        watched: 0,
     };
     if npages > MAX_BVEC_PAGES {
         count(Counter::BioTruncated);
@@ -762,8 +796,12 @@ extern "C" fn bvec_step(i: u32, ctx: *mut c_void) -> i64 {
             0,
         )
     };
-    w.pages += n;
-    w.watched += pw.watched;
+    if let Some(f) = RELEASE_FOUND.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot (see Found). Counted here, not in the
+        // walk's stack context: a counter there never lets the verifier's
+        // loop states converge.
+        unsafe { (*f).walked += n };
+    }
     0
 }
 
@@ -794,9 +832,16 @@ fn bio_released(bio: u64) -> u32 {
         vecs: read_at::<u64>(bio, cfg.bio_io_vec()),
         bvec_size: cfg.bio_vec_size() as u64,
         psz: cfg.page_struct_size() as u64,
-        pages: 0,
-        watched: 0,
     };
+    let Some(found) = RELEASE_FOUND.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's slot (see Found).
+    unsafe {
+        (*found).n = 0;
+        (*found).overflow = 0;
+        (*found).walked = 0;
+    }
     if vcnt > MAX_BIO_VECS {
         count(Counter::BioTruncated);
     }
@@ -814,8 +859,16 @@ fn bio_released(bio: u64) -> u32 {
             0,
         )
     };
-    count_add(Counter::PutWatched, w.watched);
-    count_add(Counter::PutUnwatched, w.pages.saturating_sub(w.watched));
+    // SAFETY: as above; copied out before any record is sent.
+    let f = unsafe { *found };
+    count_add(Counter::PutWatched, f.n);
+    count_add(Counter::PutUnwatched, f.walked.saturating_sub(f.n));
+    count_add(Counter::BioTruncated, f.overflow);
+    for (k, &page) in f.pages.iter().enumerate() {
+        if (k as u64) < f.n {
+            report_released(page);
+        }
+    }
     0
 }
 
