@@ -300,32 +300,15 @@ fn break_recorded(st: &mut BreakSlot, cfg: Cfg) {
 }
 
 /// Bit length of `v`: the log2 histogram bucket of a duration in us.
+/// A binary search with constant shifts (no loop for the verifier to walk).
 #[inline(always)]
 fn bit_len(mut v: u64) -> u32 {
     let mut n = 0;
-    if v >= 1 << 32 {
-        v >>= 32;
-        n += 32;
-    }
-    if v >= 1 << 16 {
-        v >>= 16;
-        n += 16;
-    }
-    if v >= 1 << 8 {
-        v >>= 8;
-        n += 8;
-    }
-    if v >= 1 << 4 {
-        v >>= 4;
-        n += 4;
-    }
-    if v >= 1 << 2 {
-        v >>= 2;
-        n += 2;
-    }
-    if v >= 1 << 1 {
-        v >>= 1;
-        n += 1;
+    for shift in [32u32, 16, 8, 4, 2, 1] {
+        if v >> shift != 0 {
+            v >>= shift;
+            n += shift;
+        }
     }
     n + v as u32
 }
