@@ -59,8 +59,7 @@ struct BreakSlot {
     scans: u32,
     _pad: u32,
     ts_ns: u64,
-    inode: u64,
-    /// The inode's mapping, read when the call is first recorded.
+    /// The mapping its first recorded scan looked at.
     mapping: u64,
 }
 
@@ -242,7 +241,7 @@ fn var_to_page(cfg: Cfg, var: u64) -> u64 {
 // ---- break layouts -------------------------------------------------------
 
 #[inline(always)]
-fn break_enter(hook: HookId, fs: FsKind, inode: u64) -> u32 {
+fn break_enter(hook: HookId, fs: FsKind) -> u32 {
     let tid = tid();
     let Some(st) = task_slot(&BREAKS, tid) else {
         return 0;
@@ -272,7 +271,6 @@ fn break_enter(hook: HookId, fs: FsKind, inode: u64) -> u32 {
     st.scans = 0;
     // SAFETY: plain helper call.
     st.ts_ns = unsafe { bpf_ktime_get_ns() };
-    st.inode = inode;
     st.mapping = 0;
     if let Some(rb) = task_slot(&RECENT_BUSY, tid) {
         if rb.tid == tid {
@@ -282,9 +280,11 @@ fn break_enter(hook: HookId, fs: FsKind, inode: u64) -> u32 {
     0
 }
 
-/// Sends the deferred BreakEnter of the task's break call, once.
+/// Sends the deferred BreakEnter of the task's break call, once. Its file
+/// is the one the scan just read (every break-layouts scans
+/// `inode->i_mapping`), so the call's inode need not be read again.
 #[inline(always)]
-fn break_recorded(st: &mut BreakSlot, cfg: Cfg) {
+fn break_recorded(st: &mut BreakSlot, scan: &Record) {
     if st.emitted != 0 {
         return;
     }
@@ -292,8 +292,9 @@ fn break_recorded(st: &mut BreakSlot, cfg: Cfg) {
     let hook = HookId::from_u16(st.hook as u16).unwrap_or(HookId::GenericBreak);
     let mut r = new_record(RecordKind::BreakEnter, hook);
     r.ts_ns = st.ts_ns;
-    fill_inode(&mut r, cfg, st.inode);
-    st.mapping = read_at::<u64>(st.inode, cfg.inode_mapping());
+    r.ino = scan.ino;
+    r.dev = scan.dev;
+    st.mapping = scan.mapping;
     r.op = st.fs;
     r.mapping = st.mapping;
     submit(&r);
@@ -378,8 +379,8 @@ fn break_exit(hook: HookId, ret: i64) -> u32 {
 macro_rules! kprobe_break {
     ($enter:ident, $exit:ident, $hook:expr, $fs:expr) => {
         #[kprobe]
-        pub fn $enter(ctx: ProbeContext) -> u32 {
-            break_enter($hook, $fs, ctx.arg::<u64>(0).unwrap_or(0))
+        pub fn $enter(_ctx: ProbeContext) -> u32 {
+            break_enter($hook, $fs)
         }
 
         #[kretprobe]
@@ -406,8 +407,8 @@ kprobe_break!(
 );
 
 #[fentry]
-pub fn fe_generic_break(ctx: FEntryContext) -> u32 {
-    break_enter(HookId::GenericBreak, FsKind::Generic, ctx.arg::<u64>(0))
+pub fn fe_generic_break(_ctx: FEntryContext) -> u32 {
+    break_enter(HookId::GenericBreak, FsKind::Generic)
 }
 
 #[fexit]
@@ -464,7 +465,7 @@ fn scan_exit(page: u64) -> u32 {
     let (mapping, start, end) = (st.mapping, st.start, st.end);
     let cfg = config();
     let brk = task_slot(&BREAKS, tid).filter(|b| b.tid == tid && b.depth != 0);
-    match brk {
+    let brk = match brk {
         Some(b) => {
             b.scans += 1;
             if page == 0 && b.saw_busy == 0 {
@@ -473,22 +474,25 @@ fn scan_exit(page: u64) -> u32 {
                 count(Counter::ScanQuiet);
                 return 0;
             }
-            break_recorded(b, cfg);
-            if page != 0 {
-                b.saw_busy = 1;
-            }
+            Some(b)
         }
         None if page == 0 => {
             count(Counter::ScanQuiet);
             return 0;
         }
-        None => {}
-    }
+        None => None,
+    };
     let mut r = new_record(RecordKind::BusyScan, HookId::BusyScan);
     r.mapping = mapping;
     r.a = start;
     r.b = end;
     fill_from_mapping(&mut r, cfg, mapping);
+    if let Some(b) = brk {
+        break_recorded(b, &r);
+        if page != 0 {
+            b.saw_busy = 1;
+        }
+    }
     if page != 0 {
         fill_page(&mut r, cfg, page);
         fill_owner(&mut r, cfg);

@@ -64,7 +64,6 @@ config_fields!(
     bvec_page: u32,
     bvec_len: u32,
     bvec_offset: u32,
-    inode_mapping: u32,
     idle_refcount: u32,
     wait_on_refcount: u32,
     vmemmap_base_addr: u64,

@@ -517,6 +517,15 @@ pub fn symbols() -> impl Iterator<Item = &'static str> {
         .map(|t| t.symbol)
 }
 
+/// Every tracepoint the table names.
+pub fn tracepoints() -> impl Iterator<Item = &'static str> {
+    HOOKS
+        .iter()
+        .flat_map(|h| h.targets.iter())
+        .filter(|t| is_tracepoint(t))
+        .map(|t| t.symbol)
+}
+
 pub fn spec(hook: HookId) -> &'static HookSpec {
     HOOKS
         .iter()

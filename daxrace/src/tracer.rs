@@ -75,7 +75,10 @@ pub struct Tracer {
     pub kernel_release: String,
     /// Programs already loaded (a kprobe program may serve several symbols).
     loaded: HashSet<&'static str>,
+    /// The plan's functions at their kernel ids (see `Btf::aya_fentry_btf`).
     btf_aya: Option<aya::Btf>,
+    /// aya's model of the whole kernel BTF, parsed on first need (tp_btf).
+    btf_full: Option<aya::Btf>,
     /// BPF run-time statistics were enabled (`--bpf-stats`).
     pub stats_enabled: bool,
     attach_pref: AttachPreference,
@@ -107,6 +110,15 @@ pub fn check_privileges() -> Result<(), TraceError> {
     } else {
         Err(TraceError::NotPrivileged)
     }
+}
+
+/// The kernel's BTF, indexed for the functions and tracepoints the plan names.
+fn read_btf() -> Option<Btf> {
+    let mut btf = Btf::from_file(VMLINUX_BTF).ok()?;
+    let funcs: Vec<&str> = plan::symbols().collect();
+    let tracepoints: Vec<&str> = plan::tracepoints().collect();
+    btf.index(&funcs, &tracepoints);
+    Some(btf)
 }
 
 /// The symbols the plan and the facts need, from /proc/kallsyms.
@@ -153,13 +165,14 @@ impl Tracer {
         let t = std::time::Instant::now();
         let kallsyms = read_kallsyms().map_err(TraceError::Kallsyms)?;
         log::debug!("kallsyms read in {:?}", t.elapsed());
-        let btf = Btf::from_file(VMLINUX_BTF).ok();
+        let btf = read_btf();
         let facts = KernelFacts::gather(btf.as_ref(), &kallsyms);
         log::debug!("BTF facts in {:?}", t.elapsed());
-        let btf_aya = aya::Btf::from_sys_fs().ok();
-        log::debug!("aya BTF in {:?}", t.elapsed());
+        let btf_aya = btf.as_ref().map(Btf::aya_fentry_btf);
+        log::debug!("fentry BTF in {:?}", t.elapsed());
+        // The loader parses the kernel's BTF itself (aya 0.14 does so in
+        // `EbpfLoader::new`); it needs it for nothing our object uses.
         let ebpf = EbpfLoader::new()
-            .btf(btf_aya.as_ref())
             .override_global(daxrace_common::CONFIG_GLOBAL, &facts.config, true)
             .map_max_entries(EVENTS_MAP, opts.ring_buffer_bytes)
             .load(OBJECT)
@@ -172,6 +185,7 @@ impl Tracer {
             kernel_release: kernel_release(),
             loaded: HashSet::new(),
             btf_aya,
+            btf_full: None,
             stats_enabled: false,
             attach_pref: opts.attach,
             only: opts.only.clone(),
@@ -221,7 +235,7 @@ impl Tracer {
         let Ok(kallsyms) = read_kallsyms() else {
             return Vec::new();
         };
-        let btf = Btf::from_file(VMLINUX_BTF).ok();
+        let btf = read_btf();
         let plan = plan::resolve(
             &KernelView {
                 kallsyms: &kallsyms,
@@ -317,7 +331,13 @@ impl Tracer {
         target: &str,
     ) -> Result<(), String> {
         let first_load = self.loaded.insert(name);
+        if kind == AttachKind::TpBtf && self.btf_full.is_none() {
+            // BTF tracepoints need the typedefs aya's model of the whole
+            // BTF has; only kernels with such a tracepoint in vmlinux pay.
+            self.btf_full = aya::Btf::from_sys_fs().ok();
+        }
         let btf = self.btf_aya.as_ref();
+        let btf_full = self.btf_full.as_ref();
         let prog = self
             .ebpf
             .program_mut(name)
@@ -330,7 +350,7 @@ impl Tracer {
         match kind {
             AttachKind::TpBtf => {
                 let p: &mut BtfTracePoint = prog.try_into().map_err(e)?;
-                let btf = btf.ok_or("no kernel BTF")?;
+                let btf = btf_full.ok_or("no kernel BTF")?;
                 if first_load {
                     p.load(target, btf).map_err(e)?;
                 }
