@@ -240,30 +240,42 @@ fn var_to_page(cfg: Cfg, var: u64) -> u64 {
 
 // ---- break layouts -------------------------------------------------------
 
+/// Takes a task's slot for an entry; false when the entry is the one nesting
+/// the hook allows (`nested`: depth becomes 2). The same task entering again
+/// otherwise means its state is stale (a missed return: attached between
+/// entry and return, or a kretprobe instance ran out): start afresh rather
+/// than hide every later call as "nested". A slot another task holds is
+/// taken, and counted.
+#[inline(always)]
+fn claim(tid: u32, owner: &mut u32, depth: &mut u32, nested: bool) -> bool {
+    if *depth != 0 {
+        if *owner == tid {
+            if nested && *depth == 1 {
+                *depth = 2;
+                return false;
+            }
+        } else {
+            count(Counter::StateFull);
+        }
+    }
+    *owner = tid;
+    *depth = 1;
+    true
+}
+
 #[inline(always)]
 fn break_enter(hook: HookId, fs: FsKind) -> u32 {
     let tid = tid();
     let Some(st) = task_slot(&BREAKS, tid) else {
         return 0;
     };
-    if st.depth != 0 {
-        if st.tid == tid {
-            // Only the generic dax_break_layout() nests, inside ext4's or
-            // xfs's own call. The same hook entering again means the state
-            // is stale (its return was missed: attached between entry and
-            // return, or a kretprobe instance ran out): start afresh rather
-            // than hide every later call of this task as "nested".
-            let generic = HookId::GenericBreak as u32;
-            if st.hook != generic && hook as u32 == generic && st.depth == 1 {
-                st.depth = 2;
-                return 0;
-            }
-        } else {
-            count(Counter::StateFull);
-        }
+    // Only the generic dax_break_layout() nests, inside ext4's or xfs's own
+    // call.
+    let generic = HookId::GenericBreak as u32;
+    let nested = st.hook != generic && hook as u32 == generic;
+    if !claim(tid, &mut st.tid, &mut st.depth, nested) {
+        return 0;
     }
-    st.tid = tid;
-    st.depth = 1;
     st.hook = hook as u32;
     st.fs = fs as u32;
     st.emitted = 0;
@@ -424,21 +436,11 @@ fn scan_enter(mapping: u64, start: i64, end: i64, whole_file: bool) -> u32 {
     let Some(st) = task_slot(&SCANS, tid) else {
         return 0;
     };
-    if st.depth != 0 {
-        if st.tid == tid {
-            // The only real nesting: dax_layout_busy_page() calling the
-            // _range variant. Anything else means a missed return left the
-            // state stale: start afresh (see break_enter).
-            if st.whole_file != 0 && !whole_file && st.depth == 1 {
-                st.depth = 2;
-                return 0;
-            }
-        } else {
-            count(Counter::StateFull);
-        }
+    // The only real nesting: dax_layout_busy_page() calling the _range variant.
+    let nested = st.whole_file != 0 && !whole_file;
+    if !claim(tid, &mut st.tid, &mut st.depth, nested) {
+        return 0;
     }
-    st.tid = tid;
-    st.depth = 1;
     st.whole_file = whole_file as u32;
     st.mapping = mapping;
     st.start = start;
