@@ -79,6 +79,8 @@ const NONE: &str = "none";
 const DR: &str = "daxrace-auto";
 const DR_KP: &str = "daxrace-kprobe";
 const BT: &str = "bpftrace";
+/// Empty programs on bpftrace's probes: the floor (stats phase only).
+const EMPTY: &str = "empty";
 
 pub fn run(args: BenchArgs) -> Result<()> {
     let bpftrace = PathBuf::from("/usr/bin/bpftrace");
@@ -464,6 +466,24 @@ fn fragments(c: &Consts) -> Vec<Fragment> {
 const BT_HEAD: &str = r#"BEGIN { printf("@@BT-%s\n", "READY"); }
 "#;
 
+/// The same probes with empty bodies: what attaching a program there costs
+/// before it does anything (trampoline or kprobe entry, the statistics' own
+/// clock reads), the floor under both tracers' per-hook figures.
+fn empty_twin(text: &str) -> String {
+    const KINDS: [&str; 5] = [
+        "kprobe:",
+        "kretprobe:",
+        "kfunc:",
+        "kretfunc:",
+        "tracepoint:",
+    ];
+    text.lines()
+        .filter(|l| KINDS.iter().any(|k| l.starts_with(k)))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(|spec| format!("{spec} {{ }}\n"))
+        .collect()
+}
+
 /// Shell functions of the bench guest. `@ATTACH@`, `@SECS@` are filled in.
 const GUEST_FUNCTIONS: &str = r#"
 S=@SECS@
@@ -492,6 +512,7 @@ start_tracer() {
     daxrace-auto) daxrace-workload sigdfl daxrace run --attach auto >$out 2>&1 & pat='hooks attached' ;;
     daxrace-kprobe) daxrace-workload sigdfl daxrace run --attach kprobe >$out 2>&1 & pat='hooks attached' ;;
     bpftrace) BPFTRACE_MAP_KEYS_MAX=8192 daxrace-workload sigdfl bpftrace /tmp/bench.bt >$out 2>&1 & pat='@@BT-READY' ;;
+    empty) daxrace-workload sigdfl bpftrace /tmp/empty.bt >$out 2>&1 & pat='@@BT-READY' ;;
   esac
   TP=$!
   if r=$(daxrace-workload wait-line --pid $TP --file $out --pattern "$pat" --timeout @ATTACH@ 2>&1); then
@@ -533,11 +554,13 @@ bt_plan() {
     echo "$bk $key $sym"
   done | sort -u
 }
+# bt_build PLAN [DIR OUT]: the script for PLAN from the fragments in DIR.
 bt_build() {
-  cp /tmp/bt/head.bt /tmp/bench.bt
+  dir=${2:-/tmp/bt}; outf=${3:-/tmp/bench.bt}
+  cp /tmp/bt/head.bt $outf
   while read bk key sym; do
-    f=/tmp/bt/$bk-$key.bt
-    if [ -f "$f" ]; then sed "s/@SYM@/$sym/g" "$f" >> /tmp/bench.bt; else echo "@@BTMISSING $bk:$sym"; fi
+    f=$dir/$bk-$key.bt
+    if [ -f "$f" ]; then sed "s/@SYM@/$sym/g" "$f" >> $outf; else echo "@@BTMISSING $bk:$sym"; fi
   done < "$1"
 }
 "#;
@@ -578,6 +601,14 @@ if [ -s /tmp/attach.txt ]; then
     workload stats bpftrace
     prog_stats bpftrace
     stop_tracer
+    # The same probes, empty: the floor.
+    bt_build /tmp/plan.txt /tmp/bt-empty /tmp/empty.bt
+    echo "== stats phase: empty programs on the same probes"
+    if start_tracer empty stats-empty; then
+      workload stats empty
+      prog_stats empty
+      stop_tracer
+    fi
   fi
 fi
 echo "== stats phase: daxrace --attach kprobe"
@@ -601,11 +632,19 @@ fn guest_script(c: &Consts, rounds: u32, secs: u32) -> String {
     let mut s = String::from("mkdir -p /tmp/bt\n");
     // Quoted here-documents: the probe text reaches the files verbatim.
     let _ = write!(s, "cat > /tmp/bt/head.bt <<'BTEOF'\n{BT_HEAD}BTEOF\n");
+    s += "mkdir -p /tmp/bt-empty\n";
     for f in fragments(c) {
         let _ = write!(
             s,
             "cat > /tmp/bt/{}-{}.bt <<'BTEOF'\n{}BTEOF\n",
             f.kind, f.key, f.text
+        );
+        let _ = write!(
+            s,
+            "cat > /tmp/bt-empty/{}-{}.bt <<'BTEOF'\n{}BTEOF\n",
+            f.kind,
+            f.key,
+            empty_twin(&f.text)
         );
     }
     s += &GUEST_FUNCTIONS
@@ -1028,7 +1067,7 @@ fn report(
         cpu(BT)
     );
     // 2. per-hook cost
-    let costs: BTreeMap<&str, BTreeMap<&str, HookCost>> = [DR, DR_KP, BT]
+    let costs: BTreeMap<&str, BTreeMap<&str, HookCost>> = [DR, DR_KP, BT, EMPTY]
         .iter()
         .map(|tr| (*tr, hook_costs(p.progs.get(*tr).map_or(&[][..], |v| v))))
         .collect();
@@ -1042,9 +1081,19 @@ fn report(
     );
     let _ = writeln!(
         t,
-        "  {:<17} {:<17} {:>7} {:>8}   {:>8}   {:<19} {:>7} {:>8}  {:>6}",
-        "hook", "daxrace (auto)", "runs", "ns/run", "kprobe", "bpftrace", "runs", "ns/run", "dr/bt"
+        "  {:<17} {:<17} {:>7} {:>8}   {:>8}   {:<19} {:>7} {:>8}  {:>6}  {:>6}",
+        "hook",
+        "daxrace (auto)",
+        "runs",
+        "ns/run",
+        "kprobe",
+        "bpftrace",
+        "runs",
+        "ns/run",
+        "dr/bt",
+        "empty"
     );
+    let mut below_floor = Vec::new();
     let hooks: BTreeSet<&str> = costs.values().flat_map(|m| m.keys().copied()).collect();
     let mut hook_pairs = Vec::new();
     let kinds = |h: &HookCost| h.kinds.iter().cloned().collect::<Vec<_>>().join("+");
@@ -1056,7 +1105,12 @@ fn report(
                 .cloned()
                 .unwrap_or_default()
         };
-        let (a, k, b) = (get(DR), get(DR_KP), get(BT));
+        let (a, k, b, e) = (get(DR), get(DR_KP), get(BT), get(EMPTY));
+        if let (Some(y), Some(f)) = (b.ns_per_run(), e.ns_per_run()) {
+            if y / 3.0 < f {
+                below_floor.push(format!("{h} ({:.0} < {f:.0} ns)", y / 3.0));
+            }
+        }
         let ratio = match (a.ns_per_run(), b.ns_per_run()) {
             (Some(x), Some(y)) if y > 0.0 => {
                 hook_pairs.push((h.to_string(), x, y));
@@ -1066,7 +1120,7 @@ fn report(
         };
         let _ = writeln!(
             t,
-            "  {:<17} {:<17} {:>7} {:>8}   {:>8}   {:<19} {:>7} {:>8}  {:>6}",
+            "  {:<17} {:<17} {:>7} {:>8}   {:>8}   {:<19} {:>7} {:>8}  {:>6}  {:>6}",
             h,
             kinds(&a),
             a.runs,
@@ -1075,9 +1129,19 @@ fn report(
             kinds(&b),
             b.runs,
             fmt_opt(b.ns_per_run(), 0),
-            fmt_opt(ratio, 2)
+            fmt_opt(ratio, 2),
+            fmt_opt(e.ns_per_run(), 0)
         );
     }
+    let _ = writeln!(
+        t,
+        "  empty: an empty bpftrace program on the same probes (what any program there costs); a third of bpftrace's cost is below it for: {}",
+        if below_floor.is_empty() {
+            "no hook".to_string()
+        } else {
+            below_floor.join(", ")
+        }
+    );
     // The programs behind the figures, costliest per run first: where a
     // hook stands out, this names the program.
     for (label, tr) in [("daxrace (auto)", DR), ("bpftrace", BT)] {
@@ -1369,6 +1433,30 @@ mod tests {
     }
 
     /// The guest script must at least parse (busybox sh -n).
+    #[test]
+    fn empty_twins_keep_every_probe_and_drop_every_body() {
+        let c = Consts::for_release("6.12.1");
+        let frags = fragments(&c);
+        let bio = frags
+            .iter()
+            .find(|f| f.kind == "kretprobe" && f.key == "__bio_release_pages")
+            .expect("bio fragment");
+        assert_eq!(
+            empty_twin(&bio.text),
+            "kprobe:@SYM@ { }\nkretprobe:@SYM@ { }\n"
+        );
+        for f in &frags {
+            let twin = empty_twin(&f.text);
+            let probes = f
+                .text
+                .lines()
+                .filter(|l| l.starts_with(f.kind) || l.starts_with("kprobe:"))
+                .count();
+            assert_eq!(twin.lines().count(), probes, "{} {}", f.kind, f.key);
+            assert!(twin.lines().all(|l| l.ends_with(" { }")), "{twin}");
+        }
+    }
+
     #[test]
     fn guest_script_parses() {
         let script = guest_script(&Consts::for_release("6.12.0"), 2, 1);
