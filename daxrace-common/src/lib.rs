@@ -10,8 +10,6 @@
 pub const EVENTS_MAP: &str = "EVENTS";
 /// Name of the per-CPU array of [`Counter`]s.
 pub const COUNTERS_MAP: &str = "COUNTERS";
-/// Name of the direct-mapped array of watched pages (see the eBPF crate).
-pub const WATCHED_MAP: &str = "WATCHED";
 /// How long a watched page counts as fresh after its last event.
 pub const WATCH_FRESH_NS: u64 = 10_000_000_000;
 /// Name of the per-CPU array of break-layouts statistics ([`BreakStat`]).

@@ -21,7 +21,7 @@ use aya_ebpf::{
 use daxrace_common::{BreakStat, Counter, FsKind, HookId, Record, RecordKind, WATCH_FRESH_NS};
 
 use crate::emit::{
-    config, count, fill_inode, new_record, read_at, read_page, submit, vmemmap, Cfg,
+    config, count, count_add, fill_inode, new_record, read_at, read_page, submit, vmemmap, Cfg,
 };
 
 // ---- state ----------------------------------------------------------------
@@ -792,16 +792,6 @@ extern "C" fn bvec_step(i: u32, ctx: *mut c_void) -> i64 {
         unsafe { (*f).walked += n };
     }
     0
-}
-
-#[inline(always)]
-fn count_add(counter: Counter, n: u64) {
-    if n != 0 {
-        if let Some(slot) = crate::emit::counter_slot(counter) {
-            // SAFETY: per-CPU slot: no other writer races with this add.
-            unsafe { *slot += n };
-        }
-    }
 }
 
 /// After `__bio_release_pages(bio)` dropped its references: report the

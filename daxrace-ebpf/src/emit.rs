@@ -71,15 +71,18 @@ config_fields!(
 );
 
 #[inline(always)]
-pub fn counter_slot(counter: Counter) -> Option<*mut u64> {
-    COUNTERS.get_ptr_mut(counter as u32)
+pub fn count(counter: Counter) {
+    count_add(counter, 1);
 }
 
 #[inline(always)]
-pub fn count(counter: Counter) {
-    if let Some(slot) = counter_slot(counter) {
+pub fn count_add(counter: Counter, n: u64) {
+    if n == 0 {
+        return;
+    }
+    if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
         // Per-CPU slot: no other writer can race with this increment.
-        unsafe { *slot += 1 };
+        unsafe { *slot += n };
     }
 }
 

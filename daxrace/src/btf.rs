@@ -2,7 +2,10 @@
 //! the probe plan and the kernel facts need (struct member offsets through
 //! anonymous unions, struct sizes, whether a function or tracepoint type
 //! exists). aya parses BTF too, but does not expose member lookup by name.
-use std::{collections::HashMap, path::Path};
+use std::{
+    collections::{HashMap, HashSet},
+    path::Path,
+};
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
@@ -58,28 +61,12 @@ struct AttachIndex {
     funcs: HashMap<String, u32>,
     typedefs: HashMap<String, u32>,
     /// Every name looked for, found or not.
-    asked: std::collections::HashSet<String>,
+    asked: HashSet<String>,
 }
 
 impl AttachIndex {
     fn covers(&self, name: &str) -> bool {
         self.asked.contains(name)
-    }
-}
-
-trait NameSet {
-    fn has(&self, name: &str) -> bool;
-}
-
-impl NameSet for std::collections::HashSet<&str> {
-    fn has(&self, name: &str) -> bool {
-        self.contains(name)
-    }
-}
-
-impl NameSet for std::collections::HashSet<String> {
-    fn has(&self, name: &str) -> bool {
-        self.contains(name)
     }
 }
 
@@ -264,25 +251,24 @@ impl Btf {
     /// cost tens of ms under emulation).
     pub fn index(&mut self, funcs: &[&str], tracepoints: &[&str]) {
         let mut ix = AttachIndex::default();
-        let typedefs: std::collections::HashSet<String> = tracepoints
+        let typedefs: Vec<String> = tracepoints
             .iter()
             .map(|t| format!("btf_trace_{t}"))
             .collect();
-        let funcs: std::collections::HashSet<&str> = funcs.iter().copied().collect();
+        let typedef_set: HashSet<&str> = typedefs.iter().map(String::as_str).collect();
+        let func_set: HashSet<&str> = funcs.iter().copied().collect();
         for (id, t) in self.types.iter().enumerate() {
-            let wanted = match t.kind {
-                KIND_FUNC => Some((&funcs as &dyn NameSet, &mut ix.funcs)),
-                KIND_TYPEDEF => Some((&typedefs as &dyn NameSet, &mut ix.typedefs)),
-                _ => None,
+            let (set, found) = match t.kind {
+                KIND_FUNC => (&func_set, &mut ix.funcs),
+                KIND_TYPEDEF => (&typedef_set, &mut ix.typedefs),
+                _ => continue,
             };
-            if let Some((set, found)) = wanted {
-                let name = self.name(t.name_off);
-                if set.has(name) {
-                    found.entry(name.to_string()).or_insert(id as u32);
-                }
+            let name = self.name(t.name_off);
+            if set.contains(name) {
+                found.entry(name.to_string()).or_insert(id as u32);
             }
         }
-        ix.asked = funcs
+        ix.asked = func_set
             .iter()
             .map(|f| f.to_string())
             .chain(typedefs)
@@ -448,5 +434,34 @@ mod tests {
         assert_eq!(btf.member_offset("page", "_refcount"), Some(52));
         assert_eq!(btf.member_offset("page", "mapping"), Some(24));
         assert_eq!(btf.struct_size("page"), Some(64));
+    }
+
+    #[test]
+    fn the_fentry_btf_gives_aya_the_kernels_own_ids() {
+        let Ok(mut btf) = Btf::from_file(VMLINUX_BTF) else {
+            return; // no kernel BTF here: nothing to compare with
+        };
+        let funcs = [
+            "wake_up_var",
+            "init_wait_var_entry",
+            "no_such_function_here",
+        ];
+        btf.index(&funcs, &[]);
+        assert!(btf.has_func("wake_up_var"));
+        assert!(!btf.has_func("no_such_function_here"));
+        let ours = btf.aya_fentry_btf();
+        let full = aya::Btf::from_sys_fs().expect("aya parses the kernel BTF");
+        for f in &funcs[..2] {
+            assert_eq!(
+                ours.id_by_type_name_kind(f, aya_obj::btf::BtfKind::Func)
+                    .ok(),
+                full.id_by_type_name_kind(f, aya_obj::btf::BtfKind::Func)
+                    .ok(),
+                "{f}"
+            );
+        }
+        assert!(ours
+            .id_by_type_name_kind(funcs[2], aya_obj::btf::BtfKind::Func)
+            .is_err());
     }
 }

@@ -186,6 +186,34 @@ pub struct Event {
     pub body: EventBody,
 }
 
+impl Event {
+    /// An event as the hook that usually reports `body` would send it: for
+    /// events built by hand (tests, models), where no record names a hook.
+    pub fn synthetic(ts_ns: u64, task: Task, body: EventBody) -> Event {
+        let hook = match body {
+            EventBody::FileOp { .. } => HookId::Ext4PunchHole,
+            EventBody::BreakEnter { fs, .. } | EventBody::BreakExit { fs, .. } => match fs {
+                Filesystem::Xfs => HookId::XfsBreak,
+                Filesystem::Generic => HookId::GenericBreak,
+                _ => HookId::Ext4Break,
+            },
+            EventBody::BusyScan { .. } => HookId::BusyScan,
+            EventBody::WaitStart { .. } => HookId::WaitStart,
+            EventBody::PinDropped { .. } => HookId::PinDropped,
+            EventBody::PageReleased { .. } => HookId::BioRelease,
+            EventBody::WakeUp { .. } => HookId::WakeUp,
+            EventBody::Disassociate { .. } => HookId::Disassociate,
+            EventBody::DeleteEntry { .. } => HookId::DeleteEntry,
+        };
+        Event {
+            ts_ns,
+            hook: HookName(hook),
+            task,
+            body,
+        }
+    }
+}
+
 /// A [`HookId`] that serialises by name, so traces stay readable and stable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct HookName(pub HookId);

@@ -46,6 +46,40 @@ fn thread_b() -> Task {
     task(200, "dio_read")
 }
 
+/// A page event of `t` on page `pfn` seen at `refcount`.
+fn page_event(ts: u64, t: Task, pfn: u64, refcount: i32, body: fn(PageRef) -> EventBody) -> Event {
+    event(ts, t, body(page_ref(pfn, refcount)))
+}
+
+fn wait_start(ts: u64, t: Task, pfn: u64, refcount: i32) -> Event {
+    page_event(ts, t, pfn, refcount, |page| EventBody::WaitStart { page })
+}
+
+fn wake_up(ts: u64, t: Task, pfn: u64, refcount: i32) -> Event {
+    page_event(ts, t, pfn, refcount, |page| EventBody::WakeUp { page })
+}
+
+fn released(ts: u64, t: Task, pfn: u64, refcount: i32) -> Event {
+    page_event(ts, t, pfn, refcount, |page| EventBody::PageReleased {
+        page,
+    })
+}
+
+fn pin_dropped(ts: u64, t: Task, pfn: u64, refcount: i32, refs: u32) -> Event {
+    event(
+        ts,
+        t,
+        EventBody::PinDropped {
+            page: page_ref(pfn, refcount),
+            refs,
+        },
+    )
+}
+
+fn exit(ts: u64, t: Task, fs: Filesystem, ret: i64) -> Event {
+    event(ts, t, EventBody::BreakExit { fs, ret })
+}
+
 fn enter(ts: u64, fs: Filesystem) -> Event {
     event(
         ts,
@@ -106,37 +140,11 @@ fn lkml_2018_retry_bug_truncates_pinned_page_y() {
     let mut events = vec![
         enter(S, Filesystem::Ext4),
         scan(S + 1_000, Some(page_ref(PFN_X, 2))),
-        event(
-            S + 1_500,
-            b,
-            EventBody::PinDropped {
-                page: page_ref(PFN_X, 2),
-                refs: 1,
-            },
-        ),
-        event(
-            S + 1_600,
-            b,
-            EventBody::WakeUp {
-                page: page_ref(PFN_X, 1),
-            },
-        ),
-        event(
-            S + 2_000,
-            a,
-            EventBody::WaitStart {
-                page: page_ref(PFN_X, 1),
-            },
-        ),
+        pin_dropped(S + 1_500, b, PFN_X, 2, 1),
+        wake_up(S + 1_600, b, PFN_X, 1),
+        wait_start(S + 2_000, a, PFN_X, 1),
         // Condition true at once: no sleep, retry == false, the loop ends.
-        event(
-            S + 3_000,
-            a,
-            EventBody::BreakExit {
-                fs: Filesystem::Ext4,
-                ret: 0,
-            },
-        ),
+        exit(S + 3_000, a, Filesystem::Ext4, 0),
     ];
     events.extend(truncation(S + 4_000, 0, PFN_X, 1));
     events.extend(truncation(S + 5_000, 1, PFN_Y, 2));
@@ -188,60 +196,15 @@ fn lkml_2018_wait_that_slept_rescans_and_is_clean() {
     let mut events = vec![
         enter(S, Filesystem::Ext4),
         scan(S + 1_000, Some(page_ref(PFN_X, 2))),
-        event(
-            S + 2_000,
-            a,
-            EventBody::WaitStart {
-                page: page_ref(PFN_X, 2),
-            },
-        ),
-        event(
-            S + 9_000,
-            b,
-            EventBody::PinDropped {
-                page: page_ref(PFN_X, 2),
-                refs: 1,
-            },
-        ),
-        event(
-            S + 9_100,
-            b,
-            EventBody::WakeUp {
-                page: page_ref(PFN_X, 1),
-            },
-        ),
+        wait_start(S + 2_000, a, PFN_X, 2),
+        pin_dropped(S + 9_000, b, PFN_X, 2, 1),
+        wake_up(S + 9_100, b, PFN_X, 1),
         scan(S + 10_000, Some(page_ref(PFN_Y, 2))),
-        event(
-            S + 11_000,
-            a,
-            EventBody::WaitStart {
-                page: page_ref(PFN_Y, 2),
-            },
-        ),
-        event(
-            S + 19_000,
-            b,
-            EventBody::PinDropped {
-                page: page_ref(PFN_Y, 2),
-                refs: 1,
-            },
-        ),
-        event(
-            S + 19_100,
-            b,
-            EventBody::WakeUp {
-                page: page_ref(PFN_Y, 1),
-            },
-        ),
+        wait_start(S + 11_000, a, PFN_Y, 2),
+        pin_dropped(S + 19_000, b, PFN_Y, 2, 1),
+        wake_up(S + 19_100, b, PFN_Y, 1),
         scan(S + 20_000, None),
-        event(
-            S + 21_000,
-            a,
-            EventBody::BreakExit {
-                fs: Filesystem::Ext4,
-                ret: 0,
-            },
-        ),
+        exit(S + 21_000, a, Filesystem::Ext4, 0),
     ];
     events.extend(truncation(S + 22_000, 0, PFN_X, 1));
     events.extend(truncation(S + 23_000, 1, PFN_Y, 1));
@@ -265,29 +228,10 @@ fn debian_6_1_lost_wakeup_is_reported_once_with_its_evidence() {
     let opening = vec![
         enter(S, Filesystem::Ext4),
         scan(S + 1_000, Some(page_ref(PFN_X, 2))),
-        event(
-            S + 2_000,
-            a,
-            EventBody::WaitStart {
-                page: page_ref(PFN_X, 2),
-            },
-        ),
-        event(
-            S + 3_000,
-            b,
-            EventBody::PageReleased {
-                page: page_ref(PFN_X, 1),
-            },
-        ),
+        wait_start(S + 2_000, a, PFN_X, 2),
+        released(S + 3_000, b, PFN_X, 1),
     ];
-    let signal = event(
-        S + 5 * S,
-        a,
-        EventBody::BreakExit {
-            fs: Filesystem::Ext4,
-            ret: -512,
-        },
-    );
+    let signal = exit(S + 5 * S, a, Filesystem::Ext4, -512);
     // Quiet: nothing happens until the signal. Busy: other files keep being
     // truncated meanwhile, so the grace period runs out before the signal.
     let quiet: Vec<Event> = opening.iter().copied().chain([signal]).collect();
@@ -350,46 +294,13 @@ fn linux_6_12_pin_drop_then_wakeup_is_fine() {
     let mut events = vec![
         enter(S, Filesystem::Xfs),
         scan(S + 1_000, Some(page_ref(PFN_X, 1025))),
-        event(
-            S + 2_000,
-            a,
-            EventBody::WaitStart {
-                page: page_ref(PFN_X, 1025),
-            },
-        ),
-        event(
-            S + 3_000,
-            b,
-            EventBody::PinDropped {
-                page: page_ref(PFN_X, 1025),
-                refs: 1024,
-            },
-        ),
-        event(
-            S + 3_100,
-            b,
-            EventBody::WakeUp {
-                page: page_ref(PFN_X, 1),
-            },
-        ),
-        event(
-            S + 4_000,
-            a,
-            EventBody::BreakExit {
-                fs: Filesystem::Xfs,
-                ret: 0,
-            },
-        ),
+        wait_start(S + 2_000, a, PFN_X, 1025),
+        pin_dropped(S + 3_000, b, PFN_X, 1025, 1024),
+        wake_up(S + 3_100, b, PFN_X, 1),
+        exit(S + 4_000, a, Filesystem::Xfs, 0),
         enter(S + 5_000, Filesystem::Xfs),
         scan(S + 6_000, None),
-        event(
-            S + 7_000,
-            a,
-            EventBody::BreakExit {
-                fs: Filesystem::Xfs,
-                ret: 0,
-            },
-        ),
+        exit(S + 7_000, a, Filesystem::Xfs, 0),
     ];
     events.extend(truncation(S + 8_000, 0, PFN_X, 1));
     let cfg = DetectorConfig {

@@ -1,8 +1,7 @@
 //! Edge cases of the detector: refcount models, expiry, bounds, duplicates,
 //! the xfs retry loop, nesting, inference, and the finding format.
 use super::*;
-use crate::event::{Comm, HookName, Task};
-use daxrace_common::HookId;
+use crate::event::{Comm, Task};
 
 const MS: u64 = 1_000_000;
 const S: u64 = 1_000_000_000;
@@ -36,31 +35,8 @@ fn page(pfn: u64, refcount: i32) -> PageRef {
     }
 }
 
-fn hook_of(body: &EventBody) -> HookId {
-    match body {
-        EventBody::FileOp { .. } => HookId::Ext4PunchHole,
-        EventBody::BreakEnter { fs, .. } | EventBody::BreakExit { fs, .. } => match fs {
-            Filesystem::Xfs => HookId::XfsBreak,
-            Filesystem::Generic => HookId::GenericBreak,
-            _ => HookId::Ext4Break,
-        },
-        EventBody::BusyScan { .. } => HookId::BusyScan,
-        EventBody::WaitStart { .. } => HookId::WaitStart,
-        EventBody::PinDropped { .. } => HookId::PinDropped,
-        EventBody::PageReleased { .. } => HookId::BioRelease,
-        EventBody::WakeUp { .. } => HookId::WakeUp,
-        EventBody::Disassociate { .. } => HookId::Disassociate,
-        EventBody::DeleteEntry { .. } => HookId::DeleteEntry,
-    }
-}
-
 fn ev(ts_ns: u64, task: Task, body: EventBody) -> Event {
-    Event {
-        ts_ns,
-        hook: HookName(hook_of(&body)),
-        task,
-        body,
-    }
+    Event::synthetic(ts_ns, task, body)
 }
 
 fn enter(ts: u64, t: Task, fs: Filesystem, mapping: u64) -> Event {

@@ -20,8 +20,7 @@
 use std::collections::BTreeMap;
 
 use daxrace::detect::{DetectorConfig, FindingKind, PAGE_MAPPING_DAX_SHARED};
-use daxrace::event::{Comm, Event, EventBody, FileOp, Filesystem, HookName, PageRef, Task};
-use daxrace_common::HookId;
+use daxrace::event::{Comm, Event, EventBody, FileOp, Filesystem, PageRef, Task};
 
 /// A signal reaches a stranded waiter this long after it went to sleep.
 pub const SIGNAL_AFTER_NS: u64 = 5_000_000_000;
@@ -99,31 +98,8 @@ pub struct ModelRun {
 
 // ---------------------------------------------------------------- events
 
-pub fn hook_of(body: &EventBody) -> HookId {
-    match body {
-        EventBody::FileOp { .. } => HookId::Ext4PunchHole,
-        EventBody::BreakEnter { fs, .. } | EventBody::BreakExit { fs, .. } => match fs {
-            Filesystem::Xfs => HookId::XfsBreak,
-            Filesystem::Generic => HookId::GenericBreak,
-            _ => HookId::Ext4Break,
-        },
-        EventBody::BusyScan { .. } => HookId::BusyScan,
-        EventBody::WaitStart { .. } => HookId::WaitStart,
-        EventBody::PinDropped { .. } => HookId::PinDropped,
-        EventBody::PageReleased { .. } => HookId::BioRelease,
-        EventBody::WakeUp { .. } => HookId::WakeUp,
-        EventBody::Disassociate { .. } => HookId::Disassociate,
-        EventBody::DeleteEntry { .. } => HookId::DeleteEntry,
-    }
-}
-
 pub fn event(ts_ns: u64, task: Task, body: EventBody) -> Event {
-    Event {
-        ts_ns,
-        hook: HookName(hook_of(&body)),
-        task,
-        body,
-    }
+    Event::synthetic(ts_ns, task, body)
 }
 
 pub fn task(tid: u32, comm: &str) -> Task {
