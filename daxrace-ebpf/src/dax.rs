@@ -388,45 +388,71 @@ fn break_exit(hook: HookId, ret: i64) -> u32 {
     0
 }
 
-macro_rules! kprobe_break {
-    ($enter:ident, $exit:ident, $hook:expr, $fs:expr) => {
+/// The four programs of a break-layouts function: fentry/fexit where its
+/// BTF can be attached to (vmlinux, or a module's through its split BTF),
+/// else kprobe/kretprobe.
+macro_rules! break_programs {
+    ($kp:ident, $kr:ident, $fe:ident, $fx:ident, $hook:expr, $fs:expr) => {
         #[kprobe]
-        pub fn $enter(_ctx: ProbeContext) -> u32 {
+        pub fn $kp(_ctx: ProbeContext) -> u32 {
             break_enter($hook, $fs)
         }
 
         #[kretprobe]
-        pub fn $exit(ctx: RetProbeContext) -> u32 {
+        pub fn $kr(ctx: RetProbeContext) -> u32 {
             break_exit($hook, ctx.ret::<i32>() as i64)
+        }
+
+        fentry_break!($fe, $fx, $hook, $fs);
+    };
+}
+
+/// The fentry/fexit pair alone: one per target function, since a tracing
+/// program is bound to its function when it loads.
+macro_rules! fentry_break {
+    ($fe:ident, $fx:ident, $hook:expr, $fs:expr) => {
+        #[fentry]
+        pub fn $fe(_ctx: FEntryContext) -> u32 {
+            break_enter($hook, $fs)
+        }
+
+        #[fexit]
+        pub fn $fx(ctx: FExitContext) -> u32 {
+            break_exit($hook, ctx.ret::<i32>().unwrap_or(0) as i64)
         }
     };
 }
 
-// ext4 and xfs are modules on distribution kernels: kprobes only (aya
-// resolves fentry targets in vmlinux BTF only).
-kprobe_break!(
+break_programs!(
     kp_ext4_break,
     kr_ext4_break,
+    fe_ext4_break,
+    fx_ext4_break,
     HookId::Ext4Break,
     FsKind::Ext4
 );
-kprobe_break!(kp_xfs_break, kr_xfs_break, HookId::XfsBreak, FsKind::Xfs);
-kprobe_break!(
+break_programs!(
+    kp_xfs_break,
+    kr_xfs_break,
+    fe_xfs_break,
+    fx_xfs_break,
+    HookId::XfsBreak,
+    FsKind::Xfs
+);
+fentry_break!(
+    fe_xfs_break_dax,
+    fx_xfs_break_dax,
+    HookId::XfsBreak,
+    FsKind::Xfs
+);
+break_programs!(
     kp_generic_break,
     kr_generic_break,
+    fe_generic_break,
+    fx_generic_break,
     HookId::GenericBreak,
     FsKind::Generic
 );
-
-#[fentry]
-pub fn fe_generic_break(_ctx: FEntryContext) -> u32 {
-    break_enter(HookId::GenericBreak, FsKind::Generic)
-}
-
-#[fexit]
-pub fn fx_generic_break(ctx: FExitContext) -> u32 {
-    break_exit(HookId::GenericBreak, ctx.ret::<i32>().unwrap_or(0) as i64)
-}
 
 // ---- busy scan ------------------------------------------------------------
 

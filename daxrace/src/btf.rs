@@ -76,7 +76,113 @@ fn u32_at(b: &[u8], off: usize) -> Result<u32, BtfError> {
         .ok_or(BtfError::Format("truncated"))
 }
 
+/// The type and string sections of a BTF blob.
+fn sections(b: &[u8]) -> Result<(&[u8], &[u8]), BtfError> {
+    if b.len() < 24 || b[0..2] != [0x9f, 0xeb] {
+        return Err(BtfError::Format(
+            "bad magic (only little-endian BTF is read)",
+        ));
+    }
+    let hdr_len = u32_at(b, 4)? as usize;
+    let type_off = u32_at(b, 8)? as usize;
+    let type_len = u32_at(b, 12)? as usize;
+    let str_off = u32_at(b, 16)? as usize;
+    let str_len = u32_at(b, 20)? as usize;
+    let types_start = hdr_len + type_off;
+    let strings = b
+        .get(hdr_len + str_off..hdr_len + str_off + str_len)
+        .ok_or(BtfError::Format("string section out of bounds"))?;
+    let types = b
+        .get(types_start..types_start + type_len)
+        .ok_or(BtfError::Format("type section out of bounds"))?;
+    Ok((types, strings))
+}
+
+/// The NUL-terminated string at `off` ("" when out of bounds or not UTF-8).
+fn c_str(strings: &[u8], off: usize) -> &str {
+    let rest = strings.get(off..).unwrap_or(&[]);
+    let end = rest.iter().position(|&c| c == 0).unwrap_or(rest.len());
+    std::str::from_utf8(&rest[..end]).unwrap_or("")
+}
+
+/// Bytes that follow a type's 12-byte header, by kind.
+fn extra_bytes(kind: u8, vlen: u16) -> Result<usize, BtfError> {
+    let vlen = vlen as usize;
+    Ok(match kind {
+        1 => 4,  // INT
+        3 => 12, // ARRAY
+        KIND_STRUCT | KIND_UNION => 12 * vlen,
+        6 => 8 * vlen,   // ENUM
+        13 => 8 * vlen,  // FUNC_PROTO
+        14 => 4,         // VAR
+        15 => 12 * vlen, // DATASEC
+        17 => 4,         // DECL_TAG
+        19 => 12 * vlen, // ENUM64
+        2 | 7 | 8 | 9 | 10 | 11 | 12 | 16 | 18 => 0,
+        _ => return Err(BtfError::Format("unknown type kind")),
+    })
+}
+
+/// The functions a kernel module's BTF offers fentry/fexit: its split BTF
+/// (`/sys/kernel/btf/<module>`) continues vmlinux's type ids and strings.
+#[derive(Debug, Default)]
+pub struct ModuleBtf {
+    funcs: HashMap<String, u32>,
+}
+
+impl ModuleBtf {
+    #[cfg(test)]
+    pub(crate) fn with_funcs(funcs: &[(&str, u32)]) -> Self {
+        ModuleBtf {
+            funcs: funcs.iter().map(|&(n, id)| (n.to_string(), id)).collect(),
+        }
+    }
+
+    /// The module's type id of function `name`, when the module has it and
+    /// it was asked for.
+    pub fn func_id(&self, name: &str) -> Option<u32> {
+        self.funcs.get(name).copied()
+    }
+}
+
 impl Btf {
+    /// Reads module `module`'s BTF for the functions in `funcs`.
+    pub fn module(&self, module: &str, funcs: &[&str]) -> Result<ModuleBtf, BtfError> {
+        let path = format!("/sys/kernel/btf/{module}");
+        let bytes = std::fs::read(&path).map_err(|source| BtfError::Read { path, source })?;
+        self.parse_module(&bytes, funcs)
+    }
+
+    /// Parses a split BTF blob on top of this (base) BTF, keeping the ids of
+    /// the functions named in `funcs`.
+    pub fn parse_module(&self, b: &[u8], funcs: &[&str]) -> Result<ModuleBtf, BtfError> {
+        let (tb, strings) = sections(b)?;
+        let base_strings = self.strings.len() as u32;
+        let wanted: HashSet<&str> = funcs.iter().copied().collect();
+        let mut out = ModuleBtf::default();
+        let mut id = self.types.len() as u32;
+        let mut off = 0usize;
+        while off < tb.len() {
+            let name_off = u32_at(tb, off)?;
+            let info = u32_at(tb, off + 4)?;
+            let kind = ((info >> 24) & 0x1f) as u8;
+            off += 12 + extra_bytes(kind, (info & 0xffff) as u16)?;
+            if kind == KIND_FUNC {
+                // Split BTF reuses the base's strings where it can.
+                let name = if name_off < base_strings {
+                    self.name(name_off)
+                } else {
+                    c_str(strings, (name_off - base_strings) as usize)
+                };
+                if wanted.contains(name) {
+                    out.funcs.entry(name.to_string()).or_insert(id);
+                }
+            }
+            id += 1;
+        }
+        Ok(out)
+    }
+
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, BtfError> {
         let path = path.as_ref();
         let bytes = std::fs::read(path).map_err(|source| BtfError::Read {
@@ -87,25 +193,8 @@ impl Btf {
     }
 
     pub fn parse(b: &[u8]) -> Result<Self, BtfError> {
-        if b.len() < 24 || b[0..2] != [0x9f, 0xeb] {
-            return Err(BtfError::Format(
-                "bad magic (only little-endian BTF is read)",
-            ));
-        }
-        let hdr_len = u32_at(b, 4)? as usize;
-        let type_off = u32_at(b, 8)? as usize;
-        let type_len = u32_at(b, 12)? as usize;
-        let str_off = u32_at(b, 16)? as usize;
-        let str_len = u32_at(b, 20)? as usize;
-        let types_start = hdr_len + type_off;
-        let types_end = types_start + type_len;
-        let strings = b
-            .get(hdr_len + str_off..hdr_len + str_off + str_len)
-            .ok_or(BtfError::Format("string section out of bounds"))?
-            .to_vec();
-        let tb = b
-            .get(types_start..types_end)
-            .ok_or(BtfError::Format("type section out of bounds"))?;
+        let (tb, strings) = sections(b)?;
+        let strings = strings.to_vec();
 
         let mut types = vec![Type {
             kind: 0,
@@ -126,31 +215,18 @@ impl Btf {
             let kind = ((info >> 24) & 0x1f) as u8;
             let kind_flag = info >> 31 == 1;
             let first_member = members.len() as u32;
-            let extra = match kind {
-                1 => 4,  // INT
-                3 => 12, // ARRAY
-                KIND_STRUCT | KIND_UNION => {
-                    for i in 0..vlen as usize {
-                        let m = off + i * 12;
-                        let raw = u32_at(tb, m + 8)?;
-                        members.push(Member {
-                            name_off: u32_at(tb, m)?,
-                            type_id: u32_at(tb, m + 4)?,
-                            bit_offset: if kind_flag { raw & 0x00ff_ffff } else { raw },
-                        });
-                    }
-                    12 * vlen as usize
+            if kind == KIND_STRUCT || kind == KIND_UNION {
+                for i in 0..vlen as usize {
+                    let m = off + i * 12;
+                    let raw = u32_at(tb, m + 8)?;
+                    members.push(Member {
+                        name_off: u32_at(tb, m)?,
+                        type_id: u32_at(tb, m + 4)?,
+                        bit_offset: if kind_flag { raw & 0x00ff_ffff } else { raw },
+                    });
                 }
-                6 => 8 * vlen as usize,   // ENUM
-                13 => 8 * vlen as usize,  // FUNC_PROTO
-                14 => 4,                  // VAR
-                15 => 12 * vlen as usize, // DATASEC
-                17 => 4,                  // DECL_TAG
-                19 => 12 * vlen as usize, // ENUM64
-                2 | 7 | 8 | 9 | 10 | 11 | 12 | 16 | 18 => 0,
-                _ => return Err(BtfError::Format("unknown type kind")),
-            };
-            off += extra;
+            }
+            off += extra_bytes(kind, vlen)?;
             types.push(Type {
                 kind,
                 kind_flag,
@@ -169,9 +245,7 @@ impl Btf {
     }
 
     fn name(&self, off: u32) -> &str {
-        let rest = self.strings.get(off as usize..).unwrap_or(&[]);
-        let end = rest.iter().position(|&c| c == 0).unwrap_or(rest.len());
-        std::str::from_utf8(&rest[..end]).unwrap_or("")
+        c_str(&self.strings, off as usize)
     }
 
     fn find(&self, kind: u8, name: &str) -> Option<&Type> {
@@ -415,6 +489,58 @@ mod tests {
         assert!(btf.has_tracepoint("t"));
         assert!(!btf.has_func("g"));
         assert_eq!(btf.kind_flag_of("outer"), Some(false));
+    }
+
+    #[test]
+    fn module_btf_ids_follow_the_base() {
+        let base = Btf::parse(&blob()).expect("parses");
+        let base_strings = base.strings.len() as u32;
+        // Split BTF: an int, then func "f" (a base string), then func "mf"
+        // (a string of its own).
+        let strings = b"\0mf\0".to_vec();
+        let mut t = Vec::new();
+        let push = |t: &mut Vec<u8>, v: u32| t.extend_from_slice(&v.to_le_bytes());
+        push(&mut t, 0);
+        push(&mut t, 1 << 24);
+        push(&mut t, 4);
+        push(&mut t, 32);
+        let f_off = base.types[6].name_off;
+        for name_off in [f_off, base_strings + 1] {
+            push(&mut t, name_off);
+            push(&mut t, 12 << 24);
+            push(&mut t, 0);
+        }
+        let mut b = vec![0x9f, 0xeb, 1, 0];
+        for v in [
+            24u32,
+            0,
+            t.len() as u32,
+            t.len() as u32,
+            strings.len() as u32,
+        ] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        b.extend_from_slice(&t);
+        b.extend_from_slice(&strings);
+        let m = base.parse_module(&b, &["f", "mf", "zz"]).expect("parses");
+        // The base has ids 0..=7 (void and seven types).
+        assert_eq!(m.func_id("f"), Some(9));
+        assert_eq!(m.func_id("mf"), Some(10));
+        assert_eq!(m.func_id("zz"), None);
+        assert!(base.parse_module(b"garbage", &["f"]).is_err());
+    }
+
+    #[test]
+    fn the_running_kernels_modules_have_their_functions() {
+        let Ok(base) = Btf::from_file(VMLINUX_BTF) else {
+            return; // no kernel BTF here
+        };
+        // Module BTF is there only for loaded modules built with it.
+        let Ok(m) = base.module("ext4", &["ext4_break_layouts"]) else {
+            return;
+        };
+        let id = m.func_id("ext4_break_layouts").expect("ext4 has it");
+        assert!(id as usize >= base.types.len(), "ids follow vmlinux's");
     }
 
     #[test]

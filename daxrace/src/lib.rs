@@ -4,6 +4,7 @@
 //! [`decode`] -> [`detect`] (pure) -> sinks. The probe plan ([`plan`]) is the
 //! only place that knows how kernels differ.
 pub mod btf;
+pub mod btf_objects;
 pub mod decode;
 pub mod detect;
 pub mod event;

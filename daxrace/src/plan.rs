@@ -9,7 +9,13 @@
 use daxrace_common::HookId;
 use serde::Serialize;
 
-use crate::{btf::Btf, event::HookName, kallsyms::Kallsyms};
+use std::collections::HashMap;
+
+use crate::{
+    btf::{Btf, ModuleBtf},
+    event::HookName,
+    kallsyms::Kallsyms,
+};
 
 /// How a program attaches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
@@ -140,9 +146,16 @@ macro_rules! function {
     };
 }
 
+const BREAK_EXT4_FENTRY: &[Program] =
+    &[prog("fe_ext4_break", Fentry), prog("fx_ext4_break", Fexit)];
 const BREAK_EXT4: &[Program] = &[
     prog("kp_ext4_break", Kprobe),
     prog("kr_ext4_break", Kretprobe),
+];
+const BREAK_XFS_FENTRY: &[Program] = &[prog("fe_xfs_break", Fentry), prog("fx_xfs_break", Fexit)];
+const BREAK_XFS_DAX_FENTRY: &[Program] = &[
+    prog("fe_xfs_break_dax", Fentry),
+    prog("fx_xfs_break_dax", Fexit),
 ];
 const BREAK_XFS: &[Program] = &[
     prog("kp_xfs_break", Kprobe),
@@ -215,8 +228,13 @@ pub static HOOKS: &[HookSpec] = &[
     HookSpec {
         id: HookId::Ext4Break,
         purpose: "ext4 break-layouts call (the wait loop)",
-        // ext4 is a module on distribution kernels: kprobes only.
-        targets: &[function!("ext4_break_layouts", [], [BREAK_EXT4])],
+        // ext4 is a module on distribution kernels: fentry goes through
+        // the module's BTF.
+        targets: &[function!(
+            "ext4_break_layouts",
+            [BREAK_EXT4_FENTRY],
+            [BREAK_EXT4]
+        )],
         attach_all: false,
         wrappers: &[],
         context: false,
@@ -227,8 +245,8 @@ pub static HOOKS: &[HookSpec] = &[
         // xfs_break_layouts() holds the retry loop on every version; on 6.1
         // xfs_break_dax_layouts() is one scan and one wait per call.
         targets: &[
-            function!("xfs_break_layouts", [], [BREAK_XFS]),
-            function!("xfs_break_dax_layouts", [], [BREAK_XFS]),
+            function!("xfs_break_layouts", [BREAK_XFS_FENTRY], [BREAK_XFS]),
+            function!("xfs_break_dax_layouts", [BREAK_XFS_DAX_FENTRY], [BREAK_XFS]),
         ],
         attach_all: false,
         wrappers: &[],
@@ -403,6 +421,9 @@ pub struct KernelView<'a> {
     pub kallsyms: &'a Kallsyms,
     /// `None` when the kernel has no BTF: only kprobes and raw tracepoints remain.
     pub btf: Option<&'a Btf>,
+    /// The BTF of the modules the plan's functions live in, by module name
+    /// (absent: no fentry/fexit there).
+    pub modules: &'a HashMap<String, ModuleBtf>,
 }
 
 fn flavour_allowed(f: &Flavour, pref: AttachPreference) -> bool {
@@ -414,13 +435,24 @@ fn flavour_allowed(f: &Flavour, pref: AttachPreference) -> bool {
 }
 
 /// Whether the kernel can possibly serve this flavour on this symbol.
-fn flavour_possible(f: &Flavour, view: &KernelView<'_>, attach_to: &str, module: bool) -> bool {
+fn flavour_possible(
+    f: &Flavour,
+    view: &KernelView<'_>,
+    attach_to: &str,
+    module: Option<&str>,
+) -> bool {
     f.programs.iter().all(|p| match p.kind {
         // BTF tracepoints need the type in vmlinux BTF (module ones are not there).
         TpBtf => view.btf.is_some_and(|b| b.has_tracepoint(attach_to)),
         RawTracepoint => true,
-        // aya resolves fentry targets in vmlinux BTF only; clones are not in BTF.
-        Fentry | Fexit => !module && view.btf.is_some_and(|b| b.has_func(attach_to)),
+        // Clones are not in BTF; module functions are in the module's.
+        Fentry | Fexit => match module {
+            None => view.btf.is_some_and(|b| b.has_func(attach_to)),
+            Some(m) => view
+                .modules
+                .get(m)
+                .is_some_and(|b| b.func_id(attach_to).is_some()),
+        },
         Kprobe | Kretprobe => !view.kallsyms.is_empty(),
     })
 }
@@ -476,7 +508,7 @@ fn resolve_hook(spec: &HookSpec, view: &KernelView<'_>, pref: AttachPreference) 
         let flavours: Vec<Flavour> = table
             .iter()
             .filter(|f| flavour_allowed(f, pref))
-            .filter(|f| flavour_possible(f, view, &attach_to, module.is_some()))
+            .filter(|f| flavour_possible(f, view, &attach_to, module.as_deref()))
             .copied()
             .collect();
         if flavours.is_empty() {
@@ -515,6 +547,17 @@ pub fn symbols() -> impl Iterator<Item = &'static str> {
         .flat_map(|h| h.targets.iter())
         .filter(|t| !is_tracepoint(t))
         .map(|t| t.symbol)
+}
+
+/// The modules the plan's functions live in on this kernel (whose BTF
+/// fentry/fexit need), sorted.
+pub fn modules(kallsyms: &Kallsyms) -> Vec<String> {
+    let mut out: Vec<String> = symbols()
+        .filter_map(|s| kallsyms.resolve_function(s).and_then(|f| f.module.clone()))
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// Every tracepoint the table names.
@@ -638,6 +681,7 @@ ffffffff81400700 T init_wait_var_entry
             &KernelView {
                 kallsyms: &k,
                 btf: None,
+                modules: &HashMap::new(),
             },
             AttachPreference::Kprobe,
         )
@@ -705,12 +749,46 @@ ffffffff81400700 T init_wait_var_entry
     }
 
     #[test]
+    fn module_functions_use_fentry_where_the_module_has_btf() {
+        let k = Kallsyms::parse(DEBIAN_6_12);
+        assert_eq!(modules(&k), vec!["ext4", "xfs"]);
+        // ext4's BTF has its break function, xfs has no BTF at all.
+        let modules = HashMap::from([(
+            "ext4".to_string(),
+            ModuleBtf::with_funcs(&[("ext4_break_layouts", 70_001)]),
+        )]);
+        let plan = resolve(
+            &KernelView {
+                kallsyms: &k,
+                btf: None,
+                modules: &modules,
+            },
+            AttachPreference::Auto,
+        );
+        let kinds = |hook: HookId| -> Vec<Vec<AttachKind>> {
+            let p = plan.iter().find(|p| p.hook == hook).expect("planned");
+            p.candidates[0]
+                .flavours
+                .iter()
+                .map(|f| f.programs.iter().map(|p| p.kind).collect())
+                .collect()
+        };
+        assert_eq!(
+            kinds(HookId::Ext4Break),
+            vec![vec![Fentry, Fexit], vec![Kprobe, Kretprobe]],
+            "fentry first, kprobes when the kernel refuses it"
+        );
+        assert_eq!(kinds(HookId::XfsBreak), vec![vec![Kprobe, Kretprobe]]);
+    }
+
+    #[test]
     fn a_kernel_without_btf_falls_back_to_raw_tracepoints() {
         let k = Kallsyms::parse("ffffffff81000000 T _stext\n");
         let plan = resolve(
             &KernelView {
                 kallsyms: &k,
                 btf: None,
+                modules: &HashMap::new(),
             },
             AttachPreference::Auto,
         );

@@ -1,6 +1,6 @@
 //! Loads the eBPF object into the running kernel, attaches the probe plan, and
 //! hands out the ring buffer and counters. The only module that speaks aya.
-use std::collections::HashSet;
+use std::collections::HashMap;
 
 use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
@@ -12,7 +12,8 @@ use daxrace_common::{
 };
 
 use crate::{
-    btf::{Btf, VMLINUX_BTF},
+    btf::{Btf, ModuleBtf, VMLINUX_BTF},
+    btf_objects,
     event::HookName,
     facts::KernelFacts,
     kallsyms::Kallsyms,
@@ -73,12 +74,12 @@ pub struct Tracer {
     pub facts: KernelFacts,
     pub statuses: Vec<HookStatus>,
     pub kernel_release: String,
-    /// Programs already loaded (a kprobe program may serve several symbols).
-    loaded: HashSet<&'static str>,
     /// The plan's functions at their kernel ids (see `Btf::aya_fentry_btf`).
     btf_aya: Option<aya::Btf>,
     /// aya's model of the whole kernel BTF, parsed on first need (tp_btf).
     btf_full: Option<aya::Btf>,
+    /// The BTF of the modules the plan's functions live in (fentry there).
+    module_btfs: HashMap<String, ModuleBtf>,
     /// BPF run-time statistics were enabled (`--bpf-stats`).
     pub stats_enabled: bool,
     attach_pref: AttachPreference,
@@ -119,6 +120,25 @@ fn read_btf() -> Option<Btf> {
     let tracepoints: Vec<&str> = plan::tracepoints().collect();
     btf.index(&funcs, &tracepoints);
     Some(btf)
+}
+
+/// The BTF of each module the plan's functions live in, for the functions
+/// the plan names. A module without BTF is left out: its hooks use kprobes.
+fn read_module_btfs(btf: Option<&Btf>, kallsyms: &Kallsyms) -> HashMap<String, ModuleBtf> {
+    let Some(btf) = btf else {
+        return HashMap::new();
+    };
+    let funcs: Vec<&str> = plan::symbols().collect();
+    plan::modules(kallsyms)
+        .into_iter()
+        .filter_map(|m| match btf.module(&m, &funcs) {
+            Ok(b) => Some((m, b)),
+            Err(e) => {
+                log::debug!("module {m}: no BTF for fentry ({e})");
+                None
+            }
+        })
+        .collect()
 }
 
 /// The symbols the plan and the facts need, from /proc/kallsyms.
@@ -169,10 +189,10 @@ impl Tracer {
         let facts = KernelFacts::gather(btf.as_ref(), &kallsyms);
         log::debug!("BTF facts in {:?}", t.elapsed());
         let btf_aya = btf.as_ref().map(Btf::aya_fentry_btf);
+        let module_btfs = read_module_btfs(btf.as_ref(), &kallsyms);
         log::debug!("fentry BTF in {:?}", t.elapsed());
-        // The loader parses the kernel's BTF itself (aya 0.14 does so in
-        // `EbpfLoader::new`); it needs it for nothing our object uses.
-        let ebpf = EbpfLoader::new()
+        // The object has no CO-RE relocations: the loader needs no kernel BTF.
+        let ebpf = EbpfLoader::without_kernel_btf()
             .override_global(daxrace_common::CONFIG_GLOBAL, &facts.config, true)
             .map_max_entries(EVENTS_MAP, opts.ring_buffer_bytes)
             .load(OBJECT)
@@ -183,9 +203,9 @@ impl Tracer {
             facts,
             statuses: Vec::new(),
             kernel_release: kernel_release(),
-            loaded: HashSet::new(),
             btf_aya,
             btf_full: None,
+            module_btfs,
             stats_enabled: false,
             attach_pref: opts.attach,
             only: opts.only.clone(),
@@ -195,6 +215,7 @@ impl Tracer {
             &KernelView {
                 kallsyms: &kallsyms,
                 btf: btf.as_ref(),
+                modules: &tracer.module_btfs,
             },
             opts.attach,
         );
@@ -236,10 +257,12 @@ impl Tracer {
             return Vec::new();
         };
         let btf = read_btf();
+        self.module_btfs = read_module_btfs(btf.as_ref(), &kallsyms);
         let plan = plan::resolve(
             &KernelView {
                 kallsyms: &kallsyms,
                 btf: btf.as_ref(),
+                modules: &self.module_btfs,
             },
             self.attach_pref,
         );
@@ -278,7 +301,12 @@ impl Tracer {
                 let mut failed = None;
                 for program in flavour.programs {
                     let t = std::time::Instant::now();
-                    let result = self.attach_program(program.name, program.kind, &cand.attach_to);
+                    let result = self.attach_program(
+                        program.name,
+                        program.kind,
+                        &cand.attach_to,
+                        cand.module.as_deref(),
+                    );
                     log::debug!(
                         "{} {} on {}: {:?} in {:?}",
                         program.kind.as_str(),
@@ -329,13 +357,30 @@ impl Tracer {
         name: &'static str,
         kind: AttachKind,
         target: &str,
+        module: Option<&str>,
     ) -> Result<(), String> {
-        let first_load = self.loaded.insert(name);
+        // A program loads once (a kprobe program may serve several symbols);
+        // one the kernel refused may be tried again later.
+        let first_load = self.ebpf.program(name).is_some_and(|p| p.fd().is_err());
         if kind == AttachKind::TpBtf && self.btf_full.is_none() {
             // BTF tracepoints need the typedefs aya's model of the whole
             // BTF has; only kernels with such a tracepoint in vmlinux pay.
             self.btf_full = aya::Btf::from_sys_fs().ok();
         }
+        // A module function: its id in the module's BTF and that BTF object.
+        let module_target = match (kind, module) {
+            (AttachKind::Fentry | AttachKind::Fexit, Some(m)) if first_load => {
+                let id = self
+                    .module_btfs
+                    .get(m)
+                    .and_then(|b| b.func_id(target))
+                    .ok_or_else(|| format!("module {m} has no BTF for {target}"))?;
+                let fd = btf_objects::module_btf_fd(m)
+                    .map_err(|err| format!("module {m}'s BTF object: {err}"))?;
+                Some((id, fd))
+            }
+            _ => None,
+        };
         let btf = self.btf_aya.as_ref();
         let btf_full = self.btf_full.as_ref();
         let prog = self
@@ -365,17 +410,21 @@ impl Tracer {
             }
             AttachKind::Fentry => {
                 let p: &mut FEntry = prog.try_into().map_err(e)?;
-                let btf = btf.ok_or("no kernel BTF")?;
                 if first_load {
-                    p.load(target, btf).map_err(e)?;
+                    match module_target {
+                        Some((id, fd)) => p.load_in_btf_object(id, fd).map_err(e)?,
+                        None => p.load(target, btf.ok_or("no kernel BTF")?).map_err(e)?,
+                    }
                 }
                 p.attach().map_err(e)?;
             }
             AttachKind::Fexit => {
                 let p: &mut FExit = prog.try_into().map_err(e)?;
-                let btf = btf.ok_or("no kernel BTF")?;
                 if first_load {
-                    p.load(target, btf).map_err(e)?;
+                    match module_target {
+                        Some((id, fd)) => p.load_in_btf_object(id, fd).map_err(e)?,
+                        None => p.load(target, btf.ok_or("no kernel BTF")?).map_err(e)?,
+                    }
                 }
                 p.attach().map_err(e)?;
             }

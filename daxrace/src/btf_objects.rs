@@ -1,0 +1,122 @@
+//! Finds a kernel module's BTF object among those the kernel has loaded, so
+//! fentry/fexit programs can be loaded against the module's functions
+//! (`attach_btf_obj_fd`). Three `bpf(2)` commands; aya 0.14 has no public
+//! API for them.
+use std::{
+    io,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+};
+
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_BTF_GET_FD_BY_ID: libc::c_long = 19;
+const BPF_BTF_GET_NEXT_ID: libc::c_long = 23;
+
+/// `union bpf_attr`, as large as any command here needs; unused bytes zero.
+#[repr(C, align(8))]
+struct Attr([u8; 64]);
+
+impl Attr {
+    fn new() -> Self {
+        Attr([0; 64])
+    }
+    fn set_u32(&mut self, off: usize, v: u32) -> &mut Self {
+        self.0[off..off + 4].copy_from_slice(&v.to_ne_bytes());
+        self
+    }
+    fn set_u64(&mut self, off: usize, v: u64) -> &mut Self {
+        self.0[off..off + 8].copy_from_slice(&v.to_ne_bytes());
+        self
+    }
+    fn u32_at(&self, off: usize) -> u32 {
+        u32::from_ne_bytes(self.0[off..off + 4].try_into().expect("4 bytes"))
+    }
+}
+
+fn bpf(cmd: libc::c_long, attr: &mut Attr) -> io::Result<libc::c_long> {
+    // SAFETY: `attr` is a zero-padded bpf_attr of the size passed; the
+    // kernel reads and writes only within it (and the buffers it points to).
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr.0.as_mut_ptr(),
+            std::mem::size_of::<Attr>() as libc::c_uint,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// `struct bpf_btf_info`: the fields read here.
+#[repr(C)]
+#[derive(Default)]
+struct BtfInfo {
+    btf: u64,
+    btf_size: u32,
+    id: u32,
+    name: u64,
+    name_len: u32,
+    kernel_btf: u32,
+}
+
+/// A file descriptor for the BTF of kernel module `module` (`ext4`, `xfs`).
+pub fn module_btf_fd(module: &str) -> io::Result<OwnedFd> {
+    let mut id = 0u32;
+    loop {
+        let mut attr = Attr::new();
+        attr.set_u32(0, id);
+        match bpf(BPF_BTF_GET_NEXT_ID, &mut attr) {
+            Ok(_) => id = attr.u32_at(4),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("the kernel has no BTF object for module {module}"),
+                ))
+            }
+            Err(e) => return Err(e),
+        }
+        let mut attr = Attr::new();
+        attr.set_u32(0, id);
+        let fd = match bpf(BPF_BTF_GET_FD_BY_ID, &mut attr) {
+            // SAFETY: the command returned a new descriptor we now own.
+            Ok(fd) => unsafe { OwnedFd::from_raw_fd(fd as i32) },
+            // Freed between the two calls (a program's BTF): go on.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+            Err(e) => return Err(e),
+        };
+        let mut name = [0u8; 64];
+        let mut info = BtfInfo {
+            name: name.as_mut_ptr() as u64,
+            name_len: name.len() as u32,
+            ..BtfInfo::default()
+        };
+        let mut attr = Attr::new();
+        attr.set_u32(0, fd.as_raw_fd() as u32)
+            .set_u32(4, std::mem::size_of::<BtfInfo>() as u32)
+            .set_u64(8, &mut info as *mut BtfInfo as u64);
+        bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+        let len = name.iter().position(|&c| c == 0).unwrap_or(name.len());
+        if info.kernel_btf != 0 && &name[..len] == module.as_bytes() {
+            return Ok(fd);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vmlinux_btf_is_found_and_a_missing_module_is_named() {
+        if crate::tracer::check_privileges().is_err() {
+            return; // not root: the commands need CAP_SYS_ADMIN or CAP_BPF
+        }
+        // vmlinux's own BTF object is named "vmlinux" and is a kernel BTF.
+        assert!(module_btf_fd("vmlinux").is_ok());
+        let e = module_btf_fd("no_such_module_xyz").expect_err("absent");
+        assert!(e.to_string().contains("no_such_module_xyz"), "{e}");
+    }
+}
