@@ -74,6 +74,9 @@ pub struct Kallsyms {
     by_name: HashMap<String, KernelSymbol>,
     /// Base name -> clone names (`foo` -> [`foo.isra.0`]).
     clones: HashMap<String, Vec<String>>,
+    /// `(wrapper, callee)` pairs whose wrapper's code was seen to jump to
+    /// the callee (symbols looked up one by one carry no size).
+    jumps: std::collections::HashSet<(String, String)>,
 }
 
 impl Kallsyms {
@@ -194,6 +197,29 @@ impl Kallsyms {
             }
         }
         k
+    }
+
+    /// Adds a symbol learned otherwise than by listing (a lookup); `name`
+    /// may be a clone of `base`.
+    pub fn insert(&mut self, base: &str, sym: KernelSymbol) {
+        if sym.name != base {
+            self.clones
+                .entry(base.to_string())
+                .or_default()
+                .push(sym.name.clone());
+        }
+        self.by_name.entry(sym.name.clone()).or_insert(sym);
+    }
+
+    /// Records that `wrapper`'s code jumps straight to `callee`.
+    pub fn insert_jump(&mut self, wrapper: &str, callee: &str) {
+        self.jumps.insert((wrapper.to_string(), callee.to_string()));
+    }
+
+    /// Whether `wrapper`'s code was seen to jump straight to `callee`.
+    pub fn jumps_to(&self, wrapper: &str, callee: &str) -> bool {
+        self.jumps
+            .contains(&(wrapper.to_string(), callee.to_string()))
     }
 
     pub fn get(&self, name: &str) -> Option<&KernelSymbol> {

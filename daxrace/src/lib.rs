@@ -10,6 +10,7 @@ pub mod detect;
 pub mod event;
 pub mod facts;
 pub mod kallsyms;
+pub mod ksym;
 pub mod pipeline;
 pub mod plan;
 pub mod privs;

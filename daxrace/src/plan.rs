@@ -83,6 +83,9 @@ pub struct Target {
     /// may have lost or reordered arguments, so each target says which of its
     /// arguments it still trusts there. Empty: clones are not used.
     pub clone_flavours: &'static [Flavour],
+    /// The module the function lives in where its filesystem is built as
+    /// one (Debian's ext4 and xfs), for lookups that do not list modules.
+    pub module: Option<&'static str>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -124,6 +127,7 @@ macro_rules! tracepoint {
                 },
             ],
             clone_flavours: &[],
+            module: None,
         }
     };
 }
@@ -132,9 +136,15 @@ macro_rules! tracepoint {
 /// kprobe/kretprobe (every kernel has them). Either list may be empty.
 macro_rules! function {
     ($sym:literal, [$($fe:expr),*], [$($kp:expr),*]) => {
-        function!($sym, [$($fe),*], [$($kp),*], clones: [])
+        function!($sym, [$($fe),*], [$($kp),*], clones: [], module: None)
+    };
+    ($sym:literal, [$($fe:expr),*], [$($kp:expr),*], module: $m:literal) => {
+        function!($sym, [$($fe),*], [$($kp),*], clones: [], module: Some($m))
     };
     ($sym:literal, [$($fe:expr),*], [$($kp:expr),*], clones: [$($cl:expr),*]) => {
+        function!($sym, [$($fe),*], [$($kp),*], clones: [$($cl),*], module: None)
+    };
+    ($sym:literal, [$($fe:expr),*], [$($kp:expr),*], clones: [$($cl:expr),*], module: $m:expr) => {
         Target {
             symbol: $sym,
             flavours: &[
@@ -142,6 +152,7 @@ macro_rules! function {
                 $(Flavour { programs: $kp },)*
             ],
             clone_flavours: &[$(Flavour { programs: $cl },)*],
+            module: $m,
         }
     };
 }
@@ -233,7 +244,8 @@ pub static HOOKS: &[HookSpec] = &[
         targets: &[function!(
             "ext4_break_layouts",
             [BREAK_EXT4_FENTRY],
-            [BREAK_EXT4]
+            [BREAK_EXT4],
+            module: "ext4"
         )],
         attach_all: false,
         wrappers: &[],
@@ -245,8 +257,18 @@ pub static HOOKS: &[HookSpec] = &[
         // xfs_break_layouts() holds the retry loop on every version; on 6.1
         // xfs_break_dax_layouts() is one scan and one wait per call.
         targets: &[
-            function!("xfs_break_layouts", [BREAK_XFS_FENTRY], [BREAK_XFS]),
-            function!("xfs_break_dax_layouts", [BREAK_XFS_DAX_FENTRY], [BREAK_XFS]),
+            function!(
+                "xfs_break_layouts",
+                [BREAK_XFS_FENTRY],
+                [BREAK_XFS],
+                module: "xfs"
+            ),
+            function!(
+                "xfs_break_dax_layouts",
+                [BREAK_XFS_DAX_FENTRY],
+                [BREAK_XFS],
+                module: "xfs"
+            ),
         ],
         attach_all: false,
         wrappers: &[],
@@ -478,11 +500,12 @@ fn resolve_hook(spec: &HookSpec, view: &KernelView<'_>, pref: AttachPreference) 
     for t in spec.targets {
         let tail_call = spec.wrappers.iter().any(|&(wrapper, callee)| {
             wrapper == t.symbol
-                && view
+                && (view
                     .kallsyms
                     .get(wrapper)
                     .and_then(|s| s.size)
                     .is_some_and(|n| n <= WRAPPER_MAX_BYTES)
+                    || view.kallsyms.jumps_to(wrapper, callee))
                 && candidates.iter().any(|c: &Candidate| c.symbol == callee)
         });
         if tail_call {
@@ -540,13 +563,22 @@ fn resolve_hook(spec: &HookSpec, view: &KernelView<'_>, pref: AttachPreference) 
     }
 }
 
-/// Every kernel function the table names (what kallsyms must be searched for).
-pub fn symbols() -> impl Iterator<Item = &'static str> {
+/// Every kernel function target of the table (what symbol lookups ask for).
+pub fn function_targets() -> impl Iterator<Item = &'static Target> {
     HOOKS
         .iter()
         .flat_map(|h| h.targets.iter())
         .filter(|t| !is_tracepoint(t))
-        .map(|t| t.symbol)
+}
+
+/// Every `(wrapper, callee)` pair of the table.
+pub fn wrappers() -> impl Iterator<Item = (&'static str, &'static str)> {
+    HOOKS.iter().flat_map(|h| h.wrappers.iter().copied())
+}
+
+/// Every kernel function the table names (what kallsyms must be searched for).
+pub fn symbols() -> impl Iterator<Item = &'static str> {
+    function_targets().map(|t| t.symbol)
 }
 
 /// The modules the plan's functions live in on this kernel (whose BTF

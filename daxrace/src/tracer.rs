@@ -17,6 +17,7 @@ use crate::{
     event::HookName,
     facts::KernelFacts,
     kallsyms::Kallsyms,
+    ksym,
     plan::{
         self, AttachKind, AttachPreference, AttachedProgram, HookStatus, KernelView, PlannedAttach,
     },
@@ -56,6 +57,21 @@ pub struct TracerOptions {
     pub ring_buffer_bytes: u32,
     /// Attach only these hooks (all when empty).
     pub only: Vec<daxrace_common::HookId>,
+    /// Where kernel symbols come from.
+    pub symbols: SymbolSource,
+}
+
+/// `--symbols`: how daxrace learns which kernel functions exist.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SymbolSource {
+    /// Ask the kernel for each symbol the plan needs (a BPF syscall
+    /// program, 5.16+), where BTF does not already say; else read
+    /// /proc/kallsyms.
+    #[default]
+    Auto,
+    /// Read the whole of /proc/kallsyms (the kernel formats every symbol).
+    Kallsyms,
 }
 
 impl Default for TracerOptions {
@@ -65,6 +81,7 @@ impl Default for TracerOptions {
             strict: false,
             ring_buffer_bytes: 1 << 22,
             only: Vec::new(),
+            symbols: SymbolSource::Auto,
         }
     }
 }
@@ -74,6 +91,9 @@ pub struct Tracer {
     pub facts: KernelFacts,
     pub statuses: Vec<HookStatus>,
     pub kernel_release: String,
+    /// How the kernel's symbols were learned (`lookup` or `kallsyms`).
+    pub symbols_from: &'static str,
+    symbol_source: SymbolSource,
     /// The plan's functions at their kernel ids (see `Btf::aya_fentry_btf`).
     btf_aya: Option<aya::Btf>,
     /// aya's model of the whole kernel BTF, parsed on first need (tp_btf).
@@ -141,6 +161,28 @@ fn read_module_btfs(btf: Option<&Btf>, kallsyms: &Kallsyms) -> HashMap<String, M
         .collect()
 }
 
+/// The symbols the plan and the facts need, and where they came from:
+/// looked up one by one where the kernel answers such lookups, else read
+/// from /proc/kallsyms.
+fn read_symbols(
+    source: SymbolSource,
+    btf: Option<&Btf>,
+) -> Result<(Kallsyms, &'static str), TraceError> {
+    if let (SymbolSource::Auto, Some(btf)) = (source, btf) {
+        let looked_up = ksym::SymbolLookup::load().and_then(|l| ksym::plan_symbols(&l, btf));
+        match looked_up {
+            Ok(Some(k)) => return Ok((k, "lookup")),
+            Ok(None) => log::debug!("a cloned function needs the full symbol list"),
+            Err(e) => log::debug!(
+                "no symbol lookups here ({e}): reading {}",
+                crate::kallsyms::KALLSYMS
+            ),
+        }
+    }
+    let k = read_kallsyms().map_err(TraceError::Kallsyms)?;
+    Ok((k, "kallsyms"))
+}
+
 /// The symbols the plan and the facts need, from /proc/kallsyms.
 fn read_kallsyms() -> std::io::Result<Kallsyms> {
     let wanted: Vec<&str> = plan::symbols()
@@ -183,11 +225,11 @@ impl Tracer {
         check_privileges()?;
         raise_memlock();
         let t = std::time::Instant::now();
-        let kallsyms = read_kallsyms().map_err(TraceError::Kallsyms)?;
-        log::debug!("kallsyms read in {:?}", t.elapsed());
         let btf = read_btf();
+        log::debug!("BTF read in {:?}", t.elapsed());
+        let (kallsyms, symbols_from) = read_symbols(opts.symbols, btf.as_ref())?;
+        log::debug!("symbols ({symbols_from}) in {:?}", t.elapsed());
         let facts = KernelFacts::gather(btf.as_ref(), &kallsyms);
-        log::debug!("BTF facts in {:?}", t.elapsed());
         let btf_aya = btf.as_ref().map(Btf::aya_fentry_btf);
         let module_btfs = read_module_btfs(btf.as_ref(), &kallsyms);
         log::debug!("fentry BTF in {:?}", t.elapsed());
@@ -203,6 +245,8 @@ impl Tracer {
             facts,
             statuses: Vec::new(),
             kernel_release: kernel_release(),
+            symbols_from,
+            symbol_source: opts.symbols,
             btf_aya,
             btf_full: None,
             module_btfs,
@@ -253,10 +297,10 @@ impl Tracer {
             return Vec::new();
         }
         self.modules_seen = modules;
-        let Ok(kallsyms) = read_kallsyms() else {
+        let btf = read_btf();
+        let Ok((kallsyms, _)) = read_symbols(self.symbol_source, btf.as_ref()) else {
             return Vec::new();
         };
-        let btf = read_btf();
         self.module_btfs = read_module_btfs(btf.as_ref(), &kallsyms);
         let plan = plan::resolve(
             &KernelView {

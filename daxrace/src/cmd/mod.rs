@@ -7,7 +7,7 @@ pub mod trace;
 
 use daxrace::{
     plan::AttachPreference,
-    tracer::{Tracer, TracerOptions},
+    tracer::{SymbolSource, Tracer, TracerOptions},
 };
 
 /// Exit code for daxrace's own errors (bad input, cannot attach).
@@ -73,6 +73,11 @@ pub struct AttachArgs {
     /// probes` prints them); default: all.
     #[arg(long, value_delimiter = ',', value_name = "HOOKS")]
     pub hooks: Vec<String>,
+    /// How kernel symbols are learned: `auto` asks the kernel for each one
+    /// (5.16+) and reads /proc/kallsyms only where it must; `kallsyms`
+    /// always reads the whole list.
+    #[arg(long, value_enum, default_value_t = SymbolSource::Auto)]
+    pub symbols: SymbolSource,
 }
 
 impl AttachArgs {
@@ -100,6 +105,7 @@ impl AttachArgs {
             strict: self.strict,
             ring_buffer_bytes: (self.ring_buffer_kib.max(4) * 1024).next_power_of_two(),
             only,
+            symbols: self.symbols,
         })
     }
 }

@@ -19,6 +19,7 @@ pub fn run(args: ProbesArgs) -> Result<i32> {
     if args.json {
         let doc = serde_json::json!({
             "kernel": tracer.kernel_release,
+            "symbols": tracer.symbols_from,
             "facts": tracer.facts,
             "hooks": tracer.statuses,
         });
@@ -26,7 +27,10 @@ pub fn run(args: ProbesArgs) -> Result<i32> {
         return Ok(0);
     }
     print_warnings(&tracer);
-    println!("kernel {}", tracer.kernel_release);
+    println!(
+        "kernel {} (symbols by {})",
+        tracer.kernel_release, tracer.symbols_from
+    );
     println!(
         "facts: page._refcount@{} page.mapping@{} sizeof(page)={} idle refcount={} pin bias={}",
         tracer.facts.page_refcount_offset,

@@ -109,6 +109,9 @@ daxrace probes --json > /tmp/probes.json 2>/tmp/probes.err
 echo "@@DR all probes $?"
 echo "@@PROBESJSON $(tr -d '\n' < /tmp/probes.json)"
 sed 's/^/  probes: /' /tmp/probes.err
+# The same plan from the whole /proc/kallsyms, to check the lookups by.
+daxrace probes --json --symbols kallsyms > /tmp/probes-k.json 2>/dev/null
+echo "@@PROBESJSONK $(tr -d '\n' < /tmp/probes-k.json)"
 # Detach: kernel-held links must not outlive a SIGKILLed daxrace. Our
 # programs show in /proc/kallsyms as bpf_prog_<tag>_<name> while loaded.
 ours() { grep -cE 'bpf_prog_[0-9a-f]+_(kp|kr|fe|fx|raw|tp)_' /proc/kallsyms; }
@@ -227,6 +230,8 @@ type Parsed = (
     Vec<String>,
     BTreeMap<String, FsResult>,
     Value,
+    // `daxrace probes --json --symbols kallsyms`.
+    Value,
     Option<i32>,
     // Our programs loaded before and after SIGKILL, and tracefs kprobe events left.
     Option<(u64, u64, u64)>,
@@ -243,11 +248,16 @@ fn parse(out: &guest::Outcome, fss: &[&str]) -> Parsed {
         .collect();
     let mut current_fs = String::new();
     let mut probes = Value::Null;
+    let mut probes_k = Value::Null;
     let mut probes_rc = None;
     let mut detach: Option<(u64, u64, u64)> = None;
     for l in &out.output {
         if let Some(json) = l.strip_prefix("@@PROBESJSON ") {
             probes = serde_json::from_str(json).unwrap_or(Value::Null);
+            continue;
+        }
+        if let Some(json) = l.strip_prefix("@@PROBESJSONK ") {
+            probes_k = serde_json::from_str(json).unwrap_or(Value::Null);
             continue;
         }
         let w: Vec<&str> = l.split_whitespace().collect();
@@ -347,7 +357,32 @@ fn parse(out: &guest::Outcome, fss: &[&str]) -> Parsed {
         }
         prev = fs.to_string();
     }
-    (symbols, absent, res, probes, probes_rc, detach)
+    (symbols, absent, res, probes, probes_k, probes_rc, detach)
+}
+
+/// Symbols looked up one by one must give the plan the whole listing gives,
+/// and the lookups must be what the default used (every tested kernel is
+/// 5.16+).
+fn check_symbol_sources(probes: &Value, from_kallsyms: &Value) -> Vec<String> {
+    let mut failures = Vec::new();
+    if probes["symbols"] != "lookup" {
+        failures.push(format!(
+            "daxrace probes learned symbols by {} instead of lookups",
+            probes["symbols"]
+        ));
+    }
+    if from_kallsyms["symbols"] != "kallsyms" {
+        failures.push("daxrace probes --symbols kallsyms did not read kallsyms".into());
+    }
+    for key in ["hooks", "facts"] {
+        if probes[key].is_null() || probes[key] != from_kallsyms[key] {
+            failures.push(format!(
+                "{key} from symbol lookups differ from {key} from /proc/kallsyms: {} vs {}",
+                probes[key], from_kallsyms[key]
+            ));
+        }
+    }
+    failures
 }
 
 /// What daxrace must report on each series: Debian's 6.1 releases
@@ -468,8 +503,9 @@ fn run_series(series: &str) -> Result<SeriesResult> {
         },
         &super::guest_binaries(),
     )?;
-    let (symbols, absent_probes, fs, probes, probes_rc, detach) = parse(&out, fss);
+    let (symbols, absent_probes, fs, probes, probes_k, probes_rc, detach) = parse(&out, fss);
     let mut failures = check_daxrace(series, &probes, probes_rc, &fs, &out.dmesg);
+    failures.extend(check_symbol_sources(&probes, &probes_k));
     match detach {
         Some((before, 0, 0)) if before > 0 => {
             println!("--- {series}: SIGKILL detach: {before} programs loaded, 0 left")
@@ -760,7 +796,7 @@ mod unit {
             output: lines.iter().map(|s| s.to_string()).collect(),
             dmesg: Vec::new(),
         };
-        let (syms, absent, res, _, _, _) = parse(&out, &["ext4", "xfs"]);
+        let (syms, absent, res, _, _, _, _) = parse(&out, &["ext4", "xfs"]);
         assert_eq!(
             syms,
             ["dax_disassociate_entry(t)", "ext4_break_layouts[ext4]"]
@@ -796,5 +832,29 @@ mod unit {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
+    }
+
+    #[test]
+    fn symbol_lookups_must_match_the_listing() {
+        let plan = |from: &str, attach_to: &str| {
+            serde_json::json!({
+                "symbols": from,
+                "facts": {"idle_refcount": 1},
+                "hooks": [{"hook": "disassociate", "attached": [{"symbol": attach_to}]}],
+            })
+        };
+        let same = check_symbol_sources(
+            &plan("lookup", "dax_disassociate_entry.isra.0"),
+            &plan("kallsyms", "dax_disassociate_entry.isra.0"),
+        );
+        assert!(same.is_empty(), "{same:?}");
+        let differ = check_symbol_sources(
+            &plan("lookup", "dax_disassociate_entry"),
+            &plan("kallsyms", "dax_disassociate_entry.isra.0"),
+        );
+        assert_eq!(differ.len(), 1, "{differ:?}");
+        let fell_back = check_symbol_sources(&plan("kallsyms", "x"), &plan("kallsyms", "x"));
+        assert_eq!(fell_back.len(), 1, "{fell_back:?}");
+        assert_eq!(check_symbol_sources(&Value::Null, &Value::Null).len(), 4);
     }
 }
