@@ -123,17 +123,18 @@ fn extra_bytes(kind: u8, vlen: u16) -> Result<usize, BtfError> {
     })
 }
 
-/// The functions a kernel module's BTF offers fentry/fexit: its split BTF
-/// (`/sys/kernel/btf/<module>`) continues vmlinux's type ids and strings.
+/// Type ids of the functions the plan may load fentry/fexit programs
+/// against, in vmlinux's BTF or in a module's split BTF
+/// (`/sys/kernel/btf/<module>`, which continues vmlinux's ids and strings).
 #[derive(Debug, Default)]
-pub struct ModuleBtf {
+pub struct FuncIds {
     funcs: HashMap<String, u32>,
 }
 
-impl ModuleBtf {
+impl FuncIds {
     #[cfg(test)]
     pub(crate) fn with_funcs(funcs: &[(&str, u32)]) -> Self {
-        ModuleBtf {
+        FuncIds {
             funcs: funcs.iter().map(|&(n, id)| (n.to_string(), id)).collect(),
         }
     }
@@ -147,7 +148,7 @@ impl ModuleBtf {
 
 impl Btf {
     /// Reads module `module`'s BTF for the functions in `funcs`.
-    pub fn module(&self, module: &str, funcs: &[&str]) -> Result<ModuleBtf, BtfError> {
+    pub fn module(&self, module: &str, funcs: &[&str]) -> Result<FuncIds, BtfError> {
         let path = format!("/sys/kernel/btf/{module}");
         let bytes = std::fs::read(&path).map_err(|source| BtfError::Read { path, source })?;
         self.parse_module(&bytes, funcs)
@@ -155,11 +156,11 @@ impl Btf {
 
     /// Parses a split BTF blob on top of this (base) BTF, keeping the ids of
     /// the functions named in `funcs`.
-    pub fn parse_module(&self, b: &[u8], funcs: &[&str]) -> Result<ModuleBtf, BtfError> {
+    pub fn parse_module(&self, b: &[u8], funcs: &[&str]) -> Result<FuncIds, BtfError> {
         let (tb, strings) = sections(b)?;
         let base_strings = self.strings.len() as u32;
         let wanted: HashSet<&str> = funcs.iter().copied().collect();
-        let mut out = ModuleBtf::default();
+        let mut out = FuncIds::default();
         let mut id = self.types.len() as u32;
         let mut off = 0usize;
         while off < tb.len() {
@@ -350,33 +351,15 @@ impl Btf {
         self.index = Some(ix);
     }
 
-    /// An aya `Btf` holding only the indexed functions, each at the running
-    /// kernel's type id, the other ids left empty. To load fentry and fexit
-    /// programs aya 0.14 asks nothing else of it (`id_by_type_name_kind`),
-    /// and parsing the kernel's BTF into aya's model again took 140 ms of
-    /// start-up under emulation, on top of the parse aya's loader does.
-    pub fn aya_fentry_btf(&self) -> aya::Btf {
-        use aya_obj::btf::{BtfType, Func, FuncLinkage};
-        let mut funcs: Vec<(u32, &str)> = self
-            .index
-            .iter()
-            .flat_map(|ix| ix.funcs.iter().map(|(n, &id)| (id, n.as_str())))
-            .collect();
-        funcs.sort();
-        let mut b = aya::Btf::new();
-        // Id 0 (void) is there from the start.
-        let mut next = 1;
-        for (id, name) in funcs {
-            while next < id {
-                b.add_type(BtfType::Unknown);
-                next += 1;
-            }
-            let off = b.add_string(name);
-            let got = b.add_type(BtfType::Func(Func::new(off, 0, FuncLinkage::Global)));
-            debug_assert_eq!(got, id);
-            next += 1;
+    /// The type ids of the indexed functions (what fentry/fexit load with).
+    pub fn func_ids(&self) -> FuncIds {
+        FuncIds {
+            funcs: self
+                .index
+                .as_ref()
+                .map(|ix| ix.funcs.clone())
+                .unwrap_or_default(),
         }
-        b
     }
 
     /// Whether the struct exists at all (e.g. `struct folio`).
@@ -563,7 +546,7 @@ mod tests {
     }
 
     #[test]
-    fn the_fentry_btf_gives_aya_the_kernels_own_ids() {
+    fn function_ids_are_the_kernels_own() {
         let Ok(mut btf) = Btf::from_file(VMLINUX_BTF) else {
             return; // no kernel BTF here: nothing to compare with
         };
@@ -575,19 +558,16 @@ mod tests {
         btf.index(&funcs, &[]);
         assert!(btf.has_func("wake_up_var"));
         assert!(!btf.has_func("no_such_function_here"));
-        let ours = btf.aya_fentry_btf();
+        let ours = btf.func_ids();
         let full = aya::Btf::from_sys_fs().expect("aya parses the kernel BTF");
         for f in &funcs[..2] {
             assert_eq!(
-                ours.id_by_type_name_kind(f, aya_obj::btf::BtfKind::Func)
-                    .ok(),
+                ours.func_id(f),
                 full.id_by_type_name_kind(f, aya_obj::btf::BtfKind::Func)
                     .ok(),
                 "{f}"
             );
         }
-        assert!(ours
-            .id_by_type_name_kind(funcs[2], aya_obj::btf::BtfKind::Func)
-            .is_err());
+        assert_eq!(ours.func_id(funcs[2]), None);
     }
 }

@@ -12,7 +12,7 @@ use serde::Serialize;
 use std::collections::HashMap;
 
 use crate::{
-    btf::{Btf, ModuleBtf},
+    btf::{Btf, FuncIds},
     event::HookName,
     kallsyms::Kallsyms,
 };
@@ -445,7 +445,7 @@ pub struct KernelView<'a> {
     pub btf: Option<&'a Btf>,
     /// The BTF of the modules the plan's functions live in, by module name
     /// (absent: no fentry/fexit there).
-    pub modules: &'a HashMap<String, ModuleBtf>,
+    pub modules: &'a HashMap<String, FuncIds>,
 }
 
 fn flavour_allowed(f: &Flavour, pref: AttachPreference) -> bool {
@@ -787,7 +787,7 @@ ffffffff81400700 T init_wait_var_entry
         // ext4's BTF has its break function, xfs has no BTF at all.
         let modules = HashMap::from([(
             "ext4".to_string(),
-            ModuleBtf::with_funcs(&[("ext4_break_layouts", 70_001)]),
+            FuncIds::with_funcs(&[("ext4_break_layouts", 70_001)]),
         )]);
         let plan = resolve(
             &KernelView {

@@ -12,7 +12,7 @@ use daxrace_common::{
 };
 
 use crate::{
-    btf::{Btf, ModuleBtf, VMLINUX_BTF},
+    btf::{Btf, FuncIds, VMLINUX_BTF},
     btf_objects,
     event::HookName,
     facts::KernelFacts,
@@ -94,12 +94,12 @@ pub struct Tracer {
     /// How the kernel's symbols were learned (`lookup` or `kallsyms`).
     pub symbols_from: &'static str,
     symbol_source: SymbolSource,
-    /// The plan's functions at their kernel ids (see `Btf::aya_fentry_btf`).
-    btf_aya: Option<aya::Btf>,
+    /// The plan's functions at their vmlinux BTF ids (fentry/fexit).
+    vmlinux_funcs: FuncIds,
     /// aya's model of the whole kernel BTF, parsed on first need (tp_btf).
     btf_full: Option<aya::Btf>,
     /// The BTF of the modules the plan's functions live in (fentry there).
-    module_btfs: HashMap<String, ModuleBtf>,
+    module_btfs: HashMap<String, FuncIds>,
     /// BPF run-time statistics were enabled (`--bpf-stats`).
     pub stats_enabled: bool,
     attach_pref: AttachPreference,
@@ -144,7 +144,7 @@ fn read_btf() -> Option<Btf> {
 
 /// The BTF of each module the plan's functions live in, for the functions
 /// the plan names. A module without BTF is left out: its hooks use kprobes.
-fn read_module_btfs(btf: Option<&Btf>, kallsyms: &Kallsyms) -> HashMap<String, ModuleBtf> {
+fn read_module_btfs(btf: Option<&Btf>, kallsyms: &Kallsyms) -> HashMap<String, FuncIds> {
     let Some(btf) = btf else {
         return HashMap::new();
     };
@@ -230,9 +230,10 @@ impl Tracer {
         let (kallsyms, symbols_from) = read_symbols(opts.symbols, btf.as_ref())?;
         log::debug!("symbols ({symbols_from}) in {:?}", t.elapsed());
         let facts = KernelFacts::gather(btf.as_ref(), &kallsyms);
-        let btf_aya = btf.as_ref().map(Btf::aya_fentry_btf);
+        log::debug!("facts in {:?}", t.elapsed());
+        let vmlinux_funcs = btf.as_ref().map(Btf::func_ids).unwrap_or_default();
         let module_btfs = read_module_btfs(btf.as_ref(), &kallsyms);
-        log::debug!("fentry BTF in {:?}", t.elapsed());
+        log::debug!("module BTF in {:?}", t.elapsed());
         // The object has no CO-RE relocations: the loader needs no kernel BTF.
         let ebpf = EbpfLoader::without_kernel_btf()
             .override_global(daxrace_common::CONFIG_GLOBAL, &facts.config, true)
@@ -247,7 +248,7 @@ impl Tracer {
             kernel_release: kernel_release(),
             symbols_from,
             symbol_source: opts.symbols,
-            btf_aya,
+            vmlinux_funcs,
             btf_full: None,
             module_btfs,
             stats_enabled: false,
@@ -411,21 +412,29 @@ impl Tracer {
             // BTF has; only kernels with such a tracepoint in vmlinux pay.
             self.btf_full = aya::Btf::from_sys_fs().ok();
         }
-        // A module function: its id in the module's BTF and that BTF object.
-        let module_target = match (kind, module) {
-            (AttachKind::Fentry | AttachKind::Fexit, Some(m)) if first_load => {
-                let id = self
-                    .module_btfs
-                    .get(m)
-                    .and_then(|b| b.func_id(target))
-                    .ok_or_else(|| format!("module {m} has no BTF for {target}"))?;
-                let fd = btf_objects::module_btf_fd(m)
-                    .map_err(|err| format!("module {m}'s BTF object: {err}"))?;
-                Some((id, fd))
-            }
+        // fentry/fexit: the function's BTF id, and for a module function the
+        // module's BTF object that id belongs to.
+        let by_id = match kind {
+            AttachKind::Fentry | AttachKind::Fexit if first_load => Some(match module {
+                None => (
+                    self.vmlinux_funcs
+                        .func_id(target)
+                        .ok_or_else(|| format!("no vmlinux BTF for {target}"))?,
+                    None,
+                ),
+                Some(m) => (
+                    self.module_btfs
+                        .get(m)
+                        .and_then(|b| b.func_id(target))
+                        .ok_or_else(|| format!("module {m} has no BTF for {target}"))?,
+                    Some(
+                        btf_objects::module_btf_fd(m)
+                            .map_err(|err| format!("module {m}'s BTF object: {err}"))?,
+                    ),
+                ),
+            }),
             _ => None,
         };
-        let btf = self.btf_aya.as_ref();
         let btf_full = self.btf_full.as_ref();
         let prog = self
             .ebpf
@@ -454,21 +463,15 @@ impl Tracer {
             }
             AttachKind::Fentry => {
                 let p: &mut FEntry = prog.try_into().map_err(e)?;
-                if first_load {
-                    match module_target {
-                        Some((id, fd)) => p.load_in_btf_object(id, fd).map_err(e)?,
-                        None => p.load(target, btf.ok_or("no kernel BTF")?).map_err(e)?,
-                    }
+                if let Some((id, obj)) = by_id {
+                    p.load_by_btf_id(id, obj).map_err(e)?;
                 }
                 p.attach().map_err(e)?;
             }
             AttachKind::Fexit => {
                 let p: &mut FExit = prog.try_into().map_err(e)?;
-                if first_load {
-                    match module_target {
-                        Some((id, fd)) => p.load_in_btf_object(id, fd).map_err(e)?,
-                        None => p.load(target, btf.ok_or("no kernel BTF")?).map_err(e)?,
-                    }
+                if let Some((id, obj)) = by_id {
+                    p.load_by_btf_id(id, obj).map_err(e)?;
                 }
                 p.attach().map_err(e)?;
             }

@@ -78,20 +78,22 @@ impl FExit {
         load_program_with_attach_type(BPF_PROG_TYPE_TRACING, BPF_TRACE_FEXIT, data)
     }
 
-    /// Loads the program so it's executed when the function `btf_id` of the
-    /// BTF object `btf_obj` is exited: a kernel module's split BTF, opened
-    /// with `BPF_BTF_GET_FD_BY_ID`, whose type ids follow vmlinux's.
+    /// Loads the program so it's executed when the kernel function of BTF
+    /// type id `btf_id` is exited: an id of vmlinux's BTF when `btf_obj` is
+    /// `None`, else of the BTF object `btf_obj` (a kernel module's split
+    /// BTF, opened with `BPF_BTF_GET_FD_BY_ID`; its ids follow vmlinux's).
     ///
     /// daxrace patch: aya 0.14 loads tracing programs only against vmlinux
-    /// functions, so module functions (ext4, xfs) were left to kprobes.
-    pub fn load_in_btf_object(
+    /// functions, found by name in a fully parsed [`Btf`]; the caller may
+    /// know the id without that parse.
+    pub fn load_by_btf_id(
         &mut self,
         btf_id: u32,
-        btf_obj: std::os::fd::OwnedFd,
+        btf_obj: Option<std::os::fd::OwnedFd>,
     ) -> Result<(), ProgramError> {
         let Self { data } = self;
         data.attach_btf_id = Some(btf_id);
-        data.attach_btf_obj_fd = Some(crate::MockableFd::from_fd(btf_obj));
+        data.attach_btf_obj_fd = btf_obj.map(crate::MockableFd::from_fd);
         load_program_with_attach_type(BPF_PROG_TYPE_TRACING, BPF_TRACE_FEXIT, data)
     }
 
