@@ -184,6 +184,40 @@ impl Btf {
         Ok(out)
     }
 
+    /// The name of type `id` in this BTF.
+    pub fn type_name(&self, id: u32) -> Option<&str> {
+        self.types.get(id as usize).map(|t| self.name(t.name_off))
+    }
+
+    /// The name of type `id` of a module's split BTF `b` on top of this one.
+    pub fn split_type_name(&self, b: &[u8], id: u32) -> Result<Option<String>, BtfError> {
+        if let Some(n) = (id < self.types.len() as u32)
+            .then(|| self.type_name(id))
+            .flatten()
+        {
+            return Ok(Some(n.to_string()));
+        }
+        let (tb, strings) = sections(b)?;
+        let base_strings = self.strings.len() as u32;
+        let mut cur = self.types.len() as u32;
+        let mut off = 0usize;
+        while off < tb.len() {
+            let name_off = u32_at(tb, off)?;
+            let info = u32_at(tb, off + 4)?;
+            if cur == id {
+                let name = if name_off < base_strings {
+                    self.name(name_off)
+                } else {
+                    c_str(strings, (name_off - base_strings) as usize)
+                };
+                return Ok(Some(name.to_string()));
+            }
+            off += 12 + extra_bytes(((info >> 24) & 0x1f) as u8, (info & 0xffff) as u16)?;
+            cur += 1;
+        }
+        Ok(None)
+    }
+
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, BtfError> {
         let path = path.as_ref();
         let bytes = std::fs::read(path).map_err(|source| BtfError::Read {
@@ -510,6 +544,19 @@ mod tests {
         assert_eq!(m.func_id("f"), Some(9));
         assert_eq!(m.func_id("mf"), Some(10));
         assert_eq!(m.func_id("zz"), None);
+        assert_eq!(
+            base.split_type_name(&b, 10).ok().flatten().as_deref(),
+            Some("mf")
+        );
+        assert_eq!(
+            base.split_type_name(&b, 9).ok().flatten().as_deref(),
+            Some("f")
+        );
+        assert_eq!(
+            base.split_type_name(&b, 3).ok().flatten().as_deref(),
+            Some("inner")
+        );
+        assert_eq!(base.split_type_name(&b, 11).ok().flatten(), None);
         assert!(base.parse_module(b"garbage", &["f"]).is_err());
     }
 

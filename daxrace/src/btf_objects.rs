@@ -62,6 +62,49 @@ struct BtfInfo {
     kernel_btf: u32,
 }
 
+/// The BTF object of id `id`, opened; `None` when it was freed meanwhile.
+fn open_by_id(id: u32) -> io::Result<Option<OwnedFd>> {
+    let mut attr = Attr::new();
+    attr.set_u32(0, id);
+    match bpf(BPF_BTF_GET_FD_BY_ID, &mut attr) {
+        // SAFETY: the command returned a new descriptor we now own.
+        Ok(fd) => Ok(Some(unsafe { OwnedFd::from_raw_fd(fd as i32) })),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// A BTF object's name ("vmlinux", a module's, "" for a program's), and
+/// whether it is the kernel's own.
+fn name_of(fd: &OwnedFd) -> io::Result<(String, bool)> {
+    let mut name = [0u8; 64];
+    let mut info = BtfInfo {
+        name: name.as_mut_ptr() as u64,
+        name_len: name.len() as u32,
+        ..BtfInfo::default()
+    };
+    let mut attr = Attr::new();
+    attr.set_u32(0, fd.as_raw_fd() as u32)
+        .set_u32(4, std::mem::size_of::<BtfInfo>() as u32)
+        .set_u64(8, &mut info as *mut BtfInfo as u64);
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    let len = name.iter().position(|&c| c == 0).unwrap_or(name.len());
+    Ok((
+        String::from_utf8_lossy(&name[..len]).into_owned(),
+        info.kernel_btf != 0,
+    ))
+}
+
+/// The name of the kernel BTF object of id `id` ("vmlinux" or a module's),
+/// as `/sys/kernel/btf/` names it.
+pub fn kernel_btf_name(id: u32) -> io::Result<Option<String>> {
+    let Some(fd) = open_by_id(id)? else {
+        return Ok(None);
+    };
+    let (name, kernel) = name_of(&fd)?;
+    Ok(kernel.then_some(name))
+}
+
 /// A file descriptor for the BTF of kernel module `module` (`ext4`, `xfs`).
 pub fn module_btf_fd(module: &str) -> io::Result<OwnedFd> {
     let mut id = 0u32;
@@ -78,28 +121,12 @@ pub fn module_btf_fd(module: &str) -> io::Result<OwnedFd> {
             }
             Err(e) => return Err(e),
         }
-        let mut attr = Attr::new();
-        attr.set_u32(0, id);
-        let fd = match bpf(BPF_BTF_GET_FD_BY_ID, &mut attr) {
-            // SAFETY: the command returned a new descriptor we now own.
-            Ok(fd) => unsafe { OwnedFd::from_raw_fd(fd as i32) },
-            // Freed between the two calls (a program's BTF): go on.
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
-            Err(e) => return Err(e),
+        // Freed between the two calls (a program's BTF): go on.
+        let Some(fd) = open_by_id(id)? else {
+            continue;
         };
-        let mut name = [0u8; 64];
-        let mut info = BtfInfo {
-            name: name.as_mut_ptr() as u64,
-            name_len: name.len() as u32,
-            ..BtfInfo::default()
-        };
-        let mut attr = Attr::new();
-        attr.set_u32(0, fd.as_raw_fd() as u32)
-            .set_u32(4, std::mem::size_of::<BtfInfo>() as u32)
-            .set_u64(8, &mut info as *mut BtfInfo as u64);
-        bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
-        let len = name.iter().position(|&c| c == 0).unwrap_or(name.len());
-        if info.kernel_btf != 0 && &name[..len] == module.as_bytes() {
+        let (name, kernel) = name_of(&fd)?;
+        if kernel && name == module {
             return Ok(fd);
         }
     }
@@ -116,6 +143,11 @@ mod tests {
         }
         // vmlinux's own BTF object is named "vmlinux" and is a kernel BTF.
         assert!(module_btf_fd("vmlinux").is_ok());
+        // vmlinux's BTF is the first object the kernel creates.
+        assert_eq!(
+            kernel_btf_name(1).expect("id 1").as_deref(),
+            Some("vmlinux")
+        );
         let e = module_btf_fd("no_such_module_xyz").expect_err("absent");
         assert!(e.to_string().contains("no_such_module_xyz"), "{e}");
     }

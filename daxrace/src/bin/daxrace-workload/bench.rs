@@ -8,6 +8,10 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
+use daxrace::{
+    btf::{Btf, VMLINUX_BTF},
+    btf_objects::kernel_btf_name,
+};
 
 #[derive(clap::Args)]
 pub struct ProgStatsArgs {
@@ -88,7 +92,7 @@ const BPF_TASK_FD_QUERY: libc::c_long = 20;
 fn attachments(pid: u32) -> Result<BTreeMap<u32, Vec<String>>> {
     let mut out: BTreeMap<u32, Vec<String>> = BTreeMap::new();
     let dir = format!("/proc/{pid}/fd");
-    let mut btf: Option<Vec<u8>> = None;
+    let mut btf: Option<Btf> = None;
     for e in std::fs::read_dir(&dir).with_context(|| format!("cannot list {dir}"))? {
         let e = e?;
         let Some(fd) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
@@ -165,14 +169,19 @@ fn attachments(pid: u32) -> Result<BTreeMap<u32, Vec<String>>> {
             Some("25") => "fexit",
             _ => "tracing",
         };
-        // Only vmlinux (object id 1) is read; module BTF is split BTF.
-        let name = if obj_id == 1 {
-            if btf.is_none() {
-                btf = std::fs::read("/sys/kernel/btf/vmlinux").ok();
-            }
-            btf.as_deref().and_then(|b| btf_name(b, btf_id))
-        } else {
-            None
+        // vmlinux's BTF, or a module's split BTF on top of it.
+        if btf.is_none() {
+            btf = Btf::from_file(VMLINUX_BTF).ok();
+        }
+        let name = match kernel_btf_name(obj_id).ok().flatten().as_deref() {
+            Some("vmlinux") => btf
+                .as_ref()
+                .and_then(|b| b.type_name(btf_id))
+                .map(str::to_string),
+            Some(module) => std::fs::read(format!("/sys/kernel/btf/{module}"))
+                .ok()
+                .and_then(|m| btf.as_ref()?.split_type_name(&m, btf_id).ok()?),
+            None => None,
         };
         // A BTF tracepoint's type is `btf_trace_<tracepoint>`.
         let name = name.map(|n| n.trim_start_matches("btf_trace_").to_string());
@@ -256,41 +265,6 @@ fn prog_attach_btf(prog_id: u32) -> Option<(u32, u32)> {
 fn u32_at(b: &[u8], off: usize) -> Option<u32> {
     b.get(off..off + 4)
         .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
-}
-
-/// The name of BTF type `id` (walks the type section; enough to name the
-/// function a tracing link targets).
-fn btf_name(b: &[u8], id: u32) -> Option<String> {
-    if b.get(0..2)? != [0x9f, 0xeb] {
-        return None;
-    }
-    let hdr = u32_at(b, 4)? as usize;
-    let (type_off, type_len) = (u32_at(b, 8)? as usize, u32_at(b, 12)? as usize);
-    let str_off = u32_at(b, 16)? as usize;
-    let types = b.get(hdr + type_off..hdr + type_off + type_len)?;
-    let mut off = 0;
-    let mut cur = 1;
-    while off + 12 <= types.len() {
-        let name_off = u32_at(types, off)? as usize;
-        let info = u32_at(types, off + 4)?;
-        if cur == id {
-            let s = b.get(hdr + str_off + name_off..)?;
-            let end = s.iter().position(|c| *c == 0)?;
-            return Some(String::from_utf8_lossy(&s[..end]).into_owned());
-        }
-        let vlen = (info & 0xffff) as usize;
-        off += 12
-            + match (info >> 24) & 0x1f {
-                1 | 14 | 17 => 4,             // INT, VAR, DECL_TAG
-                3 => 12,                      // ARRAY
-                4 | 5 | 15 | 19 => 12 * vlen, // STRUCT, UNION, DATASEC, ENUM64
-                6 | 13 => 8 * vlen,           // ENUM, FUNC_PROTO
-                2 | 7..=12 | 16 | 18 => 0, // PTR, FWD, TYPEDEF, qualifiers, FUNC, FLOAT, TYPE_TAG
-                _ => return None,          // a kind this reader does not know
-            };
-        cur += 1;
-    }
-    None
 }
 
 /// Seconds since boot (CLOCK_BOOTTIME), the clock of /proc/PID/stat.
