@@ -258,9 +258,13 @@ pub enum Counter {
     /// A watched page gave its slot to a newly busy page long after anything
     /// last happened to it (a stale watch, not a loss).
     WatchRecycled = 12,
+    /// An ext4 operation (hole punch, truncate...) that no busy break
+    /// followed in its task: it is kept per task and recorded just before
+    /// such a break, and counted here once a later operation replaces it.
+    FsOpQuiet = 13,
 }
 
-pub const COUNTER_COUNT: u32 = 13;
+pub const COUNTER_COUNT: u32 = 14;
 
 impl Counter {
     pub const ALL: [Counter; COUNTER_COUNT as usize] = [
@@ -277,6 +281,7 @@ impl Counter {
         Counter::ScanQuiet,
         Counter::BreakClean,
         Counter::WatchRecycled,
+        Counter::FsOpQuiet,
     ];
 
     /// Metric label.
@@ -295,6 +300,7 @@ impl Counter {
             Counter::ScanQuiet => "scan_quiet",
             Counter::BreakClean => "break_clean",
             Counter::WatchRecycled => "watch_recycled",
+            Counter::FsOpQuiet => "fs_op_quiet",
         }
     }
 }
@@ -356,7 +362,9 @@ pub struct KernelConfig {
     /// Set to 1 when the wait/wake hooks see `&page->_refcount` (before 6.15)
     /// rather than the page itself.
     pub wait_on_refcount: u32,
-    pub _pad: u32,
+    /// 1: record every ext4 operation at once (`--fs-ops all`); 0: only the
+    /// one before a break that meets a busy page.
+    pub record_every_fs_op: u32,
     /// Address of the kernel variable `vmemmap_base` (0: use the default base).
     pub vmemmap_base_addr: u64,
     /// Used when `vmemmap_base_addr` is 0.
@@ -384,7 +392,7 @@ impl KernelConfig {
         inode_mapping: 48,
         idle_refcount: 1,
         wait_on_refcount: 1,
-        _pad: 0,
+        record_every_fs_op: 0,
         vmemmap_base_addr: 0,
         vmemmap_default: 0xffff_ea00_0000_0000,
     };

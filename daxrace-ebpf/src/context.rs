@@ -1,15 +1,20 @@
 //! Context hooks: the ext4 tracepoints that mark operations which must break
 //! DAX layouts first. BTF tracepoints where vmlinux BTF describes them, raw
 //! tracepoints otherwise (ext4 built as a module); both see the tracepoint's
-//! arguments as the same array of u64, so one body serves both.
+//! arguments as the same array of u64, so one body serves both. Each
+//! operation is kept per task and recorded only before a break of that task
+//! that meets a busy page (`dax::stash_fs_op`).
 use aya_ebpf::{
     macros::{btf_tracepoint, raw_tracepoint},
     programs::{BtfTracePointContext, RawTracePointContext},
     EbpfContext,
 };
-use daxrace_common::{FsOp, HookId, RecordKind};
+use daxrace_common::{FsOp, HookId};
 
-use crate::emit::{config, fill_inode, new_record, read_at, submit};
+use crate::{
+    dax::stash_fs_op,
+    emit::{config, read_at},
+};
 
 /// Argument `n` of a tracepoint (`TP_PROTO` order).
 #[inline(always)]
@@ -22,27 +27,22 @@ fn tp_arg(ctx: &impl EbpfContext, n: usize) -> u64 {
 /// `(inode, offset, len, ...)` tracepoints.
 #[inline(always)]
 fn range_op(ctx: &impl EbpfContext, hook: HookId, op: FsOp) -> u32 {
-    let cfg = config();
-    let inode = tp_arg(ctx, 0);
-    let mut r = new_record(RecordKind::FsOp, hook);
-    fill_inode(&mut r, cfg, inode);
-    r.op = op as u32;
-    r.a = tp_arg(ctx, 1) as i64;
-    r.b = tp_arg(ctx, 2) as i64;
-    submit(&r);
+    stash_fs_op(
+        hook,
+        op as u32,
+        tp_arg(ctx, 0),
+        tp_arg(ctx, 1) as i64,
+        tp_arg(ctx, 2) as i64,
+    );
     0
 }
 
 /// `ext4_truncate_enter(inode)`: the new size is already in `i_size`.
 #[inline(always)]
 fn truncate(ctx: &impl EbpfContext) -> u32 {
-    let cfg = config();
     let inode = tp_arg(ctx, 0);
-    let mut r = new_record(RecordKind::FsOp, HookId::Ext4Truncate);
-    fill_inode(&mut r, cfg, inode);
-    r.op = FsOp::Truncate as u32;
-    r.a = read_at::<i64>(inode, cfg.inode_size());
-    submit(&r);
+    let size = read_at::<i64>(inode, config().inode_size());
+    stash_fs_op(HookId::Ext4Truncate, FsOp::Truncate as u32, inode, size, 0);
     0
 }
 

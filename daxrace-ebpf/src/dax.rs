@@ -98,6 +98,21 @@ struct BioSlot {
 }
 
 /// A page a busy scan returned, and when (ns).
+/// A task's last ext4 operation, until a busy break in the same task
+/// records it.
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct FsOpSlot {
+    tid: u32,
+    hook: u16,
+    op: u8,
+    pending: u8,
+    ts_ns: u64,
+    inode: u64,
+    a: i64,
+    b: i64,
+}
+
 #[derive(Clone, Copy)]
 #[repr(C)]
 struct WatchSlot {
@@ -119,6 +134,9 @@ static BIO_STASH: Array<BioSlot> = Array::with_max_entries(TASK_SLOTS, 0);
 
 /// Watched pages, direct-mapped by address: a page taking the slot of
 /// another watched page evicts it (counted as `WatchFull`).
+#[map]
+static FS_OPS: Array<FsOpSlot> = Array::with_max_entries(TASK_SLOTS, 0);
+
 #[map]
 static WATCHED: Array<WatchSlot> = Array::with_max_entries(WATCH_SLOTS, 0);
 
@@ -295,12 +313,68 @@ fn break_enter(hook: HookId, fs: FsKind) -> u32 {
 /// Sends the deferred BreakEnter of the task's break call, once. Its file
 /// is the one the scan just read (every break-layouts scans
 /// `inode->i_mapping`), so the call's inode need not be read again.
+/// Keeps the task's ext4 operation `op` (of tracepoint `hook`) on `inode`
+/// with its range or new size `(a, b)`: it is recorded only if a break in
+/// this task meets a busy page, which is when it names what the break was
+/// for. Most operations never get there (or are on files without DAX), and
+/// are not worth a record each unless asked (`--fs-ops all`).
+#[inline(always)]
+pub fn stash_fs_op(hook: HookId, op: u32, inode: u64, a: i64, b: i64) {
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if config().record_every_fs_op() != 0 {
+        send_fs_op(hook, op, inode, a, b, now);
+        return;
+    }
+    let tid = tid();
+    let Some(slot) = task_slot(&FS_OPS, tid) else {
+        return;
+    };
+    if slot.pending != 0 {
+        count(Counter::FsOpQuiet);
+    }
+    slot.tid = tid;
+    slot.pending = 1;
+    slot.hook = hook as u16;
+    slot.op = op as u8;
+    slot.ts_ns = now;
+    slot.inode = inode;
+    slot.a = a;
+    slot.b = b;
+}
+
+#[inline(always)]
+fn send_fs_op(hook: HookId, op: u32, inode: u64, a: i64, b: i64, ts_ns: u64) {
+    let mut r = new_record(RecordKind::FsOp, hook);
+    r.ts_ns = ts_ns;
+    fill_inode(&mut r, config(), inode);
+    r.op = op;
+    r.a = a;
+    r.b = b;
+    submit(&r);
+}
+
+/// Records the task's kept ext4 operation, if it has one.
+#[inline(always)]
+fn record_fs_op(tid: u32) {
+    let Some(slot) = task_slot(&FS_OPS, tid) else {
+        return;
+    };
+    if slot.tid != tid || slot.pending == 0 {
+        return;
+    }
+    let hook = HookId::from_u16(slot.hook).unwrap_or(HookId::Ext4Truncate);
+    slot.pending = 0;
+    send_fs_op(hook, slot.op as u32, slot.inode, slot.a, slot.b, slot.ts_ns);
+}
+
 #[inline(always)]
 fn break_recorded(st: &mut BreakSlot, scan: &Record) {
     if st.emitted != 0 {
         return;
     }
     st.emitted = 1;
+    record_fs_op(st.tid);
     let hook = HookId::from_u16(st.hook as u16).unwrap_or(HookId::GenericBreak);
     let mut r = new_record(RecordKind::BreakEnter, hook);
     r.ts_ns = st.ts_ns;

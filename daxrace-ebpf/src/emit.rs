@@ -66,6 +66,7 @@ config_fields!(
     bvec_offset: u32,
     idle_refcount: u32,
     wait_on_refcount: u32,
+    record_every_fs_op: u32,
     vmemmap_base_addr: u64,
     vmemmap_default: u64,
 );

@@ -59,6 +59,21 @@ pub struct TracerOptions {
     pub only: Vec<daxrace_common::HookId>,
     /// Where kernel symbols come from.
     pub symbols: SymbolSource,
+    /// Which ext4 operations are recorded.
+    pub fs_ops: FsOpRecording,
+}
+
+/// `--fs-ops`: which ext4 operations (hole punch, truncate...) reach the
+/// ring buffer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum FsOpRecording {
+    /// Only a task's last operation before a break-layouts call of that task
+    /// meets a busy page: what the break was for. The rest are counted
+    /// (`fs_op_quiet`).
+    #[default]
+    Busy,
+    /// Every operation, on any ext4 file, DAX or not.
+    All,
 }
 
 /// `--symbols`: how daxrace learns which kernel functions exist.
@@ -82,6 +97,7 @@ impl Default for TracerOptions {
             ring_buffer_bytes: 1 << 22,
             only: Vec::new(),
             symbols: SymbolSource::Auto,
+            fs_ops: FsOpRecording::Busy,
         }
     }
 }
@@ -229,7 +245,8 @@ impl Tracer {
         log::debug!("BTF read in {:?}", t.elapsed());
         let (kallsyms, symbols_from) = read_symbols(opts.symbols, btf.as_ref())?;
         log::debug!("symbols ({symbols_from}) in {:?}", t.elapsed());
-        let facts = KernelFacts::gather(btf.as_ref(), &kallsyms);
+        let mut facts = KernelFacts::gather(btf.as_ref(), &kallsyms);
+        facts.config.record_every_fs_op = (opts.fs_ops == FsOpRecording::All) as u32;
         log::debug!("facts in {:?}", t.elapsed());
         let vmlinux_funcs = btf.as_ref().map(Btf::func_ids).unwrap_or_default();
         let module_btfs = read_module_btfs(btf.as_ref(), &kallsyms);

@@ -13,9 +13,9 @@ use std::{
 use daxrace::{
     decode,
     event::{EventBody, FileOp},
-    tracer::{Tracer, TracerOptions},
+    tracer::{FsOpRecording, Tracer, TracerOptions},
 };
-use daxrace_common::HookId;
+use daxrace_common::{Counter, HookId};
 
 const EXT4_SUPER_MAGIC: i64 = 0xEF53;
 
@@ -48,8 +48,8 @@ fn fallocate(fd: i32, mode: i32, offset: i64, len: i64) {
     );
 }
 
-#[test]
-fn ext4_operations_arrive_as_typed_events() {
+/// Loads the object with only the ext4 context hooks attached.
+fn context_tracer(fs_ops: FsOpRecording) -> Tracer {
     // SAFETY: no preconditions.
     assert_eq!(
         unsafe { libc::geteuid() },
@@ -63,16 +63,22 @@ fn ext4_operations_arrive_as_typed_events() {
         HookId::Ext4InsertRange,
         HookId::Ext4Truncate,
     ];
-    let mut tracer = Tracer::load(&TracerOptions {
+    let tracer = Tracer::load(&TracerOptions {
         only: context_hooks,
+        fs_ops,
         ..TracerOptions::default()
     })
     .unwrap_or_else(|e| panic!("the running kernel refused daxrace's programs: {e}"));
     for s in &tracer.statuses {
         assert!(s.is_attached(), "{} did not attach: {:?}", s.hook, s.errors);
     }
-    let mut ring = tracer.take_events().expect("ring buffer");
+    tracer
+}
 
+/// Punches, zeroes, collapses, inserts and truncates a file in an ext4
+/// directory (no DAX here); returns the file's inode (the directory goes
+/// with the returned guard).
+fn ext4_operations() -> (u64, tempfile::TempDir) {
     let dir = tempfile::tempdir_in(ext4_dir()).expect("temp dir");
     let path = dir.path().join("victim");
     let mut f = OpenOptions::new()
@@ -96,6 +102,40 @@ fn ext4_operations_arrive_as_typed_events() {
     fallocate(fd, libc::FALLOC_FL_COLLAPSE_RANGE, 4096, 4096);
     fallocate(fd, libc::FALLOC_FL_INSERT_RANGE, 8192, 4096);
     f.set_len(100_000).expect("truncate");
+    (ino, dir)
+}
+
+#[test]
+fn without_a_busy_break_ext4_operations_are_counted_not_recorded() {
+    let mut tracer = context_tracer(FsOpRecording::Busy);
+    let mut ring = tracer.take_events().expect("ring buffer");
+    let before = tracer.counters().expect("counters").get(Counter::FsOpQuiet);
+    let (ino, _dir) = ext4_operations();
+    // SAFETY: no preconditions.
+    let tid = unsafe { libc::gettid() } as u32;
+    // Each operation replaces the one before it in this task's slot: four
+    // are dropped as quiet (other tasks on this machine may add more).
+    let after = tracer.counters().expect("counters").get(Counter::FsOpQuiet);
+    assert!(
+        after >= before + 4,
+        "fs_op_quiet went from {before} to {after}"
+    );
+    while let Some(item) = ring.next() {
+        let ev = decode::decode(&item).expect("kernel records decode");
+        if let EventBody::FileOp { op, ino: i, .. } = ev.body {
+            assert!(
+                !(i == ino && ev.task.tid == tid),
+                "{op:?} was recorded though no break met a busy page"
+            );
+        }
+    }
+}
+
+#[test]
+fn ext4_operations_arrive_as_typed_events() {
+    let mut tracer = context_tracer(FsOpRecording::All);
+    let mut ring = tracer.take_events().expect("ring buffer");
+    let (ino, _dir) = ext4_operations();
     let pid = std::process::id();
     // SAFETY: no preconditions.
     let tid = unsafe { libc::gettid() } as u32;
@@ -122,8 +162,10 @@ fn ext4_operations_arrive_as_typed_events() {
                     dev,
                 } = ev.body
                 {
-                    if i == ino && ev.task.pid == pid {
-                        assert_eq!(ev.task.tid, tid, "tid of {op:?}");
+                    // This thread's: the other test's thread may have had
+                    // a file of the same (reused) inode number.
+                    if i == ino && ev.task.tid == tid {
+                        assert_eq!(ev.task.pid, pid, "pid of {op:?}");
                         assert_ne!(dev, 0, "device of {op:?}");
                         assert!(ev.ts_ns > 0);
                         seen.push((op, offset, len));

@@ -7,7 +7,7 @@ pub mod trace;
 
 use daxrace::{
     plan::AttachPreference,
-    tracer::{SymbolSource, Tracer, TracerOptions},
+    tracer::{FsOpRecording, SymbolSource, Tracer, TracerOptions},
 };
 
 /// Exit code for daxrace's own errors (bad input, cannot attach).
@@ -78,6 +78,10 @@ pub struct AttachArgs {
     /// always reads the whole list.
     #[arg(long, value_enum, default_value_t = SymbolSource::Auto)]
     pub symbols: SymbolSource,
+    /// Which ext4 operations to record: `busy` (the one a break that meets
+    /// a busy page was for) or `all` (every one, on any ext4 file).
+    #[arg(long, value_enum, default_value_t = FsOpRecording::Busy)]
+    pub fs_ops: FsOpRecording,
 }
 
 impl AttachArgs {
@@ -106,6 +110,7 @@ impl AttachArgs {
             ring_buffer_bytes: (self.ring_buffer_kib.max(4) * 1024).next_power_of_two(),
             only,
             symbols: self.symbols,
+            fs_ops: self.fs_ops,
         })
     }
 }
