@@ -328,6 +328,31 @@ impl BreakStat {
     pub const fn index(fs: u32, slot: u32) -> u32 {
         (fs % Self::FS_KINDS) * Self::PER_FS + slot
     }
+
+    /// The histogram bucket of a duration in microseconds: its bit length,
+    /// capped at the last bucket. Branch-free (the bits below the top one
+    /// are set, then counted): a binary search forked the verifier's walk
+    /// of the break-exit programs into one path per bucket.
+    #[inline(always)]
+    pub const fn bucket(us: u64) -> u32 {
+        let mut x = us;
+        x |= x >> 1;
+        x |= x >> 2;
+        x |= x >> 4;
+        x |= x >> 8;
+        x |= x >> 16;
+        x |= x >> 32;
+        x -= (x >> 1) & 0x5555_5555_5555_5555;
+        x = (x & 0x3333_3333_3333_3333) + ((x >> 2) & 0x3333_3333_3333_3333);
+        x = (x + (x >> 4)) & 0x0f0f_0f0f_0f0f_0f0f;
+        let bits = (x.wrapping_mul(0x0101_0101_0101_0101) >> 56) as u32;
+        let last = Self::BUCKETS - 1;
+        if bits > last {
+            last
+        } else {
+            bits
+        }
+    }
 }
 
 /// Kernel facts handed to the programs at load time (from BTF and kallsyms).
@@ -408,6 +433,17 @@ mod user {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_duration_lands_in_the_bucket_of_its_bit_length() {
+        let bit_len = |v: u64| 64 - v.leading_zeros();
+        let fixed = [0u64, 1, 2, 3, 4, 7, 8, 999, 1000, 1024, u64::MAX];
+        let powers = (0..64).flat_map(|k| [1u64 << k, (1u64 << k) - 1, (1u64 << k) + 1]);
+        for v in fixed.into_iter().chain(powers) {
+            let want = bit_len(v).min(BreakStat::BUCKETS - 1);
+            assert_eq!(BreakStat::bucket(v), want, "{v}");
+        }
+    }
     use super::*;
 
     #[test]

@@ -369,13 +369,19 @@ impl Tracer {
                         &cand.attach_to,
                         cand.module.as_deref(),
                     );
+                    let verified = self
+                        .ebpf
+                        .program(program.name)
+                        .and_then(|p| p.info().ok())
+                        .and_then(|i| i.verified_instruction_count());
                     log::debug!(
-                        "{} {} on {}: {:?} in {:?}",
+                        "{} {} on {}: {:?} in {:?} ({} instructions verified)",
                         program.kind.as_str(),
                         program.name,
                         cand.attach_to,
                         result.as_ref().map(|_| "ok"),
-                        t.elapsed()
+                        t.elapsed(),
+                        verified.map_or("?".to_string(), |n| n.to_string())
                     );
                     match result {
                         Ok(()) => links.push(AttachedProgram {
