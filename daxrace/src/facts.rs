@@ -14,6 +14,9 @@ pub struct KernelFacts {
     pub page_mapping_offset: u32,
     pub page_struct_size: u32,
     pub idle_refcount: u32,
+    /// Where a waiter's variable sits in its page (`var - page`):
+    /// `&page->_refcount` before 6.15, the page itself from 6.15.
+    pub wait_var_offset: u32,
     /// What a FOLL_PIN adds to `_refcount` (GUP_PIN_COUNTING_BIAS), 0 where
     /// pins are plain references.
     pub pin_bias: u32,
@@ -114,6 +117,11 @@ impl KernelFacts {
             page_mapping_offset: c.page_mapping,
             page_struct_size: c.page_struct_size,
             idle_refcount: c.idle_refcount,
+            wait_var_offset: if c.wait_on_refcount != 0 {
+                c.page_refcount
+            } else {
+                0
+            },
             pin_bias,
             vmemmap_base_symbol: vmemmap.is_some(),
             warnings,

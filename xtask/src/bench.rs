@@ -160,33 +160,6 @@ fn boot(
 
 // ---- the bpftrace script -------------------------------------------------
 
-/// `(major, minor)` of a kernel release such as `6.12.118+deb13-amd64`.
-fn version(release: &str) -> (u32, u32) {
-    let mut it = release
-        .split(|c: char| !c.is_ascii_digit())
-        .filter_map(|p| p.parse().ok());
-    (it.next().unwrap_or(0), it.next().unwrap_or(0))
-}
-
-/// What the script must know that BTF does not give bpftrace 0.17 cheaply.
-struct Consts {
-    /// `var - page`: waiters wait on `&page->_refcount` before 6.15, on the
-    /// page after (KERNELS.md); `_refcount` is at 52 from 4.18 to 7.x.
-    wait_var_offset: u32,
-    /// Refcount of an idle fsdax page: 1 before 6.15, 0 after.
-    idle_refcount: u32,
-}
-
-impl Consts {
-    fn for_release(release: &str) -> Self {
-        let new = version(release) >= (6, 15);
-        Consts {
-            wait_var_offset: if new { 0 } else { 52 },
-            idle_refcount: if new { 0 } else { 1 },
-        }
-    }
-}
-
 /// The bodies, with `{A0}`.. for the hooked function's arguments, `{RET}`
 /// for its return value and `@SYM@` for the symbol (filled in the guest).
 const BREAK_ENTRY: &str = r#"{
@@ -295,7 +268,7 @@ struct Fragment {
 
 /// Every probe the script may need, in each flavour. The guest picks the
 /// ones daxrace attached (see `GUEST_FUNCTIONS`).
-fn fragments(c: &Consts) -> Vec<Fragment> {
+fn fragments() -> Vec<Fragment> {
     // (symbol key, parameter names as BTF has them, entry body, exit body)
     type Spec = (
         &'static str,
@@ -393,8 +366,10 @@ fn fragments(c: &Consts) -> Vec<Fragment> {
     let fill = |body: &str, args: &[String], ret: &str| {
         let mut b = body
             .replace("{RET}", ret)
-            .replace("{REFOFF}", &c.wait_var_offset.to_string())
-            .replace("{IDLE}", &c.idle_refcount.to_string());
+            // Kernel facts, filled in the guest from daxrace's own
+            // (`daxrace probes --json`): no version check here.
+            .replace("{REFOFF}", "@REFOFF@")
+            .replace("{IDLE}", "@IDLE@");
         for (i, a) in args.iter().enumerate() {
             b = b.replace(&format!("{{A{i}}}"), a);
         }
@@ -560,9 +535,13 @@ bt_build() {
   cp /tmp/bt/head.bt $outf
   while read bk key sym; do
     f=$dir/$bk-$key.bt
-    if [ -f "$f" ]; then sed "s/@SYM@/$sym/g" "$f" >> $outf; else echo "@@BTMISSING $bk:$sym"; fi
+    if [ -f "$f" ]; then
+      sed -e "s/@SYM@/$sym/g" -e "s/@REFOFF@/$REFOFF/g" -e "s/@IDLE@/$IDLE/g" "$f" >> $outf
+    else echo "@@BTMISSING $bk:$sym"; fi
   done < "$1"
 }
+# fact NAME: a number from daxrace's kernel facts (`daxrace probes --json`).
+fact() { sed -n "s/.*\"$1\": *\([0-9][0-9]*\).*/\1/p" /tmp/facts.json | head -n 1; }
 "#;
 
 /// The stats phase: each tracer once with BPF statistics on; daxrace first,
@@ -570,6 +549,11 @@ bt_build() {
 const GUEST_STATS: &str = r#"
 echo "@@KERNEL $(uname -r)"
 BT_OK=0
+# What the bpftrace script must know of this kernel, as daxrace found it.
+daxrace probes --json > /tmp/facts.json 2>/dev/null
+REFOFF=$(fact wait_var_offset); IDLE=$(fact idle_refcount)
+echo "@@FACTS wait_var_offset=$REFOFF idle_refcount=$IDLE"
+if [ -z "$REFOFF" ] || [ -z "$IDLE" ]; then echo "@@BTMISSING facts"; fi
 echo 1 > /proc/sys/kernel/bpf_stats_enabled || echo "@@NOSTATS"
 echo "== stats phase: daxrace --attach auto"
 : > /tmp/attach.txt
@@ -628,12 +612,12 @@ phase() {
 }
 "#;
 
-fn guest_script(c: &Consts, rounds: u32, secs: u32) -> String {
+fn guest_script(rounds: u32, secs: u32) -> String {
     let mut s = String::from("mkdir -p /tmp/bt\n");
     // Quoted here-documents: the probe text reaches the files verbatim.
     let _ = write!(s, "cat > /tmp/bt/head.bt <<'BTEOF'\n{BT_HEAD}BTEOF\n");
     s += "mkdir -p /tmp/bt-empty\n";
-    for f in fragments(c) {
+    for f in fragments() {
         let _ = write!(
             s,
             "cat > /tmp/bt/{}-{}.bt <<'BTEOF'\n{}BTEOF\n",
@@ -928,9 +912,8 @@ struct SeriesReport {
 
 fn bench_series(series: &str, args: &BenchArgs) -> Result<SeriesReport> {
     let k = kernel::fetch(series)?;
-    let consts = Consts::for_release(&k.release);
     let rounds = args.rounds.max(1);
-    let script = guest_script(&consts, rounds, args.seconds.max(1));
+    let script = guest_script(rounds, args.seconds.max(1));
     // Per phase: two workloads, one attach (bounded), stop (bounded).
     let per_phase = 2 * u64::from(args.seconds) + 60;
     let timeout = Duration::from_secs(
@@ -1413,17 +1396,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn versions() {
-        assert_eq!(version("6.12.118+deb13-amd64"), (6, 12));
-        assert_eq!(version("6.1.0-56-amd64"), (6, 1));
-        assert_eq!(version("7.3.4+deb13-amd64"), (7, 3));
-        assert_eq!(Consts::for_release("6.12.1").wait_var_offset, 52);
-        assert_eq!(Consts::for_release("7.3.4").idle_refcount, 0);
-    }
-
-    #[test]
     fn every_fragment_is_filled() {
-        for f in fragments(&Consts::for_release("6.12.0")) {
+        for f in fragments() {
             assert!(!f.text.contains("{A"), "{} {}: {}", f.kind, f.key, f.text);
             assert!(!f.text.contains("{RET}") && !f.text.contains("{REFS}"));
             if f.kind.starts_with("kret") {
@@ -1435,8 +1409,7 @@ mod tests {
     /// The guest script must at least parse (busybox sh -n).
     #[test]
     fn empty_twins_keep_every_probe_and_drop_every_body() {
-        let c = Consts::for_release("6.12.1");
-        let frags = fragments(&c);
+        let frags = fragments();
         let bio = frags
             .iter()
             .find(|f| f.kind == "kretprobe" && f.key == "__bio_release_pages")
@@ -1458,8 +1431,37 @@ mod tests {
     }
 
     #[test]
+    fn the_guest_reads_kernel_facts_from_daxraces_json() {
+        // The `fact` helper of the guest script, on what `daxrace probes
+        // --json` prints (serde_json's pretty form).
+        let facts = serde_json::json!({
+            "kernel": "6.12.118",
+            "facts": {"idle_refcount": 1, "wait_var_offset": 52, "pin_bias": 1024},
+        });
+        let json = std::env::temp_dir().join(format!("daxrace-facts-{}.json", std::process::id()));
+        std::fs::write(&json, serde_json::to_string_pretty(&facts).expect("json")).expect("write");
+        let helper = GUEST_FUNCTIONS
+            .lines()
+            .find(|l| l.starts_with("fact()"))
+            .expect("fact() in the guest functions")
+            .replace("/tmp/facts.json", &json.display().to_string());
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "{helper}\necho $(fact wait_var_offset) $(fact idle_refcount) x$(fact nope)"
+            ))
+            .output()
+            .expect("sh runs");
+        let _ = std::fs::remove_file(&json);
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "52 1 x");
+        for f in fragments().iter().filter(|f| f.key == "wake_up_var") {
+            assert!(f.text.contains("@REFOFF@"), "{}", f.text);
+        }
+    }
+
+    #[test]
     fn guest_script_parses() {
-        let script = guest_script(&Consts::for_release("6.12.0"), 2, 1);
+        let script = guest_script(2, 1);
         crate::vm::guest::tests::assert_sh_parses(&script);
     }
 
