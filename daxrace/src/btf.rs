@@ -98,6 +98,17 @@ fn sections(b: &[u8]) -> Result<(&[u8], &[u8]), BtfError> {
     Ok((types, strings))
 }
 
+/// Kernel object `name`'s BTF ("vmlinux" or a module's): copied by the
+/// kernel in one go where `bpf(2)` allows, else read from
+/// `/sys/kernel/btf/<name>`.
+fn kernel_bytes(name: &str) -> Result<Vec<u8>, BtfError> {
+    crate::btf_objects::kernel_btf_bytes(name).or_else(|e| {
+        log::debug!("BTF of {name} through bpf(2): {e}; reading sysfs");
+        let path = format!("/sys/kernel/btf/{name}");
+        std::fs::read(&path).map_err(|source| BtfError::Read { path, source })
+    })
+}
+
 /// The NUL-terminated string at `off` ("" when out of bounds or not UTF-8).
 fn c_str(strings: &[u8], off: usize) -> &str {
     let rest = strings.get(off..).unwrap_or(&[]);
@@ -149,9 +160,7 @@ impl FuncIds {
 impl Btf {
     /// Reads module `module`'s BTF for the functions in `funcs`.
     pub fn module(&self, module: &str, funcs: &[&str]) -> Result<FuncIds, BtfError> {
-        let path = format!("/sys/kernel/btf/{module}");
-        let bytes = std::fs::read(&path).map_err(|source| BtfError::Read { path, source })?;
-        self.parse_module(&bytes, funcs)
+        self.parse_module(&kernel_bytes(module)?, funcs)
     }
 
     /// Parses a split BTF blob on top of this (base) BTF, keeping the ids of
@@ -216,6 +225,11 @@ impl Btf {
             cur += 1;
         }
         Ok(None)
+    }
+
+    /// The running kernel's own BTF.
+    pub fn from_kernel() -> Result<Self, BtfError> {
+        Self::parse(&kernel_bytes("vmlinux")?)
     }
 
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, BtfError> {

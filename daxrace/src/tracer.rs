@@ -12,7 +12,7 @@ use daxrace_common::{
 };
 
 use crate::{
-    btf::{Btf, FuncIds, VMLINUX_BTF},
+    btf::{Btf, FuncIds},
     btf_objects,
     event::HookName,
     facts::KernelFacts,
@@ -151,7 +151,7 @@ pub fn check_privileges() -> Result<(), TraceError> {
 
 /// The kernel's BTF, indexed for the functions and tracepoints the plan names.
 fn read_btf() -> Option<Btf> {
-    let mut btf = Btf::from_file(VMLINUX_BTF).ok()?;
+    let mut btf = Btf::from_kernel().ok()?;
     let funcs: Vec<&str> = plan::symbols().collect();
     let tracepoints: Vec<&str> = plan::tracepoints().collect();
     btf.index(&funcs, &tracepoints);
