@@ -74,6 +74,16 @@ fn open_by_id(id: u32) -> io::Result<Option<OwnedFd>> {
     }
 }
 
+/// `BPF_OBJ_GET_INFO_BY_FD` on a BTF object: fills `info` and the buffers it
+/// points to.
+fn get_info(fd: &OwnedFd, info: &mut BtfInfo) -> io::Result<()> {
+    let mut attr = Attr::new();
+    attr.set_u32(0, fd.as_raw_fd() as u32)
+        .set_u32(4, std::mem::size_of::<BtfInfo>() as u32)
+        .set_u64(8, info as *mut BtfInfo as u64);
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr).map(|_| ())
+}
+
 /// A BTF object's name ("vmlinux", a module's, "" for a program's), and
 /// whether it is the kernel's own.
 fn name_of(fd: &OwnedFd) -> io::Result<(String, bool)> {
@@ -83,11 +93,7 @@ fn name_of(fd: &OwnedFd) -> io::Result<(String, bool)> {
         name_len: name.len() as u32,
         ..BtfInfo::default()
     };
-    let mut attr = Attr::new();
-    attr.set_u32(0, fd.as_raw_fd() as u32)
-        .set_u32(4, std::mem::size_of::<BtfInfo>() as u32)
-        .set_u64(8, &mut info as *mut BtfInfo as u64);
-    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    get_info(fd, &mut info)?;
     let len = name.iter().position(|&c| c == 0).unwrap_or(name.len());
     Ok((
         String::from_utf8_lossy(&name[..len]).into_owned(),
@@ -148,11 +154,7 @@ pub fn kernel_btf_bytes(name: &str) -> io::Result<Vec<u8>> {
             btf_size: buf.len() as u32,
             ..BtfInfo::default()
         };
-        let mut attr = Attr::new();
-        attr.set_u32(0, fd.as_raw_fd() as u32)
-            .set_u32(4, std::mem::size_of::<BtfInfo>() as u32)
-            .set_u64(8, &mut info as *mut BtfInfo as u64);
-        bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+        get_info(&fd, &mut info)?;
         Ok(info.btf_size)
     };
     let size = info_of(&mut [])? as usize;
