@@ -7,6 +7,8 @@ use std::{
     path::Path,
 };
 
+use crate::kallsyms::NamePrefixes;
+
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
 #[derive(Debug, thiserror::Error)]
@@ -380,28 +382,15 @@ impl Btf {
             .collect();
         let typedef_set: HashSet<&str> = typedefs.iter().map(String::as_str).collect();
         let func_set: HashSet<&str> = funcs.iter().copied().collect();
-        // Two-byte prefixes of every name asked for: nearly every type is
-        // rejected on them before its name is measured and hashed (a third
-        // of the start-up BTF work under emulation).
-        let mut prefixes = vec![false; 1 << 16];
-        for n in func_set.iter().chain(typedef_set.iter()) {
-            // A one-byte name's second byte is its terminating NUL.
-            match n.as_bytes() {
-                [a, b, ..] => prefixes[(*a as usize) << 8 | *b as usize] = true,
-                [a] => prefixes[(*a as usize) << 8] = true,
-                [] => {}
-            }
-        }
+        let prefixes = NamePrefixes::new(func_set.iter().chain(typedef_set.iter()).copied());
         for (id, t) in self.types.iter().enumerate() {
             let (set, found) = match t.kind {
                 KIND_FUNC => (&func_set, &mut ix.funcs),
                 KIND_TYPEDEF => (&typedef_set, &mut ix.typedefs),
                 _ => continue,
             };
-            let at = t.name_off as usize;
-            match self.strings.get(at..at + 2) {
-                Some([a, b]) if prefixes[(*a as usize) << 8 | *b as usize] => {}
-                _ => continue,
+            if !prefixes.may_match(self.strings.get(t.name_off as usize..).unwrap_or(&[])) {
+                continue;
             }
             let name = self.name(t.name_off);
             if set.contains(name) {

@@ -1,5 +1,5 @@
 //! Kernel facts the programs need (struct offsets, the idle refcount, where
-//! the page array starts), read from BTF and kallsyms at start-up.
+//! the page array starts), read from BTF and kernel symbols at start-up.
 use daxrace_common::KernelConfig;
 use serde::Serialize;
 
@@ -96,7 +96,7 @@ impl KernelFacts {
         match vmemmap {
             Some(s) => c.vmemmap_base_addr = s.addr,
             None => warnings.push(format!(
-                "no vmemmap_base in /proc/kallsyms: pfns assume the default base {:#x}",
+                "no kernel symbol vmemmap_base: pfns assume the default base {:#x}",
                 d.vmemmap_default
             )),
         }

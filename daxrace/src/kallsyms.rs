@@ -69,6 +69,36 @@ impl Iterator for LineEnds<'_> {
     }
 }
 
+/// The first two bytes of a set of names: a symbol table scan rejects
+/// nearly every entry on them before it measures or hashes the name (the
+/// scans of kallsyms and of BTF run under emulation at start-up).
+pub struct NamePrefixes(Vec<bool>);
+
+impl NamePrefixes {
+    pub fn new<'a>(names: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut table = vec![false; 1 << 16];
+        for n in names {
+            table[Self::key(n.as_bytes())] = true;
+        }
+        NamePrefixes(table)
+    }
+
+    /// A one-byte name keys on its terminating NUL, so `at` may be a name
+    /// or a NUL-terminated string starting with one.
+    fn key(at: &[u8]) -> usize {
+        match at {
+            [a, 0, ..] | [a] => (*a as usize) << 8,
+            [a, b, ..] => (*a as usize) << 8 | *b as usize,
+            [] => 0,
+        }
+    }
+
+    /// Whether the name at the start of `at` may be one of the names.
+    pub fn may_match(&self, at: &[u8]) -> bool {
+        !at.is_empty() && self.0[Self::key(at)]
+    }
+}
+
 #[derive(Default)]
 pub struct Kallsyms {
     by_name: HashMap<String, KernelSymbol>,
@@ -84,20 +114,13 @@ impl Kallsyms {
     /// has over 100,000, and start-up time matters.
     pub fn read(wanted: &[&str]) -> std::io::Result<Self> {
         let set: std::collections::HashSet<&[u8]> = wanted.iter().map(|w| w.as_bytes()).collect();
-        // Two-byte prefixes of the wanted names: nearly every line is
-        // rejected on them before anything else is looked at.
-        let mut prefixes = vec![false; 1 << 16];
-        for w in wanted.iter().filter(|w| w.len() >= 2) {
-            let b = w.as_bytes();
-            prefixes[(b[0] as usize) << 8 | b[1] as usize] = true;
-        }
+        let prefixes = NamePrefixes::new(wanted.iter().copied());
         // One read: the kernel formats ~200,000 lines either way; a large
         // buffer saves the system calls.
         let mut text = Vec::with_capacity(16 << 20);
         std::io::Read::read_to_end(&mut std::fs::File::open(KALLSYMS)?, &mut text)?;
         Ok(Self::parse_bytes(&text, |name| {
-            name.len() >= 2
-                && prefixes[(name[0] as usize) << 8 | name[1] as usize]
+            prefixes.may_match(name)
                 && set.contains(name.split(|&b| b == b'.').next().unwrap_or(name))
         }))
     }
@@ -313,6 +336,21 @@ ffffffff82000000 D vmemmap_base
             assert_eq!(filtered.get(name), full.get(name), "{name}");
         }
         assert!(filtered.by_name.len() < full.by_name.len() / 100);
+    }
+
+    #[test]
+    fn name_prefixes_pass_their_names_and_reject_others() {
+        let p = NamePrefixes::new(["wake_up_var", "f"]);
+        assert!(p.may_match(b"wake_up_var"));
+        assert!(p.may_match(b"wa\0"), "a prefix only says maybe");
+        assert!(p.may_match(b"f"));
+        assert!(
+            p.may_match(b"f\0other"),
+            "a one-byte name in a string table"
+        );
+        assert!(!p.may_match(b"fo"));
+        assert!(!p.may_match(b"dax_layout_busy_page"));
+        assert!(!p.may_match(b""));
     }
 
     #[test]

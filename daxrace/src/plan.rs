@@ -3,13 +3,14 @@
 //! [`HOOKS`] lists every logical hook with the kernel functions (or
 //! tracepoints) that can serve it, in priority order, and the programs that
 //! attach to each. [`resolve`] turns the table into [`PlannedAttach`]es for the
-//! running kernel from `/proc/kallsyms` and BTF; the loader then proves each
+//! running kernel from its symbols (looked up one by one, or listed from
+//! `/proc/kallsyms`) and BTF; the loader then proves each
 //! one by attaching it, falling back to the next alternative when it fails.
 //! No `if version > ...` anywhere: a kernel is described by what it has.
+use std::collections::HashMap;
+
 use daxrace_common::HookId;
 use serde::Serialize;
-
-use std::collections::HashMap;
 
 use crate::{
     btf::{Btf, FuncIds},
@@ -99,8 +100,10 @@ pub struct HookSpec {
     /// call each other where either may be inlined (the busy scan pair).
     pub attach_all: bool,
     /// `(wrapper, callee)` pairs among the targets: when the wrapper is no
-    /// more than a tail call (at most [`WRAPPER_MAX_BYTES`]) and the callee is
-    /// hooked, the wrapper's own hook would only see each call twice.
+    /// more than a tail call (at most [`WRAPPER_MAX_BYTES`] by the listing's
+    /// sizes, or code seen to jump straight to the callee when symbols were
+    /// looked up) and the callee is hooked, the wrapper's own hook would only
+    /// see each call twice.
     pub wrappers: &'static [(&'static str, &'static str)],
     /// Context hooks are nice to have; a missing DAX hook is a coverage gap.
     pub context: bool,

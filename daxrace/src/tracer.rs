@@ -523,43 +523,30 @@ impl Tracer {
 
     /// Per-CPU counters summed over CPUs, indexed by [`Counter`].
     pub fn counters(&self) -> Result<KernelCounters, TraceError> {
-        let map = self
-            .ebpf
-            .map(COUNTERS_MAP)
-            .ok_or(TraceError::MissingMap(COUNTERS_MAP))?;
-        let arr: PerCpuArray<&MapData, u64> =
-            PerCpuArray::try_from(map).map_err(|source| TraceError::Map {
-                name: COUNTERS_MAP,
-                source,
-            })?;
         let mut out = KernelCounters::default();
         for i in 0..COUNTER_COUNT {
-            let v = arr.get(&i, 0).map_err(|source| TraceError::Map {
-                name: COUNTERS_MAP,
-                source,
-            })?;
-            out.values[i as usize] = v.iter().sum();
+            out.values[i as usize] = self.per_cpu::<u64>(COUNTERS_MAP, i)?.iter().sum();
         }
         Ok(out)
     }
-}
 
-impl Tracer {
+    /// Entry `index` of the per-CPU array `name`, one value per CPU.
+    fn per_cpu<V: aya::Pod>(
+        &self,
+        name: &'static str,
+        index: u32,
+    ) -> Result<aya::maps::PerCpuValues<V>, TraceError> {
+        let map = self.ebpf.map(name).ok_or(TraceError::MissingMap(name))?;
+        let map_err = |source| TraceError::Map { name, source };
+        PerCpuArray::<&MapData, V>::try_from(map)
+            .map_err(map_err)?
+            .get(&index, 0)
+            .map_err(map_err)
+    }
+
     /// The kernel's break-layouts statistics, summed over CPUs.
     pub fn break_stats(&self) -> Result<BreakStats, TraceError> {
-        let map = self
-            .ebpf
-            .map(BREAK_STATS_MAP)
-            .ok_or(TraceError::MissingMap(BREAK_STATS_MAP))?;
-        let arr: PerCpuArray<&MapData, [u64; BreakStat::ENTRIES as usize]> =
-            PerCpuArray::try_from(map).map_err(|source| TraceError::Map {
-                name: BREAK_STATS_MAP,
-                source,
-            })?;
-        let per_cpu = arr.get(&0, 0).map_err(|source| TraceError::Map {
-            name: BREAK_STATS_MAP,
-            source,
-        })?;
+        let per_cpu = self.per_cpu::<[u64; BreakStat::ENTRIES as usize]>(BREAK_STATS_MAP, 0)?;
         let mut out = BreakStats::default();
         for row in per_cpu.iter() {
             for fs in 0..BreakStat::FS_KINDS {

@@ -360,6 +360,26 @@ fn parse(out: &guest::Outcome, fss: &[&str]) -> Parsed {
     (symbols, absent, res, probes, probes_k, probes_rc, detach)
 }
 
+/// The ext4 and xfs break-layouts hooks must run as fentry/fexit through the
+/// module's BTF on every tested kernel (the README's kernel table): a
+/// quiet fall-back to kprobes would pass every other check.
+fn check_module_fentry(probes: &Value) -> Vec<String> {
+    ["ext4_break", "xfs_break"]
+        .iter()
+        .filter_map(|hook| {
+            let kinds: Vec<&str> = probes["hooks"]
+                .as_array()
+                .and_then(|hs| hs.iter().find(|h| h["hook"] == *hook))
+                .and_then(|h| h["attached"].as_array())
+                .map(|a| a.iter().filter_map(|p| p["kind"].as_str()).collect())
+                .unwrap_or_default();
+            (!(kinds.contains(&"fentry") && kinds.contains(&"fexit"))).then(|| {
+                format!("{hook} attached as {kinds:?}, not fentry+fexit through its module's BTF")
+            })
+        })
+        .collect()
+}
+
 /// Symbols looked up one by one must give the plan the whole listing gives,
 /// and the lookups must be what the default used (every tested kernel is
 /// 5.16+).
@@ -506,6 +526,7 @@ fn run_series(series: &str) -> Result<SeriesResult> {
     let (symbols, absent_probes, fs, probes, probes_k, probes_rc, detach) = parse(&out, fss);
     let mut failures = check_daxrace(series, &probes, probes_rc, &fs, &out.dmesg);
     failures.extend(check_symbol_sources(&probes, &probes_k));
+    failures.extend(check_module_fentry(&probes));
     match detach {
         Some((before, 0, 0)) if before > 0 => {
             println!("--- {series}: SIGKILL detach: {before} programs loaded, 0 left")
@@ -832,6 +853,25 @@ mod unit {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
+    }
+
+    #[test]
+    fn module_break_hooks_must_be_fentry() {
+        let probes = |kinds: &[&str]| {
+            let attached: Vec<Value> = kinds
+                .iter()
+                .map(|k| serde_json::json!({"kind": k, "module": "ext4"}))
+                .collect();
+            serde_json::json!({"hooks": [
+                {"hook": "ext4_break", "attached": attached},
+                {"hook": "xfs_break", "attached": [{"kind": "fentry"}, {"kind": "fexit"}]},
+            ]})
+        };
+        assert!(check_module_fentry(&probes(&["fentry", "fexit"])).is_empty());
+        let fell_back = check_module_fentry(&probes(&["kprobe", "kretprobe"]));
+        assert_eq!(fell_back.len(), 1, "{fell_back:?}");
+        assert!(fell_back[0].starts_with("ext4_break"));
+        assert_eq!(check_module_fentry(&Value::Null).len(), 2);
     }
 
     #[test]
