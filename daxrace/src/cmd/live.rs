@@ -65,9 +65,11 @@ pub fn sinks(
     Ok(sinks)
 }
 
-/// How often the reader drains the ring without being woken.
-/// A quarter of a second keeps findings prompt; shorter cost the traced
-/// host more wake-ups than the records were worth (`cargo xtask bench`).
+/// How often the reader drains the ring without being woken, while records
+/// come in. A quarter of a second keeps findings prompt; shorter cost the
+/// traced host more wake-ups than the records were worth (`cargo xtask
+/// bench`). A drain that finds nothing stops these until the once-a-second
+/// tick finds records again: an idle daemon wakes once a second.
 const DRAIN_EVERY: Duration = Duration::from_millis(250);
 
 /// How far behind the clock the live detector judges time-based findings.
@@ -258,8 +260,9 @@ pub async fn drive(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The kernel side wakes the reader only when the ring fills up (see
     // `submit` in daxrace-ebpf): everything else is drained on this timer.
-    let mut drain = tokio::time::interval(DRAIN_EVERY);
-    drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let drain = tokio::time::sleep(DRAIN_EVERY);
+    tokio::pin!(drain);
+    let mut draining = true;
     loop {
         tokio::select! {
             r = source.next_batch(&mut batch) => {
@@ -267,10 +270,12 @@ pub async fn drive(
                 pipeline.feed(&batch)?;
                 batch.clear();
             }
-            _ = drain.tick() => {
+            _ = &mut drain, if draining => {
                 source.drain(&mut batch);
+                draining = !batch.is_empty();
                 pipeline.feed(&batch)?;
                 batch.clear();
+                drain.as_mut().reset(tokio::time::Instant::now() + DRAIN_EVERY);
             }
             _ = tick.tick() => {
                 // Time may only advance past events already read: take the
@@ -280,6 +285,10 @@ pub async fn drive(
                 // progress sits unread in the ring looks stranded.
                 let now = monotonic_ns();
                 source.drain(&mut batch);
+                if !batch.is_empty() && !draining {
+                    draining = true;
+                    drain.as_mut().reset(tokio::time::Instant::now() + DRAIN_EVERY);
+                }
                 pipeline.feed(&batch)?;
                 batch.clear();
                 pipeline.tick(now.saturating_sub(TICK_LAG_NS))?;

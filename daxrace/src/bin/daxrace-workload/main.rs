@@ -18,6 +18,7 @@
 //! - 4: stuck: a thread did not return even after signals
 mod bench;
 mod nullb;
+mod op_loop;
 mod pattern;
 mod pin_punch;
 mod report;
@@ -92,6 +93,9 @@ enum Cmd {
     /// device whose requests complete after --delay-ms) while punching,
     /// zeroing and truncating the pinned range: break-layouts must wait.
     SlowPin(slow_pin::Args),
+    /// One operation (read, punch or truncate) in a loop on one thread with
+    /// nothing racing it: the benchmark's quiet-path rates.
+    OpLoop(op_loop::Args),
     /// Runs a command with SIGINT and SIGQUIT at their default action: a
     /// background job of a non-interactive shell starts with them ignored,
     /// so `daxrace run &` could not be stopped with SIGINT otherwise.
@@ -127,6 +131,7 @@ fn main() {
         Cmd::Sigdfl { .. } => unreachable!("handled above"),
         Cmd::PinPunch(a) => pin_punch::run(a),
         Cmd::SlowPin(a) => slow_pin::run(a),
+        Cmd::OpLoop(a) => op_loop::run(a),
         Cmd::BpfProgStats(a) => bench::prog_stats(a),
         Cmd::WaitLine(a) => bench::wait_line(a),
     };

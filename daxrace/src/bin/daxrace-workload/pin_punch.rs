@@ -276,7 +276,7 @@ pub fn exit_code(r: &Report, stuck: bool) -> i32 {
     }
 }
 
-fn pread(fd: &File, buf: *mut u8, len: u64, off: u64) -> std::io::Result<u64> {
+pub fn pread(fd: &File, buf: *mut u8, len: u64, off: u64) -> std::io::Result<u64> {
     // SAFETY: buf points to len writable bytes (our mapping or buffer).
     let n = unsafe { libc::pread(fd.as_raw_fd(), buf.cast(), len as usize, off as i64) };
     if n < 0 {
@@ -362,7 +362,7 @@ fn ended(res: &std::io::Result<u64>) -> String {
     }
 }
 
-fn fallocate(f: &File, mode: i32, off: u64, len: u64) -> std::io::Result<u64> {
+pub fn fallocate(f: &File, mode: i32, off: u64, len: u64) -> std::io::Result<u64> {
     // SAFETY: plain syscall on our fd.
     let r = unsafe { libc::fallocate(f.as_raw_fd(), mode, off as i64, len as i64) };
     if r < 0 {
@@ -372,7 +372,7 @@ fn fallocate(f: &File, mode: i32, off: u64, len: u64) -> std::io::Result<u64> {
     }
 }
 
-fn ftruncate(f: &File, size: u64) -> std::io::Result<u64> {
+pub fn ftruncate(f: &File, size: u64) -> std::io::Result<u64> {
     // SAFETY: plain syscall on our fd.
     let r = unsafe { libc::ftruncate(f.as_raw_fd(), size as i64) };
     if r < 0 {
