@@ -1048,6 +1048,14 @@ fn hook_costs(progs: &[Prog]) -> BTreeMap<&'static str, HookCost> {
     out
 }
 
+/// What daxrace's code costs over bpftrace's once the empty program's cost
+/// (the attach and statistics floor both pay) is taken off; none when
+/// bpftrace's code costs nothing measurable over the floor.
+fn above_floor(dr: Option<f64>, bt: Option<f64>, empty: Option<f64>) -> Option<f64> {
+    let (d, b, e) = (dr?, bt?, empty?);
+    (b - e > 0.0).then(|| (d - e).max(0.0) / (b - e))
+}
+
 /// Workload operations (reads + modifications) in a stats phase: the
 /// denominator that makes total BPF time comparable between tracers.
 fn stats_ops(p: &Parsed, tracer: &str) -> u64 {
@@ -1229,7 +1237,7 @@ fn report(
     );
     let _ = writeln!(
         t,
-        "  {:<17} {:<17} {:>7} {:>8}   {:>8}   {:<19} {:>7} {:>8}  {:>6}  {:>6}",
+        "  {:<17} {:<17} {:>7} {:>8}   {:>8}   {:<19} {:>7} {:>8}  {:>6}  {:>6}  {:>11}",
         "hook",
         "daxrace (auto)",
         "runs",
@@ -1239,7 +1247,8 @@ fn report(
         "runs",
         "ns/run",
         "dr/bt",
-        "empty"
+        "empty",
+        "above empty"
     );
     let mut below_floor = Vec::new();
     let hooks: BTreeSet<&str> = costs.values().flat_map(|m| m.keys().copied()).collect();
@@ -1268,7 +1277,7 @@ fn report(
         };
         let _ = writeln!(
             t,
-            "  {:<17} {:<17} {:>7} {:>8}   {:>8}   {:<19} {:>7} {:>8}  {:>6}  {:>6}",
+            "  {:<17} {:<17} {:>7} {:>8}   {:>8}   {:<19} {:>7} {:>8}  {:>6}  {:>6}  {:>11}",
             h,
             kinds(&a),
             a.runs,
@@ -1278,12 +1287,16 @@ fn report(
             b.runs,
             fmt_opt(b.ns_per_run(), 0),
             fmt_opt(ratio, 2),
-            fmt_opt(e.ns_per_run(), 0)
+            fmt_opt(e.ns_per_run(), 0),
+            fmt_opt(
+                above_floor(a.ns_per_run(), b.ns_per_run(), e.ns_per_run()),
+                2
+            )
         );
     }
     let _ = writeln!(
         t,
-        "  empty: an empty bpftrace program on the same probes (what any program there costs); a third of bpftrace's cost is below it for: {}",
+        "  empty: an empty bpftrace program on the same probes (what any program there costs); above empty: (daxrace - empty) / (bpftrace - empty), what each tracer's own code costs; a third of bpftrace's cost is below the empty program for: {}",
         if below_floor.is_empty() {
             "no hook".to_string()
         } else {
@@ -1650,6 +1663,20 @@ mod tests {
         let firsts: BTreeSet<&str> = (0..3).map(|r| rate_phases(3)[1 + 6 * r]).collect();
         assert_eq!(firsts.len(), 3);
         assert_eq!(phase_tag(0), "p01");
+    }
+
+    #[test]
+    fn the_floor_comes_off_both_sides() {
+        assert_eq!(
+            above_floor(Some(300.0), Some(500.0), Some(200.0)),
+            Some(1.0 / 3.0)
+        );
+        assert_eq!(
+            above_floor(Some(150.0), Some(500.0), Some(200.0)),
+            Some(0.0)
+        );
+        assert_eq!(above_floor(Some(300.0), Some(190.0), Some(200.0)), None);
+        assert_eq!(above_floor(Some(300.0), None, Some(200.0)), None);
     }
 
     #[test]
