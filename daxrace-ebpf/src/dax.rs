@@ -833,6 +833,64 @@ struct BioWalk {
     vecs: u64,
     bvec_size: u64,
     psz: u64,
+    /// The bvecs are in `BVEC_COPIES` (one read for the bio instead of
+    /// three per bvec).
+    copied: u64,
+}
+
+/// Bytes of bvecs copied in one read: 32 bvecs of 16 bytes (64-bit).
+const BVEC_COPY: u64 = 512;
+
+/// The bvecs of the bio being released, copied in one read. Reading three
+/// fields of each bvec apart took 48 reads for a 64 KiB direct I/O into a
+/// DAX mapping (sixteen 1-page bvecs: DAX folios are not merged), about
+/// 5 us of a 9.4 us run on 7.3 under emulation.
+#[repr(C)]
+struct BvecCopy {
+    /// Twice `BVEC_COPY`: the read's length is masked to below that, which
+    /// the 6.12 verifier can bound where it loses the `len <= BVEC_COPY`
+    /// test; and slack for a masked offset plus 8.
+    bytes: [u8; 2 * BVEC_COPY as usize + 16],
+}
+
+#[map]
+static BVEC_COPIES: PerCpuArray<BvecCopy> = PerCpuArray::with_max_entries(1, 0);
+
+/// Copies the first `n` bvecs at `vecs`; false when they do not fit or the
+/// read fails (the walk then reads them field by field).
+#[inline(always)]
+fn copy_bvecs(vecs: u64, n: u32, bvec_size: u64) -> bool {
+    let len = n as u64 * bvec_size;
+    if vecs == 0 || len == 0 || len > BVEC_COPY {
+        return false;
+    }
+    let Some(copy) = BVEC_COPIES.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: this CPU's slot (the program cannot nest on one CPU); the
+    // helper writes `len` <= BVEC_COPY bytes into it.
+    unsafe {
+        aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+            (*copy).bytes.as_mut_ptr() as *mut c_void,
+            (len & (2 * BVEC_COPY - 1)) as u32,
+            vecs as *const c_void,
+        ) == 0
+    }
+}
+
+/// A field of the copied bvecs, `at` bytes in. The offset is masked so that
+/// the verifier can bound it; every real one is below the copied length.
+#[inline(always)]
+fn copied_field<T: Copy + Default>(at: u64) -> T {
+    let Some(copy) = BVEC_COPIES.get_ptr_mut(0) else {
+        return T::default();
+    };
+    // SAFETY: masked offset + size_of::<T>() (at most 8) is inside `bytes`.
+    unsafe {
+        core::ptr::read_unaligned(
+            (*copy).bytes.as_ptr().add((at & (BVEC_COPY - 1)) as usize) as *const T
+        )
+    }
 }
 
 /// What the page callback needs from one bvec.
@@ -859,13 +917,34 @@ extern "C" fn bvec_step(i: u32, ctx: *mut c_void) -> i64 {
     // SAFETY: bpf_loop passes back the pointer given to it below.
     let w = unsafe { &*(ctx as *const BioWalk) };
     let cfg = config();
-    let bv = w.vecs + (i as u64) * w.bvec_size;
-    let off = read_at::<u32>(bv, cfg.bvec_offset()) as u64;
-    let len = read_at::<u32>(bv, cfg.bvec_len()) as u64;
+    let at = (i as u64) * w.bvec_size;
+    let (off, len, first) = if w.copied != 0 {
+        (
+            copied_field::<u32>(at + cfg.bvec_offset() as u64) as u64,
+            copied_field::<u32>(at + cfg.bvec_len() as u64) as u64,
+            copied_field::<u64>(at + cfg.bvec_page() as u64),
+        )
+    } else {
+        let bv = w.vecs + at;
+        (
+            read_at::<u32>(bv, cfg.bvec_offset()) as u64,
+            read_at::<u32>(bv, cfg.bvec_len()) as u64,
+            read_at::<u64>(bv, cfg.bvec_page()),
+        )
+    };
     let first_pg = off >> PAGE_SHIFT;
     let npages = ((off + len).saturating_sub(1) >> PAGE_SHIFT) + 1 - first_pg;
+    if npages == 1 {
+        // The usual bvec here: no inner walk (a `bpf_loop` per bvec).
+        let page = first + first_pg * w.psz;
+        if watched(page) {
+            found_push(page);
+        }
+        add_walked(1);
+        return 0;
+    }
     let mut pw = BvecWalk {
-        first: read_at::<u64>(bv, cfg.bvec_page()),
+        first,
         first_pg,
         psz: w.psz,
     };
@@ -886,13 +965,18 @@ extern "C" fn bvec_step(i: u32, ctx: *mut c_void) -> i64 {
             0,
         )
     };
+    add_walked(n);
+    0
+}
+
+#[inline(always)]
+fn add_walked(n: u64) {
     if let Some(f) = RELEASE_FOUND.get_ptr_mut(0) {
         // SAFETY: this CPU's slot (see Found). Counted here, not in the
         // walk's stack context: a counter there never lets the verifier's
         // loop states converge.
         unsafe { (*f).walked += n };
     }
-    0
 }
 
 /// After `__bio_release_pages(bio)` dropped its references: report the
@@ -912,6 +996,7 @@ fn bio_released(bio: u64) -> u32 {
         vecs: read_at::<u64>(bio, cfg.bio_io_vec()),
         bvec_size: cfg.bio_vec_size() as u64,
         psz: cfg.page_struct_size() as u64,
+        copied: 0,
     };
     let Some(found) = RELEASE_FOUND.get_ptr_mut(0) else {
         return 0;
@@ -930,6 +1015,7 @@ fn bio_released(bio: u64) -> u32 {
     } else {
         vcnt
     };
+    w.copied = copy_bvecs(w.vecs, n, w.bvec_size) as u64;
     // SAFETY: helper call with a callback and a pointer to our stack.
     unsafe {
         bpf_loop(
