@@ -78,6 +78,19 @@ impl Common {
             .find_map(|v| std::env::var_os(v).map(PathBuf::from))
             .ok_or_else(|| anyhow::anyhow!("no DAX directory: pass --dir or set DAX_EXT4/DAX_XFS"))
     }
+    /// The DAX directory and its filesystem's name. A directory off DAX is
+    /// warned about but used: a run there is a baseline to compare with.
+    pub fn dax_target(&self) -> anyhow::Result<(PathBuf, String)> {
+        let dir = self.dax_dir()?;
+        if !report::is_dax(&dir) {
+            eprintln!(
+                "daxrace-workload: warning: {} is not on a DAX mount: no DAX page will be pinned, no DAX hook will fire",
+                dir.display()
+            );
+        }
+        let fs = report::fs_name(&dir);
+        Ok((dir, fs))
+    }
     pub fn stall_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.stall_timeout.max(0.1))
     }

@@ -25,7 +25,7 @@ use serde_json::json;
 use crate::{
     pattern,
     pin_punch::{fallocate, ftruncate, pread},
-    report::{self, Report},
+    report::Report,
     Common,
 };
 
@@ -77,14 +77,7 @@ fn touch(map: *mut libc::c_void, off: u64, len: u64, v: u8) {
 }
 
 pub fn run(a: Args) -> Result<i32> {
-    let dir = a.common.dax_dir()?;
-    let fs = report::fs_name(&dir);
-    if !report::is_dax(&dir) {
-        eprintln!(
-            "daxrace-workload: warning: {} is not on a DAX mount: no DAX hook will fire",
-            dir.display()
-        );
-    }
+    let (dir, fs) = a.common.dax_target()?;
     let pid = std::process::id();
     let (dax, map) =
         pattern::mapped_dax_file(&dir, &format!("daxrace-loop-{pid}"), a.common.seed, FILE)?;

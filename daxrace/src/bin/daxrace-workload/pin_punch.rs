@@ -117,7 +117,7 @@ impl Shared {
 }
 
 pub fn run(a: Args) -> Result<i32> {
-    let dir = a.common.dax_dir()?;
+    let (dir, fs) = a.common.dax_target()?;
     let src_dir = a
         .src_dir
         .clone()
@@ -125,13 +125,6 @@ pub fn run(a: Args) -> Result<i32> {
         .context("no source directory: pass --src-dir (a non-DAX filesystem that supports O_DIRECT) or set DAX_SCRATCH")?;
     if a.ops.is_empty() || a.readers == 0 {
         bail!("need at least one reader and one op");
-    }
-    let fs = report::fs_name(&dir);
-    if !report::is_dax(&dir) {
-        eprintln!(
-            "daxrace-workload: warning: {} is not on a DAX mount: no DAX page will be pinned",
-            dir.display()
-        );
     }
     let file_size = (a.file_mib.max(1) << 20).next_multiple_of(REGION);
     let max_read = (a.max_read_kib.clamp(4, 64) << 10).next_multiple_of(BLOCK);

@@ -129,14 +129,7 @@ fn breaker_op(f: &File, op: Op) -> std::io::Result<u64> {
 }
 
 pub fn run(a: Args) -> Result<i32> {
-    let dir = a.common.dax_dir()?;
-    let fs = report::fs_name(&dir);
-    if !report::is_dax(&dir) {
-        eprintln!(
-            "daxrace-workload: warning: {} is not on a DAX mount: no DAX page will be pinned",
-            dir.display()
-        );
-    }
+    let (dir, fs) = a.common.dax_target()?;
     if a.ops.is_empty() {
         bail!("no ops");
     }
