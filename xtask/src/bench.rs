@@ -569,6 +569,7 @@ fact() { sed -n "s/.*\"$1\": *\([0-9][0-9]*\).*/\1/p" /tmp/facts.json | head -n 
 /// since the bpftrace script is built from what it attached.
 const GUEST_STATS: &str = r#"
 echo "@@KERNEL $(uname -r)"
+echo "@@PREEMPT $(cat /sys/kernel/debug/sched/preempt 2>/dev/null)"
 BT_OK=0
 # What the bpftrace script must know of this kernel, as daxrace found it.
 daxrace probes --json > /tmp/facts.json 2>/dev/null
@@ -718,6 +719,9 @@ struct Parsed {
     /// (rate rounds only).
     cpu: BTreeMap<String, Vec<f64>>,
     bt_mode: Option<String>,
+    /// The kernel's preemption model, from `sched/preempt` ("(lazy)" ->
+    /// "lazy"), when it says.
+    preempt: Option<String>,
     bt_script: Vec<String>,
     notes: Vec<String>,
 }
@@ -736,6 +740,7 @@ fn parse(lines: &[String]) -> Parsed {
         let w: Vec<&str> = l.split_whitespace().collect();
         match w.as_slice() {
             ["@@KERNEL", k] => p.kernel = k.to_string(),
+            ["@@PREEMPT", modes @ ..] => p.preempt = preempt_mode(modes),
             ["@@START", tracer, _, ms] => {
                 if let Ok(ms) = ms.parse() {
                     p.starts.entry(tracer.to_string()).or_default().push(ms);
@@ -1051,6 +1056,15 @@ fn hook_costs(progs: &[Prog]) -> BTreeMap<&'static str, HookCost> {
     out
 }
 
+/// The selected preemption model in `/sys/kernel/debug/sched/preempt`
+/// ("none (voluntary) full lazy": the one in parentheses).
+fn preempt_mode(words: &[&str]) -> Option<String> {
+    words
+        .iter()
+        .find_map(|w| w.strip_prefix('(')?.strip_suffix(')'))
+        .map(String::from)
+}
+
 /// What daxrace's code costs over bpftrace's once the empty program's cost
 /// (the attach and statistics floor both pay) is taken off; none when
 /// bpftrace's code costs nothing measurable over the floor.
@@ -1238,6 +1252,16 @@ fn report(
             .map(|m| format!("; bpftrace used {m}"))
             .unwrap_or_default()
     );
+    if let Some(m) = p
+        .preempt
+        .as_deref()
+        .filter(|m| *m == "full" || *m == "lazy")
+    {
+        let _ = writeln!(
+            t,
+            "  note: this kernel preempts in kernel mode ({m}): fentry/fexit programs run preemptible, and their run time includes any time preempted, for both tracers; kprobe programs run with preemption off. Long programs under contention read high."
+        );
+    }
     let _ = writeln!(
         t,
         "  {:<17} {:<17} {:>7} {:>8}   {:>8}   {:<19} {:>7} {:>8}  {:>6}  {:>6}  {:>11}",
@@ -1666,6 +1690,18 @@ mod tests {
         let firsts: BTreeSet<&str> = (0..3).map(|r| rate_phases(3)[1 + 6 * r]).collect();
         assert_eq!(firsts.len(), 3);
         assert_eq!(phase_tag(0), "p01");
+    }
+
+    #[test]
+    fn the_preemption_model_is_the_one_in_parentheses() {
+        assert_eq!(
+            preempt_mode(&["none", "(voluntary)", "full"]),
+            Some("voluntary".into())
+        );
+        assert_eq!(preempt_mode(&["full", "(lazy)"]), Some("lazy".into()));
+        assert_eq!(preempt_mode(&[]), None);
+        let p = parse(&["@@PREEMPT full (lazy)".to_string()]);
+        assert_eq!(p.preempt.as_deref(), Some("lazy"));
     }
 
     #[test]
