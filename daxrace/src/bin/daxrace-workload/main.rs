@@ -107,7 +107,9 @@ enum Cmd {
     /// zeroing and truncating the pinned range: break-layouts must wait.
     SlowPin(slow_pin::Args),
     /// One operation (read, punch or truncate) in a loop on one thread with
-    /// nothing racing it: the benchmark's quiet-path rates.
+    /// nothing racing it: the benchmark's quiet-path rates. Nothing can make
+    /// a break wait here, so --stall-timeout and --max-stalls do not apply;
+    /// a failing operation ends the run with its error.
     OpLoop(op_loop::Args),
     /// Runs a command with SIGINT and SIGQUIT at their default action: a
     /// background job of a non-interactive shell starts with them ignored,
