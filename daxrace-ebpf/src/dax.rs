@@ -906,11 +906,15 @@ type LoopCallback = extern "C" fn(u32, *mut c_void) -> i64;
 extern "C" fn page_step(i: u32, ctx: *mut c_void) -> i64 {
     // SAFETY: bpf_loop passes back the pointer given to it below.
     let w = unsafe { &*(ctx as *const BvecWalk) };
-    let page = w.first + (w.first_pg + i as u64) * w.psz;
+    found_if_watched(w.first + (w.first_pg + i as u64) * w.psz);
+    0
+}
+
+#[inline(always)]
+fn found_if_watched(page: u64) {
     if watched(page) {
         found_push(page);
     }
-    0
 }
 
 extern "C" fn bvec_step(i: u32, ctx: *mut c_void) -> i64 {
@@ -936,10 +940,7 @@ extern "C" fn bvec_step(i: u32, ctx: *mut c_void) -> i64 {
     let npages = ((off + len).saturating_sub(1) >> PAGE_SHIFT) + 1 - first_pg;
     if npages == 1 {
         // The usual bvec here: no inner walk (a `bpf_loop` per bvec).
-        let page = first + first_pg * w.psz;
-        if watched(page) {
-            found_push(page);
-        }
+        found_if_watched(first + first_pg * w.psz);
         add_walked(1);
         return 0;
     }

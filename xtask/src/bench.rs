@@ -823,10 +823,27 @@ const RATES: &[(&str, &[&str])] = &[
     ),
 ];
 
+/// The two workloads of the rate phases.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Load {
+    /// One operation in a loop on one thread (op-loop).
+    Alone,
+    /// pin-punch: pinned pages make breaks wait.
+    Mix,
+}
+
+impl Load {
+    fn name(self) -> &'static str {
+        match self {
+            Load::Alone => "alone",
+            Load::Mix => "mix",
+        }
+    }
+}
+
 /// One line of the rate table: a rate of one workload on one filesystem.
 struct RateRow {
-    /// "alone" (op-loop) or "mix" (pin-punch).
-    load: &'static str,
+    load: Load,
     fs: String,
     name: &'static str,
     ops: &'static [&'static str],
@@ -835,10 +852,9 @@ struct RateRow {
 impl RateRow {
     fn rate(&self, p: &Parsed, tag: &str, tracer: &str) -> Option<f64> {
         let (tag, tracer, fs) = (tag.to_string(), tracer.to_string(), self.fs.clone());
-        let v = if self.load == "alone" {
-            p.loops.get(&(tag, tracer, fs, self.name.to_string()))
-        } else {
-            p.workloads.get(&(tag, tracer, fs))
+        let v = match self.load {
+            Load::Alone => p.loops.get(&(tag, tracer, fs, self.name.to_string())),
+            Load::Mix => p.workloads.get(&(tag, tracer, fs)),
         };
         v.and_then(|v| rate(v, self.ops))
     }
@@ -849,13 +865,13 @@ fn rate_rows(p: &Parsed) -> Vec<RateRow> {
     let mut rows = Vec::new();
     let loop_fs: BTreeSet<&String> = p.loops.keys().map(|(_, _, f, _)| f).collect();
     for fs in loop_fs {
-        for name in ["read", "punch", "truncate"] {
-            let ops = RATES.iter().find(|(n, _)| *n == name).map(|(_, o)| *o);
+        // op-loop runs one operation at a time: the single-operation rates.
+        for (name, ops) in RATES.iter().filter(|(_, ops)| ops.len() == 1) {
             rows.push(RateRow {
-                load: "alone",
+                load: Load::Alone,
                 fs: fs.clone(),
                 name,
-                ops: ops.unwrap_or(&[]),
+                ops,
             });
         }
     }
@@ -863,7 +879,7 @@ fn rate_rows(p: &Parsed) -> Vec<RateRow> {
     for fs in mix_fs {
         for (name, ops) in RATES {
             rows.push(RateRow {
-                load: "mix",
+                load: Load::Mix,
                 fs: fs.clone(),
                 name,
                 ops,
@@ -1092,9 +1108,9 @@ struct SeriesReport {
     series: String,
     text: String,
     /// (workload, fs, rate name) -> daxrace / untraced.
-    dr_ratios: BTreeMap<(String, String, String), Spread>,
+    dr_ratios: BTreeMap<(Load, String, String), Spread>,
     /// workload -> untraced phases against their untraced neighbours.
-    noise: BTreeMap<String, Spread>,
+    noise: BTreeMap<Load, Spread>,
     /// Per hook: daxrace auto ns/run, bpftrace ns/run.
     hook_pairs: Vec<(String, f64, f64)>,
     /// Total BPF ns per workload op: daxrace auto, bpftrace.
@@ -1188,7 +1204,7 @@ fn report(
         "untraced (noise)"
     );
     let mut dr_ratios = BTreeMap::new();
-    let mut noise: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let mut noise: BTreeMap<Load, Vec<f64>> = BTreeMap::new();
     for row in rate_rows(p) {
         let by_tracer = bracketed(&p.phases, |tag, tracer| row.rate(p, tag, tracer));
         let ratios = |tr: &str| by_tracer.get(tr).cloned().unwrap_or_default();
@@ -1199,20 +1215,14 @@ fn report(
                 .filter_map(|(tag, _)| row.rate(p, tag, tr))
                 .collect()
         };
-        noise
-            .entry(row.load.to_string())
-            .or_default()
-            .extend(ratios(NONE));
+        noise.entry(row.load).or_default().extend(ratios(NONE));
         if let Some(d) = Spread::of(&ratios(DR)) {
-            dr_ratios.insert(
-                (row.load.to_string(), row.fs.clone(), row.name.to_string()),
-                d,
-            );
+            dr_ratios.insert((row.load, row.fs.clone(), row.name.to_string()), d);
         }
         let _ = writeln!(
             t,
             "  {:<6} {:<5} {:<17} {:>9} {:>9} {:>19} {:>19} {:>19} {:>19}",
-            row.load,
+            row.load.name(),
             row.fs,
             row.name,
             fmt_opt(median(rates(NONE)), 1),
@@ -1414,7 +1424,7 @@ fn report(
         dr_ratios,
         noise: noise
             .iter()
-            .filter_map(|(l, v)| Spread::of(v).map(|s| (l.clone(), s)))
+            .filter_map(|(l, v)| Spread::of(v).map(|s| (*l, s)))
             .collect(),
         hook_pairs,
         total_per_op,
@@ -1489,11 +1499,11 @@ fn goals(reports: &[SeriesReport], pipeline: Option<&Pipeline>) -> String {
         let s = &r.series;
         // Judged on the median ratio; the range and the untraced phases'
         // own spread say how firmly.
-        let check = |load: &str, names: &[&str], goal: f64| -> Option<(bool, String)> {
-            let rows: Vec<(&(String, String, String), &Spread)> = r
+        let check = |load: Load, names: &[&str], goal: f64| -> Option<(bool, String)> {
+            let rows: Vec<(&(Load, String, String), &Spread)> = r
                 .dr_ratios
                 .iter()
-                .filter(|((l, _, n), _)| l == load && names.contains(&n.as_str()))
+                .filter(|((l, _, n), _)| *l == load && names.contains(&n.as_str()))
                 .collect();
             let v: Vec<String> = rows
                 .iter()
@@ -1504,10 +1514,10 @@ fn goals(reports: &[SeriesReport], pipeline: Option<&Pipeline>) -> String {
             let ok = rows.iter().all(|(_, x)| x.median >= goal);
             (!v.is_empty()).then(|| (ok, v.join(", ")))
         };
-        for load in ["alone", "mix"] {
+        for load in [Load::Alone, Load::Mix] {
             let noise = r
                 .noise
-                .get(load)
+                .get(&load)
                 .map(|n| format!("; untraced vs untraced {:.2}-{:.2}", n.min, n.max))
                 .unwrap_or_default();
             for (names, goal, what) in [
@@ -1520,10 +1530,15 @@ fn goals(reports: &[SeriesReport], pipeline: Option<&Pipeline>) -> String {
             ] {
                 match check(load, names, goal) {
                     Some((ok, v)) => {
-                        let _ = writeln!(t, "  {s}: {load}: {what}: {} ({v}{noise})", verdict(ok));
+                        let _ = writeln!(
+                            t,
+                            "  {s}: {}: {what}: {} ({v}{noise})",
+                            load.name(),
+                            verdict(ok)
+                        );
                     }
                     None => {
-                        let _ = writeln!(t, "  {s}: {load}: {what}: no figures");
+                        let _ = writeln!(t, "  {s}: {}: {what}: no figures", load.name());
                     }
                 }
             }
@@ -1791,7 +1806,9 @@ mod tests {
         assert_eq!(p.phases.len(), 3);
         let rows = rate_rows(&p);
         assert_eq!(
-            rows.iter().map(|r| (r.load, r.name)).collect::<Vec<_>>(),
+            rows.iter()
+                .map(|r| (r.load.name(), r.name))
+                .collect::<Vec<_>>(),
             [
                 ("alone", "read"),
                 ("alone", "punch"),

@@ -13,13 +13,11 @@
 //! - `truncate`: the same with the file's last 64 KiB, cut by ftruncate and
 //!   grown back.
 use std::{
-    fs::OpenOptions,
-    os::unix::fs::OpenOptionsExt,
     path::PathBuf,
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use serde_json::json;
 
 use crate::{
@@ -82,30 +80,12 @@ pub fn run(a: Args) -> Result<i32> {
     let (dax, map) =
         pattern::mapped_dax_file(&dir, &format!("daxrace-loop-{pid}"), a.common.seed, FILE)?;
     let src = match a.op {
-        LoopOp::Read => {
-            let src_dir = a
-                .src_dir
-                .clone()
-                .or_else(|| std::env::var_os("DAX_SCRATCH").map(PathBuf::from))
-                .context("no source directory: pass --src-dir (a non-DAX filesystem that supports O_DIRECT) or set DAX_SCRATCH")?;
-            let path = src_dir.join(format!("daxrace-loop-src-{pid}"));
-            let f = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&path)
-                .with_context(|| format!("creating {}", path.display()))?;
-            pattern::write(&f, a.common.seed, 0, FILE)?;
-            f.sync_all()
-                .with_context(|| format!("fsync {}", path.display()))?;
-            let f = OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_DIRECT)
-                .open(&path)
-                .with_context(|| format!("opening {} with O_DIRECT", path.display()))?;
-            let _ = std::fs::remove_file(&path);
-            Some(f)
-        }
+        LoopOp::Read => Some(pattern::direct_source(
+            a.src_dir.as_deref(),
+            &format!("daxrace-loop-src-{pid}"),
+            a.common.seed,
+            FILE,
+        )?),
         _ => None,
     };
     let report = Report::default();

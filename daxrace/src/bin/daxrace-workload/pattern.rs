@@ -172,6 +172,44 @@ pub fn mapped_dax_file(
     Ok((dax, map))
 }
 
+/// The source of the O_DIRECT reads that pin DAX pages: `size` bytes of the
+/// pattern of `seed` in `dir` (else `$DAX_SCRATCH`), a non-DAX filesystem
+/// that supports O_DIRECT, opened with O_DIRECT and unlinked (it lives while
+/// open). It holds written data: O_DIRECT reads of unwritten extents are
+/// zero-filled without a bio and pin nothing (why generic/503 misses).
+pub fn direct_source(
+    dir: Option<&std::path::Path>,
+    name: &str,
+    seed: u64,
+    size: u64,
+) -> anyhow::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+
+    use anyhow::Context;
+    let dir = dir
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("DAX_SCRATCH").map(std::path::PathBuf::from))
+        .context("no source directory: pass --src-dir (a non-DAX filesystem that supports O_DIRECT) or set DAX_SCRATCH")?;
+    let path = dir.join(name);
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    write(&f, seed, 0, size).with_context(|| format!("writing {}", path.display()))?;
+    f.sync_all()
+        .with_context(|| format!("fsync {}", path.display()))?;
+    drop(f);
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&path)
+        .with_context(|| format!("opening {} with O_DIRECT (tmpfs cannot)", path.display()))?;
+    let _ = std::fs::remove_file(&path);
+    Ok(f)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

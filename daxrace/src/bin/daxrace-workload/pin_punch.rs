@@ -13,11 +13,8 @@
 //! judged. Each reader writes only into its own regions so that readers do
 //! not overwrite each other.
 use std::{
-    fs::{File, OpenOptions},
-    os::{
-        fd::AsRawFd,
-        unix::{fs::OpenOptionsExt, thread::JoinHandleExt},
-    },
+    fs::File,
+    os::{fd::AsRawFd, unix::thread::JoinHandleExt},
     path::PathBuf,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -26,7 +23,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use serde_json::json;
 
 use crate::{
@@ -118,11 +115,6 @@ impl Shared {
 
 pub fn run(a: Args) -> Result<i32> {
     let (dir, fs) = a.common.dax_target()?;
-    let src_dir = a
-        .src_dir
-        .clone()
-        .or_else(|| std::env::var_os("DAX_SCRATCH").map(PathBuf::from))
-        .context("no source directory: pass --src-dir (a non-DAX filesystem that supports O_DIRECT) or set DAX_SCRATCH")?;
     if a.ops.is_empty() || a.readers == 0 {
         bail!("need at least one reader and one op");
     }
@@ -132,30 +124,12 @@ pub fn run(a: Args) -> Result<i32> {
     let seed = a.common.seed;
     let pid = std::process::id();
 
-    // The source holds written data: O_DIRECT reads of unwritten extents are
-    // zero-filled without a bio and pin nothing (why generic/503 misses).
-    let src_path = src_dir.join(format!("daxrace-src-{pid}"));
-    let src = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&src_path)
-        .with_context(|| format!("creating {}", src_path.display()))?;
-    pattern::write(&src, seed ^ SRC_SALT, 0, src_size)?;
-    src.sync_all()?;
-    drop(src);
-    let src = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(&src_path)
-        .with_context(|| {
-            format!(
-                "opening {} with O_DIRECT (tmpfs cannot)",
-                src_path.display()
-            )
-        })?;
-    let _ = std::fs::remove_file(&src_path); // gone on exit, open until then
+    let src = pattern::direct_source(
+        a.src_dir.as_deref(),
+        &format!("daxrace-src-{pid}"),
+        seed ^ SRC_SALT,
+        src_size,
+    )?;
 
     let (dax, map) = pattern::mapped_dax_file(
         &dir,
@@ -177,12 +151,11 @@ pub fn run(a: Args) -> Result<i32> {
         reads: AtomicU64::new(0),
     });
     println!(
-        "pin-punch: {} ({fs}), {} MiB file, {} readers (up to {} KiB O_DIRECT reads from {}), ops {:?}, {} s",
+        "pin-punch: {} ({fs}), {} MiB file, {} readers (up to {} KiB O_DIRECT reads from a non-DAX file), ops {:?}, {} s",
         dir.display(),
         file_size >> 20,
         a.readers,
         max_read >> 10,
-        src_dir.display(),
         a.ops,
         a.seconds
     );
