@@ -107,6 +107,10 @@ pub struct HookSpec {
     pub wrappers: &'static [(&'static str, &'static str)],
     /// Context hooks are nice to have; a missing DAX hook is a coverage gap.
     pub context: bool,
+    /// A fallback that adds nothing where this other hook attached to its
+    /// own function with all its arguments (not a clone): there it stays
+    /// unattached, on standby, and costs the traced path nothing.
+    pub fallback_for: Option<HookId>,
 }
 
 use AttachKind::*;
@@ -190,6 +194,7 @@ pub static HOOKS: &[HookSpec] = &[
         attach_all: false,
         wrappers: &[],
         context: true,
+        fallback_for: None,
     },
     HookSpec {
         id: HookId::Ext4ZeroRange,
@@ -202,6 +207,7 @@ pub static HOOKS: &[HookSpec] = &[
         attach_all: false,
         wrappers: &[],
         context: true,
+        fallback_for: None,
     },
     HookSpec {
         id: HookId::Ext4CollapseRange,
@@ -214,6 +220,7 @@ pub static HOOKS: &[HookSpec] = &[
         attach_all: false,
         wrappers: &[],
         context: true,
+        fallback_for: None,
     },
     HookSpec {
         id: HookId::Ext4InsertRange,
@@ -226,6 +233,7 @@ pub static HOOKS: &[HookSpec] = &[
         attach_all: false,
         wrappers: &[],
         context: true,
+        fallback_for: None,
     },
     HookSpec {
         id: HookId::Ext4Truncate,
@@ -238,6 +246,7 @@ pub static HOOKS: &[HookSpec] = &[
         attach_all: false,
         wrappers: &[],
         context: true,
+        fallback_for: None,
     },
     HookSpec {
         id: HookId::Ext4Break,
@@ -253,6 +262,7 @@ pub static HOOKS: &[HookSpec] = &[
         attach_all: false,
         wrappers: &[],
         context: false,
+        fallback_for: None,
     },
     HookSpec {
         id: HookId::XfsBreak,
@@ -276,6 +286,7 @@ pub static HOOKS: &[HookSpec] = &[
         attach_all: false,
         wrappers: &[],
         context: false,
+        fallback_for: None,
     },
     HookSpec {
         id: HookId::GenericBreak,
@@ -294,6 +305,7 @@ pub static HOOKS: &[HookSpec] = &[
         attach_all: false,
         wrappers: &[],
         context: true,
+        fallback_for: None,
     },
     HookSpec {
         id: HookId::BusyScan,
@@ -324,6 +336,7 @@ pub static HOOKS: &[HookSpec] = &[
         attach_all: true,
         wrappers: &[("dax_layout_busy_page", "dax_layout_busy_page_range")],
         context: false,
+        fallback_for: None,
     },
     HookSpec {
         id: HookId::WaitStart,
@@ -336,6 +349,7 @@ pub static HOOKS: &[HookSpec] = &[
         attach_all: false,
         wrappers: &[],
         context: false,
+        fallback_for: None,
     },
     HookSpec {
         id: HookId::PinDropped,
@@ -363,6 +377,7 @@ pub static HOOKS: &[HookSpec] = &[
         attach_all: false,
         wrappers: &[],
         context: false,
+        fallback_for: None,
     },
     HookSpec {
         id: HookId::BioRelease,
@@ -378,6 +393,7 @@ pub static HOOKS: &[HookSpec] = &[
         attach_all: false,
         wrappers: &[],
         context: false,
+        fallback_for: None,
     },
     HookSpec {
         id: HookId::WakeUp,
@@ -390,6 +406,7 @@ pub static HOOKS: &[HookSpec] = &[
         attach_all: false,
         wrappers: &[],
         context: false,
+        fallback_for: None,
     },
     HookSpec {
         id: HookId::Disassociate,
@@ -405,10 +422,12 @@ pub static HOOKS: &[HookSpec] = &[
         attach_all: false,
         wrappers: &[],
         context: false,
+        fallback_for: None,
     },
     HookSpec {
         id: HookId::DeleteEntry,
-        purpose: "a DAX mapping entry is deleted (truncation, where disassociate is inlined)",
+        purpose:
+            "a DAX mapping entry is deleted (truncation, where disassociate is inlined or cloned)",
         targets: &[function!(
             "dax_delete_mapping_entry",
             [&[prog("fe_delete_entry", Fentry)]],
@@ -417,6 +436,7 @@ pub static HOOKS: &[HookSpec] = &[
         attach_all: false,
         wrappers: &[],
         context: false,
+        fallback_for: Some(HookId::Disassociate),
     },
 ];
 
@@ -621,6 +641,10 @@ pub struct HookStatus {
     pub attached: Vec<AttachedProgram>,
     /// Why it did not attach (or which alternatives failed before one worked).
     pub errors: Vec<String>,
+    /// Not attached because another hook already serves it here (see
+    /// [`HookSpec::fallback_for`]): why, for `daxrace probes`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub standby: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -635,6 +659,41 @@ impl HookStatus {
     pub fn is_attached(&self) -> bool {
         !self.attached.is_empty()
     }
+
+    pub fn standby(hook: HookId, why: String) -> HookStatus {
+        let spec = spec(hook);
+        HookStatus {
+            hook: HookName(hook),
+            purpose: spec.purpose,
+            context: spec.context,
+            attached: Vec::new(),
+            errors: Vec::new(),
+            standby: Some(why),
+        }
+    }
+
+    /// Attached, or on standby: not a coverage gap.
+    pub fn is_served(&self) -> bool {
+        self.is_attached() || self.standby.is_some()
+    }
+}
+
+/// Why `hook` need not attach, given the hooks attached so far: the hook it
+/// is a fallback for attached to its own function, not to a clone that lost
+/// arguments.
+pub fn standby_reason(hook: HookId, attached_so_far: &[HookStatus]) -> Option<String> {
+    let primary = spec(hook).fallback_for?;
+    let own_symbols = spec(primary).targets;
+    let serving = attached_so_far
+        .iter()
+        .filter(|s| s.hook.0 == primary)
+        .flat_map(|s| s.attached.iter())
+        .find(|a| own_symbols.iter().any(|t| t.symbol == a.symbol))?;
+    Some(format!(
+        "{} serves it: {} is hooked with all its arguments",
+        HookName(primary).as_str(),
+        serving.symbol
+    ))
 }
 
 #[cfg(test)]
@@ -838,5 +897,43 @@ ffffffff81400700 T init_wait_var_entry
             .flat_map(|f| f.programs.iter().map(|p| p.kind))
             .collect();
         assert_eq!(kinds, vec![RawTracepoint]);
+    }
+
+    fn attached_to(hook: HookId, symbol: &str) -> HookStatus {
+        HookStatus {
+            hook: HookName(hook),
+            purpose: "",
+            context: false,
+            attached: vec![AttachedProgram {
+                symbol: symbol.into(),
+                module: None,
+                program: "p",
+                kind: Fentry,
+            }],
+            errors: Vec::new(),
+            standby: None,
+        }
+    }
+
+    #[test]
+    fn delete_entry_waits_on_standby_only_where_disassociate_has_all_its_arguments() {
+        let full = [attached_to(HookId::Disassociate, "dax_disassociate_entry")];
+        let why = standby_reason(HookId::DeleteEntry, &full).expect("standby");
+        assert!(why.contains("dax_disassociate_entry"), "{why}");
+        // The 6.15+ clone lost the mapping and the truncation flag.
+        let clone = [attached_to(
+            HookId::Disassociate,
+            "dax_disassociate_entry.isra.0",
+        )];
+        assert_eq!(standby_reason(HookId::DeleteEntry, &clone), None);
+        // Inlined (not attached): the deletion is what shows the truncation.
+        let mut missing = attached_to(HookId::Disassociate, "x");
+        missing.attached.clear();
+        assert_eq!(standby_reason(HookId::DeleteEntry, &[missing]), None);
+        assert_eq!(standby_reason(HookId::DeleteEntry, &[]), None);
+        // Hooks that are nobody's fallback always attach.
+        assert_eq!(standby_reason(HookId::WakeUp, &full), None);
+        let s = HookStatus::standby(HookId::DeleteEntry, why);
+        assert!(s.is_served() && !s.is_attached());
     }
 }

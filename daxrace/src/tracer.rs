@@ -285,7 +285,10 @@ impl Tracer {
             if !opts.only.is_empty() && !opts.only.contains(&p.hook) {
                 continue;
             }
-            let status = tracer.attach_hook(&p);
+            let status = match plan::standby_reason(p.hook, &tracer.statuses) {
+                Some(why) => HookStatus::standby(p.hook, why),
+                None => tracer.attach_hook(&p),
+            };
             tracer.statuses.push(status);
         }
         log::debug!("plan attached in {:?}", t.elapsed());
@@ -296,7 +299,7 @@ impl Tracer {
             let missing: Vec<_> = tracer
                 .statuses
                 .iter()
-                .filter(|s| !s.is_attached())
+                .filter(|s| !s.is_served())
                 .map(|s| s.hook.to_string())
                 .collect();
             if !missing.is_empty() {
@@ -333,7 +336,7 @@ impl Tracer {
             let Some(i) = self.statuses.iter().position(|s| s.hook.0 == p.hook) else {
                 continue;
             };
-            if self.statuses[i].is_attached()
+            if self.statuses[i].is_served()
                 || (!self.only.is_empty() && !self.only.contains(&p.hook))
             {
                 continue;
@@ -355,6 +358,7 @@ impl Tracer {
             context: spec.context,
             attached: Vec::new(),
             errors: p.missing.iter().cloned().collect(),
+            standby: None,
         };
         for cand in &p.candidates {
             let mut ok = false;

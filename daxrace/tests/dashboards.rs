@@ -158,6 +158,7 @@ fn fed_metrics() -> Metrics {
                 kind: AttachKind::Kprobe,
             }],
             errors: Vec::new(),
+            standby: None,
         },
         HookStatus {
             hook: HookName(HookId::XfsBreak),
@@ -165,7 +166,13 @@ fn fed_metrics() -> Metrics {
             context: false,
             attached: Vec::new(),
             errors: vec!["xfs is not loaded".into()],
+            standby: None,
         },
+        HookStatus::standby(
+            HookId::DeleteEntry,
+            "disassociate serves it: dax_disassociate_entry is hooked with all its arguments"
+                .into(),
+        ),
     ]);
     let mut counters = KernelCounters::default();
     counters.values.iter_mut().for_each(|v| *v = 3);

@@ -37,10 +37,20 @@ pub fn attach(attach: &super::AttachArgs, bpf_stats: bool) -> Result<(Tracer, St
     let stats = enable_bpf_stats(&mut tracer, bpf_stats)?;
     super::print_warnings(&tracer);
     let attached = tracer.statuses.iter().filter(|s| s.is_attached()).count();
+    let standby = tracer
+        .statuses
+        .iter()
+        .filter(|s| s.standby.is_some())
+        .count();
     let startup_ms = started.elapsed().as_millis();
     eprintln!(
-        "daxrace: {attached} of {} hooks attached on {} in {startup_ms} ms (`daxrace probes` shows which)",
+        "daxrace: {attached} of {} hooks attached{} on {} in {startup_ms} ms (`daxrace probes` shows which)",
         tracer.statuses.len(),
+        if standby > 0 {
+            format!(" ({standby} on standby: served by another hook)")
+        } else {
+            String::new()
+        },
         tracer.kernel_release,
     );
     Ok((tracer, stats, startup_ms))

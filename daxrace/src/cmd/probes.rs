@@ -43,6 +43,8 @@ pub fn run(args: ProbesArgs) -> Result<i32> {
     for s in &tracer.statuses {
         let state = if s.is_attached() {
             "attached"
+        } else if s.standby.is_some() {
+            "standby"
         } else if s.context {
             "absent"
         } else {
@@ -68,6 +70,9 @@ pub fn run(args: ProbesArgs) -> Result<i32> {
             .collect::<Vec<_>>()
             .join("+");
         println!("{:<20} {:<9} {:<44} {}", s.hook.as_str(), state, to, how);
+        if let Some(why) = &s.standby {
+            println!("{:<20}   why: {why}", "");
+        }
         if !s.is_attached() {
             for e in &s.errors {
                 println!("{:<20}   why: {e}", "");
@@ -75,6 +80,14 @@ pub fn run(args: ProbesArgs) -> Result<i32> {
         }
     }
     let attached = tracer.statuses.iter().filter(|s| s.is_attached()).count();
-    println!("{attached} of {} hooks attached", tracer.statuses.len());
+    let standby = tracer
+        .statuses
+        .iter()
+        .filter(|s| s.standby.is_some())
+        .count();
+    println!(
+        "{attached} of {} hooks attached, {standby} on standby",
+        tracer.statuses.len()
+    );
     Ok(0)
 }

@@ -40,6 +40,9 @@ pub const METRIC_NAMES: &[&str] = &[
     "daxrace_start_time_seconds",
 ];
 
+/// `attach_kind` of a hook left unattached because another hook serves it.
+const STANDBY: &str = "standby";
+
 pub struct Metrics {
     pub registry: Registry,
     findings: IntCounterVec,
@@ -229,7 +232,7 @@ impl Metrics {
         let probe_attached = IntGaugeVec::new(
             Opts::new(
                 "daxrace_probe_attached",
-                "1 when the logical hook is attached with this attach kind, 0 when the hook is missing.",
+                "1 when the logical hook is attached with this attach kind (or on standby: another hook serves it on this kernel), 0 when the hook is missing.",
             ),
             &["hook", "attach_kind"],
         )
@@ -333,7 +336,13 @@ impl Metrics {
 
     pub fn set_probes(&self, statuses: &[HookStatus]) {
         for s in statuses {
-            if s.attached.is_empty() {
+            if s.standby.is_some() {
+                // Another hook serves it here: not missing, nothing attached.
+                self.probe_attached
+                    .with_label_values(&[s.hook.as_str(), STANDBY])
+                    .set(1);
+            }
+            if !s.is_served() {
                 self.probe_attached
                     .with_label_values(&[s.hook.as_str(), "none"])
                     .set(0);
