@@ -262,9 +262,14 @@ pub enum Counter {
     /// followed in its task: it is kept per task and recorded just before
     /// such a break, and counted here once a later operation replaces it.
     FsOpQuiet = 13,
+    /// A watched page the range-deletion hook (6.15+) no longer keeps for
+    /// its file: a file had more watched pages at once than it keeps, or
+    /// another file took the file's slot. That page's watch then ends by
+    /// recycling rather than at the range deletion (nothing is lost).
+    FileWatchFull = 14,
 }
 
-pub const COUNTER_COUNT: u32 = 14;
+pub const COUNTER_COUNT: u32 = 15;
 
 impl Counter {
     pub const ALL: [Counter; COUNTER_COUNT as usize] = [
@@ -282,6 +287,16 @@ impl Counter {
         Counter::BreakClean,
         Counter::WatchRecycled,
         Counter::FsOpQuiet,
+        Counter::FileWatchFull,
+    ];
+
+    /// Counters of records that never reached userspace (the rest count
+    /// hook calls filtered in the kernel, or degraded but complete state).
+    pub const LOST: [Counter; 4] = [
+        Counter::RingbufFull,
+        Counter::StateFull,
+        Counter::WatchFull,
+        Counter::BioTruncated,
     ];
 
     /// Metric label.
@@ -301,6 +316,7 @@ impl Counter {
             Counter::BreakClean => "break_clean",
             Counter::WatchRecycled => "watch_recycled",
             Counter::FsOpQuiet => "fs_op_quiet",
+            Counter::FileWatchFull => "file_watch_full",
         }
     }
 }
@@ -390,6 +406,11 @@ pub struct KernelConfig {
     /// 1: record every ext4 operation at once (`--fs-ops all`); 0: only the
     /// one before a break that meets a busy page.
     pub record_every_fs_op: u32,
+    /// Offset of the page's index in its file (`index`, `__folio_index`
+    /// from 6.16) in `struct page`: a range deletion names indexes, not pages.
+    pub page_index: u32,
+    /// Keeps the struct free of padding (it is copied as bytes).
+    pub reserved: u32,
     /// Address of the kernel variable `vmemmap_base` (0: use the default base).
     pub vmemmap_base_addr: u64,
     /// Used when `vmemmap_base_addr` is 0.
@@ -418,6 +439,8 @@ impl KernelConfig {
         idle_refcount: 1,
         wait_on_refcount: 1,
         record_every_fs_op: 0,
+        page_index: 32,
+        reserved: 0,
         vmemmap_base_addr: 0,
         vmemmap_default: 0xffff_ea00_0000_0000,
     };
@@ -450,7 +473,7 @@ mod tests {
     fn record_has_no_implicit_padding() {
         // 2+2+4+8+4+4+16+4+4+8*5+4+4+8+8
         assert_eq!(Record::SIZE, 112);
-        assert_eq!(core::mem::size_of::<KernelConfig>(), 18 * 4 + 16);
+        assert_eq!(core::mem::size_of::<KernelConfig>(), 20 * 4 + 16);
     }
 
     #[test]

@@ -37,6 +37,12 @@ use crate::emit::{
 const TASK_SLOTS: u32 = 16384;
 /// Slots of the watched-page table (a power of two).
 const WATCH_SLOTS: u32 = 16384;
+/// Slots of the watched-files table (a power of two).
+const FILE_SLOTS: u32 = 1024;
+/// Watched pages one file's slot remembers; a fifth evicts one of them
+/// (counted as `WatchFull`): a busy scan watches one page per call, and the
+/// break waits for it before the next.
+const PAGES_PER_FILE: usize = 4;
 
 /// A break-layouts call in progress on one task. Nothing is recorded until a
 /// busy scan inside it finds a page: xfs_break_layouts() runs on every plain
@@ -113,11 +119,25 @@ pub struct FsOpSlot {
     b: i64,
 }
 
+/// A watched page, the file its busy scan found it in and its index there
+/// (`u64::MAX` where the page is shared by several files).
 #[derive(Clone, Copy)]
 #[repr(C)]
 struct WatchSlot {
     page: u64,
     since_ns: u64,
+    mapping: u64,
+    index: u64,
+}
+
+/// The watched pages of one file (`struct address_space *`), for the range
+/// deletion hook: `dax_delete_mapping_range(mapping, start, end)` names a
+/// file and byte range, not pages.
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct FileSlot {
+    mapping: u64,
+    pages: [u64; PAGES_PER_FILE],
 }
 
 #[map]
@@ -139,6 +159,12 @@ static FS_OPS: Array<FsOpSlot> = Array::with_max_entries(TASK_SLOTS, 0);
 
 #[map]
 static WATCHED: Array<WatchSlot> = Array::with_max_entries(WATCH_SLOTS, 0);
+
+/// Files with watched pages, direct-mapped by a hash of the mapping's
+/// address: another file taking the slot makes the range hook miss the
+/// first file's pages, which then stay watched until recycled.
+#[map]
+static WATCHED_FILES: Array<FileSlot> = Array::with_max_entries(FILE_SLOTS, 0);
 
 /// Break-layouts statistics per filesystem (see [`BreakStat`]): one entry,
 /// so that userspace reads them all in one system call.
@@ -189,7 +215,16 @@ fn watched(page: u64) -> bool {
 }
 
 #[inline(always)]
-fn watch(page: u64, now: u64) {
+fn file_slot(mapping: u64) -> Option<&'static mut FileSlot> {
+    // Mappings are embedded in slab-allocated inodes: a multiplicative hash
+    // spreads their addresses over the slots.
+    let slot = (mapping.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 54) as u32 & (FILE_SLOTS - 1);
+    // SAFETY: as task_slot.
+    WATCHED_FILES.get_ptr_mut(slot).map(|p| unsafe { &mut *p })
+}
+
+#[inline(always)]
+fn watch(page: u64, now: u64, mapping: u64, index: u64) {
     if let Some(s) = watch_slot(page) {
         if s.page != 0 && s.page != page {
             if now.saturating_sub(s.since_ns) < WATCH_FRESH_NS {
@@ -200,7 +235,36 @@ fn watch(page: u64, now: u64) {
         }
         s.page = page;
         s.since_ns = now;
+        s.mapping = mapping;
+        s.index = index;
     }
+    if mapping == 0 {
+        return;
+    }
+    let Some(f) = file_slot(mapping) else {
+        return;
+    };
+    if f.mapping != mapping {
+        if f.mapping != 0 {
+            count(Counter::FileWatchFull);
+        }
+        f.mapping = mapping;
+        f.pages = [0; PAGES_PER_FILE];
+    }
+    // By pfn: the pages a file has busy at once are mostly neighbours, and
+    // one place per page keeps this (and the verifier's walk) short.
+    let at = ((page >> 6) as usize) & (PAGES_PER_FILE - 1);
+    let old = f.pages[at];
+    if old != 0 && old != page && watching(old, mapping) {
+        count(Counter::FileWatchFull);
+    }
+    f.pages[at] = page;
+}
+
+/// Whether `page` is still watched as a page of `mapping`.
+#[inline(always)]
+fn watching(page: u64, mapping: u64) -> bool {
+    watch_slot(page).is_some_and(|w| w.page == page && w.mapping == mapping)
 }
 
 #[inline(always)]
@@ -212,11 +276,12 @@ fn unwatch(page: u64) {
     }
 }
 
-/// Fills the page fields: pfn, refcount and page->mapping. The file the
-/// page belongs to is named once, by the busy scan that starts watching it
-/// (`fill_owner`); the page events that follow carry only the page.
+/// Fills the page fields: pfn, refcount and page->mapping, and returns the
+/// page's index in its file. The file the page belongs to is named once, by
+/// the busy scan that starts watching it (`fill_owner`); the page events
+/// that follow carry only the page.
 #[inline(always)]
-fn fill_page(r: &mut Record, cfg: Cfg, page: u64) {
+fn fill_page(r: &mut Record, cfg: Cfg, page: u64) -> u64 {
     r.page = page;
     let size = cfg.page_struct_size() as u64;
     let base = vmemmap(cfg);
@@ -226,6 +291,7 @@ fn fill_page(r: &mut Record, cfg: Cfg, page: u64) {
     let f = read_page(cfg, page);
     r.refcount = f.refcount;
     r.page_mapping = f.mapping;
+    f.index
 }
 
 /// The inode of the page's own mapping, when the record has none yet or
@@ -597,9 +663,16 @@ fn scan_exit(page: u64) -> u32 {
         }
     }
     if page != 0 {
-        fill_page(&mut r, cfg, page);
+        let index = fill_page(&mut r, cfg, page);
         fill_owner(&mut r, cfg);
-        watch(page, r.ts_ns);
+        // A shared (reflinked) page's index field counts its sharers: no
+        // range deletion can be matched by it.
+        let index = if r.page_mapping > PAGE_MAPPING_DAX_COW {
+            index
+        } else {
+            u64::MAX
+        };
+        watch(page, r.ts_ns, mapping, index);
     }
     submit(&r);
     0
@@ -1136,6 +1209,80 @@ pub fn kp_disassociate_clone(ctx: ProbeContext) -> u32 {
 #[fentry]
 pub fn fe_disassociate(ctx: FEntryContext) -> u32 {
     disassociate(ctx.arg::<u64>(0), ctx.arg::<u64>(1), ctx.arg::<u8>(2) != 0)
+}
+
+/// `dax_delete_mapping_range(mapping, start, end)` (6.15+): every entry of
+/// the byte range `[start, end]` leaves the file, each through
+/// `dax_disassociate_entry(entry, mapping, true)`. Where that is an `.isra`
+/// clone (no BTF, so a kprobe trap per entry, and on every page fault that
+/// fills a hole too) this one call per range stands for it: the watched
+/// pages of the file that lie in the range are reported as truncated, with
+/// their refcount. It runs after the break found every page of the range
+/// idle, so a refcount above idle here is a pin taken behind its back.
+#[inline(always)]
+fn delete_range(mapping: u64, start: i64, end: i64) -> u32 {
+    let Some(f) = file_slot(mapping) else {
+        return 0;
+    };
+    if f.mapping != mapping || mapping == 0 {
+        count(Counter::DisassociateQuiet);
+        return 0;
+    }
+    let first = (start.max(0) as u64) >> PAGE_SHIFT;
+    let last = if end == LLONG_MAX {
+        u64::MAX
+    } else {
+        (end.max(0) as u64) >> PAGE_SHIFT
+    };
+    // Nothing but map memory changes from one page to the next, so that the
+    // verifier's paths through the pages converge instead of multiplying.
+    for i in 0..PAGES_PER_FILE {
+        let page = f.pages[i];
+        if page == 0 {
+            continue;
+        }
+        if let Some(w) = watch_slot(page).filter(|w| w.page == page && w.mapping == mapping) {
+            if w.index < first || w.index > last {
+                continue;
+            }
+            w.page = 0;
+            report_range_page(mapping, page);
+        }
+        // Ended here, or no longer watched for this file: forget it.
+        f.pages[i] = 0;
+    }
+    if f.pages == [0; PAGES_PER_FILE] {
+        f.mapping = 0;
+    }
+    0
+}
+
+/// One watched page of a deleted range, as the disassociation would report
+/// it. The file is not named again: the busy scan that watched the page did
+/// (and reading it would make this path twice as long to verify).
+#[inline(never)]
+fn report_range_page(mapping: u64, page: u64) {
+    let cfg = config();
+    let mut r = new_record(RecordKind::Disassociate, HookId::Disassociate);
+    fill_page(&mut r, cfg, page);
+    r.mapping = mapping;
+    r.op = 1;
+    submit(&r);
+}
+
+#[kprobe]
+pub fn kp_delete_range(ctx: ProbeContext) -> u32 {
+    delete_range(
+        ctx.arg::<u64>(0).unwrap_or(0),
+        ctx.arg::<i64>(1).unwrap_or(0),
+        ctx.arg::<i64>(2).unwrap_or(0),
+    )
+}
+
+#[fentry]
+pub fn fe_delete_range(ctx: FEntryContext) -> u32 {
+    // The mapping is hashed: it must be a plain number (see scalar_arg).
+    delete_range(scalar_arg(&ctx, 0), ctx.arg::<i64>(1), ctx.arg::<i64>(2))
 }
 
 /// `dax_delete_mapping_entry(mapping, index)`: recorded only for tasks whose

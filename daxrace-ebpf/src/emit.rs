@@ -67,6 +67,7 @@ config_fields!(
     idle_refcount: u32,
     wait_on_refcount: u32,
     record_every_fs_op: u32,
+    page_index: u32,
     vmemmap_base_addr: u64,
     vmemmap_default: u64,
 );
@@ -131,6 +132,7 @@ pub fn vmemmap(cfg: Cfg) -> u64 {
 pub struct PageFields {
     pub refcount: i32,
     pub mapping: u64,
+    pub index: u64,
 }
 
 /// Bytes of `struct page` read at once (its size on x86_64).
@@ -156,10 +158,15 @@ pub fn read_page(cfg: Cfg, page: u64) -> PageFields {
         return PageFields {
             refcount: 0,
             mapping: 0,
+            index: 0,
         };
     }
     let bytes = buf.as_ptr() as *const u8;
-    let (rc, mp) = (cfg.page_refcount() as usize, cfg.page_mapping() as usize);
+    let (rc, mp, ix) = (
+        cfg.page_refcount() as usize,
+        cfg.page_mapping() as usize,
+        cfg.page_index() as usize,
+    );
     // The offsets are constants to the verifier (read-only config); the
     // bounds keep every access inside the buffer.
     PageFields {
@@ -170,6 +177,11 @@ pub fn read_page(cfg: Cfg, page: u64) -> PageFields {
         },
         mapping: if mp <= PAGE_READ - 8 {
             unsafe { core::ptr::read_unaligned(bytes.add(mp) as *const u64) }
+        } else {
+            0
+        },
+        index: if ix <= PAGE_READ - 8 {
+            unsafe { core::ptr::read_unaligned(bytes.add(ix) as *const u64) }
         } else {
             0
         },

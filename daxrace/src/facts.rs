@@ -84,6 +84,21 @@ impl KernelFacts {
             bio_vec_size: btf
                 .and_then(|b| b.struct_size("bio_vec"))
                 .unwrap_or(d.bio_vec_size),
+            // Renamed in 6.16 ("mm: rename page->index to page->__folio_index").
+            page_index: btf
+                .and_then(|b| {
+                    b.member_offset("page", "index")
+                        .or_else(|| b.member_offset("page", "__folio_index"))
+                })
+                .unwrap_or_else(|| {
+                    if btf.is_some() {
+                        w.push(format!(
+                            "BTF has no struct page.index (nor __folio_index): using the x86_64 default offset {}",
+                            d.page_index
+                        ));
+                    }
+                    d.page_index
+                }),
             ..d
         };
         // Since "fs/dax: properly refcount fs dax pages" (v6.15) an idle fsdax

@@ -107,10 +107,11 @@ pub struct HookSpec {
     pub wrappers: &'static [(&'static str, &'static str)],
     /// Context hooks are nice to have; a missing DAX hook is a coverage gap.
     pub context: bool,
-    /// A fallback that adds nothing where this other hook attached to its
-    /// own function with all its arguments (not a clone): there it stays
-    /// unattached, on standby, and costs the traced path nothing.
-    pub fallback_for: Option<HookId>,
+    /// A fallback that adds nothing where this other hook attached to this
+    /// function itself (not a clone that lost arguments, not another
+    /// target): there it stays unattached, on standby, and costs the traced
+    /// path nothing.
+    pub fallback_for: Option<(HookId, &'static str)>,
 }
 
 use AttachKind::*;
@@ -412,13 +413,29 @@ pub static HOOKS: &[HookSpec] = &[
         id: HookId::Disassociate,
         purpose: "a DAX page leaves its file (truncation)",
         // 6.15+ builds it as `dax_disassociate_entry.isra.0` with its unused
-        // arguments dropped: there only the entry (first argument) is trusted.
-        targets: &[function!(
-            "dax_disassociate_entry",
-            [&[prog("fe_disassociate", Fentry)]],
-            [&[prog("kp_disassociate", Kprobe)]],
-            clones: [&[prog("kp_disassociate_clone", Kprobe)]]
-        )],
+        // arguments dropped: no BTF there, so a kprobe trap per entry (and
+        // per page fault that fills a hole), and only the entry is trusted.
+        // The same kernels truncate through dax_delete_mapping_range(): one
+        // fentry per range, with the file and the range. The clone stays
+        // the last resort.
+        targets: &[
+            function!(
+                "dax_disassociate_entry",
+                [&[prog("fe_disassociate", Fentry)]],
+                [&[prog("kp_disassociate", Kprobe)]]
+            ),
+            function!(
+                "dax_delete_mapping_range",
+                [&[prog("fe_delete_range", Fentry)]],
+                [&[prog("kp_delete_range", Kprobe)]]
+            ),
+            function!(
+                "dax_disassociate_entry",
+                [],
+                [],
+                clones: [&[prog("kp_disassociate_clone", Kprobe)]]
+            ),
+        ],
         attach_all: false,
         wrappers: &[],
         context: false,
@@ -436,7 +453,7 @@ pub static HOOKS: &[HookSpec] = &[
         attach_all: false,
         wrappers: &[],
         context: false,
-        fallback_for: Some(HookId::Disassociate),
+        fallback_for: Some((HookId::Disassociate, "dax_disassociate_entry")),
     },
 ];
 
@@ -682,18 +699,18 @@ impl HookStatus {
 /// is a fallback for attached to its own function, not to a clone that lost
 /// arguments.
 pub fn standby_reason(hook: HookId, attached_so_far: &[HookStatus]) -> Option<String> {
-    let primary = spec(hook).fallback_for?;
-    let own_symbols = spec(primary).targets;
-    let serving = attached_so_far
+    let (primary, symbol) = spec(hook).fallback_for?;
+    attached_so_far
         .iter()
         .filter(|s| s.hook.0 == primary)
         .flat_map(|s| s.attached.iter())
-        .find(|a| own_symbols.iter().any(|t| t.symbol == a.symbol))?;
-    Some(format!(
-        "{} serves it: {} is hooked with all its arguments",
-        HookName(primary).as_str(),
-        serving.symbol
-    ))
+        .any(|a| a.symbol == symbol)
+        .then(|| {
+            format!(
+                "{} serves it: {symbol} is hooked with all its arguments",
+                HookName(primary).as_str()
+            )
+        })
 }
 
 #[cfg(test)]
@@ -764,6 +781,7 @@ ffffffff81400150 T dax_break_layout
 ffffffff81400200 T free_zone_device_folio
 ffffffff81400300 t dax_disassociate_entry.isra.0
 ffffffff81400400 T dax_delete_mapping_entry
+ffffffff81400480 T dax_delete_mapping_range
 ffffffff81400500 T __bio_release_pages
 ffffffff81400600 T wake_up_var
 ffffffff81400700 T init_wait_var_entry
@@ -820,6 +838,14 @@ ffffffff81400700 T init_wait_var_entry
         assert_eq!(k73[&HookId::PinDropped], vec!["free_zone_device_folio"]);
         assert_eq!(
             k73[&HookId::Disassociate],
+            vec!["dax_delete_mapping_range", "dax_disassociate_entry.isra.0"],
+            "one hook per range rather than a kprobe trap per entry; the clone as fallback"
+        );
+        assert_eq!(k73[&HookId::DeleteEntry], vec!["dax_delete_mapping_entry"]);
+        // Without the range function the clone serves.
+        let k = chosen(&DEBIAN_7_3.replace("dax_delete_mapping_range", "other"));
+        assert_eq!(
+            k[&HookId::Disassociate],
             vec!["dax_disassociate_entry.isra.0"]
         );
         assert_eq!(k73[&HookId::GenericBreak], vec!["dax_break_layout"]);
@@ -931,6 +957,12 @@ ffffffff81400700 T init_wait_var_entry
         missing.attached.clear();
         assert_eq!(standby_reason(HookId::DeleteEntry, &[missing]), None);
         assert_eq!(standby_reason(HookId::DeleteEntry, &[]), None);
+        // A range deletion does not see single-entry deletions.
+        let range = [attached_to(
+            HookId::Disassociate,
+            "dax_delete_mapping_range",
+        )];
+        assert_eq!(standby_reason(HookId::DeleteEntry, &range), None);
         // Hooks that are nobody's fallback always attach.
         assert_eq!(standby_reason(HookId::WakeUp, &full), None);
         let s = HookStatus::standby(HookId::DeleteEntry, why);

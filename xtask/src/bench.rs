@@ -199,6 +199,8 @@ const SCAN_EXIT: &str = r#"/@scan_depth[tid]/ {
     $page = (uint64){RET};
     if ($page != 0) {
       @watched[$page] = nsecs;
+      @wfile[@scan_map[tid]] = $page;
+      @windex[$page] = *(uint64 *)($page + 32);
       if (@brk_depth[tid]) { @brk_busy[tid] = 1; }
       printf("busy page %lx refcount %d mapping %lx tid %d\n", $page, *(int32 *)($page + 52), @scan_map[tid], tid);
     }
@@ -260,6 +262,19 @@ const DISASSOCIATE: &str = r#"{
       } else { @disassociate_quiet = count(); }
     }
   }
+}"#;
+/// The range deletion of 6.15+ (daxrace's fe_delete_range): the watched
+/// page of the file, if it lies in the range.
+const DELETE_RANGE: &str = r#"{
+  $m = (uint64){A0};
+  $page = @wfile[$m];
+  if ($page) {
+    $ix = @windex[$page];
+    if (@watched[$page] && $ix >= ((uint64){A1} >> 12) && $ix <= ((uint64){A2} >> 12)) {
+      printf("delete range page %lx refcount %d mapping %lx\n", $page, *(int32 *)($page + 52), $m);
+      delete(@watched[$page]); delete(@wfile[$m]);
+    }
+  } else { @disassociate_quiet = count(); }
 }"#;
 const DELETE_ENTRY: &str = r#"{
   if (@recent[tid] == (uint64){A0}) {
@@ -363,6 +378,12 @@ fn fragments() -> Vec<Fragment> {
             "dax_disassociate_entry.clone",
             &["entry"],
             dis("0", "0"),
+            None,
+        ),
+        (
+            "dax_delete_mapping_range",
+            &["mapping", "start", "end"],
+            DELETE_RANGE.into(),
             None,
         ),
         (
@@ -987,7 +1008,7 @@ fn hook_of(symbol: &str) -> &'static str {
         | "__put_devmap_managed_page"
         | "free_zone_device_folio" => "pin drop",
         "__bio_release_pages" => "bio release",
-        "dax_disassociate_entry" => "disassociate",
+        "dax_disassociate_entry" | "dax_delete_mapping_range" => "disassociate",
         "dax_delete_mapping_entry" => "delete entry",
         s if s.starts_with("ext4_") => "ext4 tracepoints",
         _ => "other",
@@ -1032,6 +1053,7 @@ fn classify_program(name: &str) -> Option<(&'static str, &'static str)> {
         ("bio_release", "bio release"),
         ("wake_up", "wake_up_var"),
         ("disassociat", "disassociate"),
+        ("delete_range", "disassociate"),
         ("delete_entry", "delete entry"),
         ("ext4_", "ext4 tracepoints"),
     ];

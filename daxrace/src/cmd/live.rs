@@ -158,15 +158,10 @@ pub fn header(tracer: &Tracer, command: Option<Vec<String>>) -> Header {
 
 /// Kernel counters split into what was lost and what was filtered.
 pub fn lost_events(k: &KernelCounters) -> BTreeMap<String, u64> {
-    [
-        Counter::RingbufFull,
-        Counter::StateFull,
-        Counter::WatchFull,
-        Counter::BioTruncated,
-    ]
-    .iter()
-    .map(|&c| (c.as_str().to_string(), k.get(c)))
-    .collect()
+    Counter::LOST
+        .iter()
+        .map(|&c| (c.as_str().to_string(), k.get(c)))
+        .collect()
 }
 
 pub fn footer(

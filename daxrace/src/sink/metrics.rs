@@ -316,12 +316,7 @@ impl Metrics {
                 m.findings.with_label_values(&[kind.as_str(), fs.as_str()]);
             }
         }
-        for c in [
-            Counter::RingbufFull,
-            Counter::StateFull,
-            Counter::WatchFull,
-            Counter::BioTruncated,
-        ] {
+        for c in Counter::LOST {
             m.lost_events.with_label_values(&[c.as_str()]);
         }
         for reason in crate::decode::DecodeError::REASONS {
@@ -393,20 +388,12 @@ impl Metrics {
                 self.busy_scans.with_label_values(&["none"]).inc_by(delta);
                 continue;
             }
-            let lost_reason = match c {
-                Counter::RingbufFull => Some("ringbuf_full"),
-                Counter::StateFull => Some("state_full"),
-                Counter::WatchFull => Some("watch_full"),
-                Counter::BioTruncated => Some("bio_truncated"),
-                _ => None,
+            let family = if Counter::LOST.contains(&c) {
+                &self.lost_events
+            } else {
+                &self.kernel_filtered
             };
-            match lost_reason {
-                Some(r) => self.lost_events.with_label_values(&[r]).inc_by(delta),
-                None => self
-                    .kernel_filtered
-                    .with_label_values(&[c.as_str()])
-                    .inc_by(delta),
-            }
+            family.with_label_values(&[c.as_str()]).inc_by(delta);
         }
     }
 
