@@ -119,8 +119,8 @@ pub struct FsOpSlot {
     b: i64,
 }
 
-/// A watched page, the file its busy scan found it in and its index there
-/// (`u64::MAX` where the page is shared by several files).
+/// A watched page, its own file (`page->mapping` when the busy scan found
+/// it: not a file for a page shared by several) and its index there.
 #[derive(Clone, Copy)]
 #[repr(C)]
 struct WatchSlot {
@@ -223,6 +223,9 @@ fn file_slot(mapping: u64) -> Option<&'static mut FileSlot> {
     WATCHED_FILES.get_ptr_mut(slot).map(|p| unsafe { &mut *p })
 }
 
+/// Starts watching `page`, found busy in `mapping` at `index` (`mapping` is
+/// the page's own: a shared page's is not a file, and no range deletion
+/// matches it).
 #[inline(always)]
 fn watch(page: u64, now: u64, mapping: u64, index: u64) {
     if let Some(s) = watch_slot(page) {
@@ -238,9 +241,15 @@ fn watch(page: u64, now: u64, mapping: u64, index: u64) {
         s.mapping = mapping;
         s.index = index;
     }
-    if mapping == 0 {
-        return;
+    if mapping > PAGE_MAPPING_DAX_COW {
+        watch_in_file(page, mapping);
     }
+}
+
+/// Files the page under its file for the range hook. A subprogram: its
+/// branches end before the busy scan's record is sent.
+#[inline(never)]
+fn watch_in_file(page: u64, mapping: u64) {
     let Some(f) = file_slot(mapping) else {
         return;
     };
@@ -249,7 +258,7 @@ fn watch(page: u64, now: u64, mapping: u64, index: u64) {
             count(Counter::FileWatchFull);
         }
         f.mapping = mapping;
-        f.pages = [0; PAGES_PER_FILE];
+        clear_pages(&mut f.pages);
     }
     // By pfn: the pages a file has busy at once are mostly neighbours, and
     // one place per page keeps this (and the verifier's walk) short.
@@ -259,6 +268,16 @@ fn watch(page: u64, now: u64, mapping: u64, index: u64) {
         count(Counter::FileWatchFull);
     }
     f.pages[at] = page;
+}
+
+/// Zeroes a page list in map memory with plain stores (an array
+/// assignment there can become a byte-wise memset the verifier refuses).
+#[inline(always)]
+fn clear_pages(pages: &mut [u64; PAGES_PER_FILE]) {
+    for p in pages.iter_mut() {
+        // SAFETY: a valid, exclusive reference.
+        unsafe { core::ptr::write_volatile(p, 0) };
+    }
 }
 
 /// Whether `page` is still watched as a page of `mapping`.
@@ -437,14 +456,14 @@ fn record_fs_op(tid: u32) {
 }
 
 #[inline(always)]
-fn break_recorded(st: &mut BreakSlot, scan: &Record) {
+fn break_recorded(st: &mut BreakSlot, mapping: u64, ino: u64, dev: u32) {
     if st.emitted != 0 {
         return;
     }
     st.emitted = 1;
-    st.mapping = scan.mapping;
+    st.mapping = mapping;
     record_fs_op(st.tid);
-    send_break_enter(st, scan.ino, scan.dev);
+    send_break_enter(st, ino, dev);
 }
 
 /// The deferred BreakEnter itself; a subprogram for the same reason as
@@ -633,46 +652,40 @@ fn scan_exit(page: u64) -> u32 {
     st.tid = 0;
     let (mapping, start, end) = (st.mapping, st.start, st.end);
     let cfg = config();
-    let brk = task_slot(&BREAKS, tid).filter(|b| b.tid == tid && b.depth != 0);
-    let brk = match brk {
+    // The break slot is looked up twice rather than held across the page's
+    // part: the verifier then walks that part once, not once per case.
+    let in_break = |tid: u32| task_slot(&BREAKS, tid).filter(|b| b.tid == tid && b.depth != 0);
+    let quiet = match in_break(tid) {
         Some(b) => {
             b.scans += 1;
-            if page == 0 && b.saw_busy == 0 {
-                // Nothing found, and nothing before: the call's statistics
-                // say enough.
-                count(Counter::ScanQuiet);
-                return 0;
-            }
-            Some(b)
+            // Nothing found, and nothing before: the call's statistics say
+            // enough.
+            page == 0 && b.saw_busy == 0
         }
-        None if page == 0 => {
-            count(Counter::ScanQuiet);
-            return 0;
-        }
-        None => None,
+        None => page == 0,
     };
+    if quiet {
+        count(Counter::ScanQuiet);
+        return 0;
+    }
     let mut r = new_record(RecordKind::BusyScan, HookId::BusyScan);
     r.mapping = mapping;
     r.a = start;
     r.b = end;
     fill_from_mapping(&mut r, cfg, mapping);
-    if let Some(b) = brk {
-        break_recorded(b, &r);
-        if page != 0 {
-            b.saw_busy = 1;
-        }
-    }
+    // The file scanned, for the break's own record (the page's owner may
+    // differ).
+    let (ino, dev) = (r.ino, r.dev);
     if page != 0 {
         let index = fill_page(&mut r, cfg, page);
         fill_owner(&mut r, cfg);
-        // A shared (reflinked) page's index field counts its sharers: no
-        // range deletion can be matched by it.
-        let index = if r.page_mapping > PAGE_MAPPING_DAX_COW {
-            index
-        } else {
-            u64::MAX
-        };
-        watch(page, r.ts_ns, mapping, index);
+        watch(page, r.ts_ns, r.page_mapping, index);
+    }
+    if let Some(b) = in_break(tid) {
+        break_recorded(b, mapping, ino, dev);
+        if page != 0 {
+            b.saw_busy = 1;
+        }
     }
     submit(&r);
     0
@@ -1234,7 +1247,13 @@ fn delete_range(mapping: u64, start: i64, end: i64) -> u32 {
     } else {
         (end.max(0) as u64) >> PAGE_SHIFT
     };
-    // Nothing but map memory changes from one page to the next, so that the
+    let Some(ended) = RANGE_ENDED.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's slot, only this program run uses it.
+    let ended = unsafe { &mut *ended };
+    clear_pages(&mut ended.pages);
+    // Nothing but memory changes from one page to the next, so that the
     // verifier's paths through the pages converge instead of multiplying.
     for i in 0..PAGES_PER_FILE {
         let page = f.pages[i];
@@ -1246,28 +1265,58 @@ fn delete_range(mapping: u64, start: i64, end: i64) -> u32 {
                 continue;
             }
             w.page = 0;
-            report_range_page(mapping, page);
+            ended.pages[i] = page;
         }
         // Ended here, or no longer watched for this file: forget it.
         f.pages[i] = 0;
     }
-    if f.pages == [0; PAGES_PER_FILE] {
+    if f.pages.iter().all(|&p| p == 0) {
         f.mapping = 0;
     }
+    // The records come from a loop callback: one record path for the
+    // verifier to check, not one per page.
+    let mut walk = mapping;
+    // SAFETY: helper call with a callback and a pointer to our stack.
+    unsafe {
+        bpf_loop(
+            PAGES_PER_FILE as u32,
+            range_report_step as LoopCallback as *mut c_void,
+            &mut walk as *mut u64 as *mut c_void,
+            0,
+        )
+    };
     0
 }
 
-/// One watched page of a deleted range, as the disassociation would report
-/// it. The file is not named again: the busy scan that watched the page did
-/// (and reading it would make this path twice as long to verify).
-#[inline(never)]
-fn report_range_page(mapping: u64, page: u64) {
-    let cfg = config();
-    let mut r = new_record(RecordKind::Disassociate, HookId::Disassociate);
-    fill_page(&mut r, cfg, page);
-    r.mapping = mapping;
-    r.op = 1;
-    submit(&r);
+/// The watched pages one range deletion ended (0: none in that place). In
+/// a per-CPU map, not on the stack, for the reason `RELEASE_FOUND` is.
+#[repr(C)]
+struct RangeEnded {
+    pages: [u64; PAGES_PER_FILE],
+}
+
+#[map]
+static RANGE_ENDED: PerCpuArray<RangeEnded> = PerCpuArray::with_max_entries(1, 0);
+
+/// Reports one ended page as the disassociation would. The file is not
+/// named again: the busy scan that watched the page did.
+extern "C" fn range_report_step(i: u32, ctx: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop passes back the pointer given to it above.
+    let mapping = unsafe { *(ctx as *const u64) };
+    let Some(ended) = RANGE_ENDED.get_ptr(0) else {
+        return 1;
+    };
+    // SAFETY: this CPU's slot, filled by the program that runs this loop.
+    let page = unsafe { (*ended).pages[i as usize & (PAGES_PER_FILE - 1)] };
+    if page != 0 {
+        let cfg = config();
+        let mut r = new_record(RecordKind::Disassociate, HookId::Disassociate);
+        fill_page(&mut r, cfg, page);
+        r.mapping = mapping;
+        r.op = 1;
+        submit(&r);
+    }
+    0
 }
 
 #[kprobe]

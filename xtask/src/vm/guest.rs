@@ -287,6 +287,25 @@ fn boot_inner(
     res
 }
 
+/// How QEMU runs the guest's CPU.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Accel {
+    /// Emulated (what works on these machines: VM.md).
+    #[default]
+    Tcg,
+    /// Hardware virtualisation, on a host where /dev/kvm works: times come
+    /// close to native, so overhead ratios mean what they would on metal.
+    Kvm,
+}
+
+static ACCEL: std::sync::OnceLock<Accel> = std::sync::OnceLock::new();
+
+/// Chooses the accelerator for every guest this process boots (before the
+/// first boot; TCG otherwise).
+pub fn set_accel(accel: Accel) {
+    let _ = ACCEL.set(accel);
+}
+
 fn qemu_command(spec: &Spec, initrd: &Path, extra_mem_mib: u64, controlled: bool) -> Command {
     let n = spec.fs.list().len() as u64;
     // RAM: 1 GiB for the kernel and the workloads, then the pmem ranges,
@@ -305,7 +324,11 @@ fn qemu_command(spec: &Spec, initrd: &Path, extra_mem_mib: u64, controlled: bool
         memmap.join(" ")
     );
     let mut c = Command::new("qemu-system-x86_64");
-    c.args(["-accel", "tcg", "-cpu", "max", "-smp", "1"])
+    let (accel, cpu) = match ACCEL.get().copied().unwrap_or_default() {
+        Accel::Tcg => ("tcg", "max"),
+        Accel::Kvm => ("kvm", "host"),
+    };
+    c.args(["-accel", accel, "-cpu", cpu, "-smp", "1"])
         .args(["-m", &format!("{mem_mib}M")])
         .args(["-nodefaults", "-no-user-config", "-display", "none"])
         .args(["-serial", "stdio", "-no-reboot"])
