@@ -39,9 +39,10 @@ const TASK_SLOTS: u32 = 16384;
 const WATCH_SLOTS: u32 = 16384;
 /// Slots of the watched-files table (a power of two).
 const FILE_SLOTS: u32 = 1024;
-/// Watched pages one file's slot remembers; a fifth evicts one of them
-/// (counted as `WatchFull`): a busy scan watches one page per call, and the
-/// break waits for it before the next.
+/// Watched pages one file's slot remembers, one place per pfn modulo this;
+/// a page taking the place of another still watched counts
+/// `FileWatchFull`. A busy scan watches one page per call, and the break
+/// waits for it before the next, so a file has few at once.
 const PAGES_PER_FILE: usize = 4;
 
 /// A break-layouts call in progress on one task. Nothing is recorded until a

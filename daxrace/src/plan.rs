@@ -695,6 +695,13 @@ impl HookStatus {
     }
 }
 
+/// How many hooks attached, and how many are on standby.
+pub fn attached_and_standby(statuses: &[HookStatus]) -> (usize, usize) {
+    let attached = statuses.iter().filter(|s| s.is_attached()).count();
+    let standby = statuses.iter().filter(|s| s.standby.is_some()).count();
+    (attached, standby)
+}
+
 /// Why `hook` need not attach, given the hooks attached so far: the hook it
 /// is a fallback for attached to its own function, not to a clone that lost
 /// arguments.

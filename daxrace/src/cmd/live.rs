@@ -36,12 +36,7 @@ pub fn attach(attach: &super::AttachArgs, bpf_stats: bool) -> Result<(Tracer, St
     let mut tracer = Tracer::load(&attach.options()?).context("cannot attach")?;
     let stats = enable_bpf_stats(&mut tracer, bpf_stats)?;
     super::print_warnings(&tracer);
-    let attached = tracer.statuses.iter().filter(|s| s.is_attached()).count();
-    let standby = tracer
-        .statuses
-        .iter()
-        .filter(|s| s.standby.is_some())
-        .count();
+    let (attached, standby) = daxrace::plan::attached_and_standby(&tracer.statuses);
     let startup_ms = started.elapsed().as_millis();
     eprintln!(
         "daxrace: {attached} of {} hooks attached{} on {} in {startup_ms} ms (`daxrace probes` shows which)",

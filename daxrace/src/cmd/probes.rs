@@ -79,12 +79,7 @@ pub fn run(args: ProbesArgs) -> Result<i32> {
             }
         }
     }
-    let attached = tracer.statuses.iter().filter(|s| s.is_attached()).count();
-    let standby = tracer
-        .statuses
-        .iter()
-        .filter(|s| s.standby.is_some())
-        .count();
+    let (attached, standby) = daxrace::plan::attached_and_standby(&tracer.statuses);
     println!(
         "{attached} of {} hooks attached, {standby} on standby",
         tracer.statuses.len()

@@ -62,8 +62,7 @@ async fn run_async(args: RunArgs) -> Result<i32> {
         Some(MetricsServer::bind(args.listen).await?)
     };
     let (mut tracer, _stats, _startup_ms) = live::attach(&args.attach, args.bpf_stats)?;
-    let attached = tracer.statuses.iter().filter(|s| s.is_attached()).count();
-    let served = tracer.statuses.iter().filter(|s| s.is_served()).count();
+    let (attached, standby) = daxrace::plan::attached_and_standby(&tracer.statuses);
     if !args.keep_caps {
         // After attaching, a compromised daemon should not be root in all
         // but name; what remains is what attaching a late module's hooks needs.
@@ -84,7 +83,7 @@ async fn run_async(args: RunArgs) -> Result<i32> {
     }
     let health = Arc::new(Mutex::new(Health {
         hooks_attached: attached,
-        hooks_missing: tracer.statuses.len() - served,
+        hooks_missing: tracer.statuses.len() - attached - standby,
     }));
     if let Some(server) = server {
         eprintln!(
