@@ -147,7 +147,7 @@ pub fn read_page(cfg: Cfg, page: u64) -> PageFields {
     let mut buf = [0u64; PAGE_READ / 8];
     // The helper zeroes `buf` when the read fails, so both outcomes leave
     // the same kind of value behind and the verifier's paths through here
-    // merge (the busy scan's exit loaded a third faster that way).
+    // can merge.
     // SAFETY: the helper writes PAGE_READ bytes into `buf`.
     let rc = unsafe {
         aya_ebpf::helpers::generated::bpf_probe_read_kernel(
