@@ -265,7 +265,7 @@ fn watch_in_file(page: u64, mapping: u64) {
     // one place per page keeps this (and the verifier's walk) short.
     let at = ((page >> 6) as usize) & (PAGES_PER_FILE - 1);
     let old = f.pages[at];
-    if old != 0 && old != page && watching(old, mapping) {
+    if old != 0 && old != page && watch_in(old, mapping).is_some() {
         count(Counter::FileWatchFull);
     }
     f.pages[at] = page;
@@ -281,10 +281,10 @@ fn clear_pages(pages: &mut [u64; PAGES_PER_FILE]) {
     }
 }
 
-/// Whether `page` is still watched as a page of `mapping`.
+/// The watch of `page`, if it is still watched as a page of `mapping`.
 #[inline(always)]
-fn watching(page: u64, mapping: u64) -> bool {
-    watch_slot(page).is_some_and(|w| w.page == page && w.mapping == mapping)
+fn watch_in(page: u64, mapping: u64) -> Option<&'static mut WatchSlot> {
+    watch_slot(page).filter(|w| w.page == page && w.mapping == mapping)
 }
 
 #[inline(always)]
@@ -1261,7 +1261,7 @@ fn delete_range(mapping: u64, start: i64, end: i64) -> u32 {
         if page == 0 {
             continue;
         }
-        if let Some(w) = watch_slot(page).filter(|w| w.page == page && w.mapping == mapping) {
+        if let Some(w) = watch_in(page, mapping) {
             if w.index < first || w.index > last {
                 continue;
             }

@@ -33,12 +33,25 @@ fn offset(
     default: u32,
     warnings: &mut Vec<String>,
 ) -> u32 {
-    match btf.and_then(|b| b.member_offset(st, member)) {
+    offset_of_any(btf, st, &[member], default, warnings)
+}
+
+/// The offset of the first of `members` BTF has (a member renamed across
+/// kernels), or the default with a warning.
+fn offset_of_any(
+    btf: Option<&Btf>,
+    st: &str,
+    members: &[&str],
+    default: u32,
+    warnings: &mut Vec<String>,
+) -> u32 {
+    match btf.and_then(|b| members.iter().find_map(|m| b.member_offset(st, m))) {
         Some(v) => v,
         None => {
             if btf.is_some() {
                 warnings.push(format!(
-                    "BTF has no struct {st}.{member}: using the x86_64 default offset {default}"
+                    "BTF has no struct {st}.{}: using the x86_64 default offset {default}",
+                    members.join(" or .")
                 ));
             }
             default
@@ -85,20 +98,7 @@ impl KernelFacts {
                 .and_then(|b| b.struct_size("bio_vec"))
                 .unwrap_or(d.bio_vec_size),
             // Renamed in 6.16 ("mm: rename page->index to page->__folio_index").
-            page_index: btf
-                .and_then(|b| {
-                    b.member_offset("page", "index")
-                        .or_else(|| b.member_offset("page", "__folio_index"))
-                })
-                .unwrap_or_else(|| {
-                    if btf.is_some() {
-                        w.push(format!(
-                            "BTF has no struct page.index (nor __folio_index): using the x86_64 default offset {}",
-                            d.page_index
-                        ));
-                    }
-                    d.page_index
-                }),
+            page_index: offset_of_any(btf, "page", &["index", "__folio_index"], d.page_index, w),
             ..d
         };
         // Since "fs/dax: properly refcount fs dax pages" (v6.15) an idle fsdax
