@@ -11,6 +11,7 @@ pub mod event;
 pub mod facts;
 pub mod kallsyms;
 pub mod ksym;
+pub mod patched;
 pub mod pipeline;
 pub mod plan;
 pub mod privs;

@@ -16,10 +16,11 @@ use crate::{
     btf::{Btf, FuncIds},
     event::HookName,
     kallsyms::Kallsyms,
+    patched::PatchedFunctions,
 };
 
 /// How a program attaches.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AttachKind {
     TpBtf,
@@ -466,6 +467,8 @@ pub struct PlannedAttach {
     pub candidates: Vec<Candidate>,
     /// Why there is nothing to try, when `candidates` is empty.
     pub missing: Option<String>,
+    /// Flavours not tried because they would harm the kernel, and why.
+    pub avoided: Vec<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -486,6 +489,9 @@ pub struct KernelView<'a> {
     /// The BTF of the modules the plan's functions live in, by module name
     /// (absent: no fentry/fexit there).
     pub modules: &'a HashMap<String, FuncIds>,
+    /// Functions a live patch (or another IPMODIFY ftrace user) reroutes:
+    /// no BPF trampoline goes there ([`crate::patched`]).
+    pub patched: &'a PatchedFunctions,
 }
 
 fn flavour_allowed(f: &Flavour, pref: AttachPreference) -> bool {
@@ -519,6 +525,11 @@ fn flavour_possible(
     })
 }
 
+/// A flavour that needs a BPF trampoline on the function.
+fn uses_trampoline(f: &Flavour) -> bool {
+    f.programs.iter().any(|p| matches!(p.kind, Fentry | Fexit))
+}
+
 fn is_tracepoint(t: &Target) -> bool {
     t.flavours
         .iter()
@@ -537,6 +548,7 @@ pub fn resolve(view: &KernelView<'_>, pref: AttachPreference) -> Vec<PlannedAtta
 fn resolve_hook(spec: &HookSpec, view: &KernelView<'_>, pref: AttachPreference) -> PlannedAttach {
     let mut candidates = Vec::new();
     let mut absent = Vec::new();
+    let mut avoided = Vec::new();
     for t in spec.targets {
         let tail_call = spec.wrappers.iter().any(|&(wrapper, callee)| {
             wrapper == t.symbol
@@ -568,10 +580,18 @@ fn resolve_hook(spec: &HookSpec, view: &KernelView<'_>, pref: AttachPreference) 
         } else {
             t.flavours
         };
+        let patched_by = view.patched.modifier(&attach_to);
         let flavours: Vec<Flavour> = table
             .iter()
             .filter(|f| flavour_allowed(f, pref))
             .filter(|f| flavour_possible(f, view, &attach_to, module.as_deref()))
+            .filter(|f| {
+                let keep = patched_by.is_none() || !uses_trampoline(f);
+                if !keep && !avoided.iter().any(|a: &String| a.contains(&attach_to)) {
+                    avoided.push(trampoline_avoided(&attach_to, patched_by));
+                }
+                keep
+            })
             .copied()
             .collect();
         if flavours.is_empty() {
@@ -600,7 +620,16 @@ fn resolve_hook(spec: &HookSpec, view: &KernelView<'_>, pref: AttachPreference) 
         hook: spec.id,
         candidates,
         missing,
+        avoided,
     }
+}
+
+/// Why a function gets no fentry/fexit, as `daxrace probes` says it.
+pub fn trampoline_avoided(function: &str, by: Option<&crate::patched::Modifier>) -> String {
+    format!(
+        "no fentry/fexit on {function}: modified by {} (a BPF trampoline there would bypass it); kprobes instead",
+        by.map_or("ftrace IPMODIFY", |m| m.by.as_str())
+    )
 }
 
 /// Every kernel function target of the table (what symbol lookups ask for).
@@ -662,6 +691,10 @@ pub struct HookStatus {
     /// [`HookSpec::fallback_for`]): why, for `daxrace probes`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub standby: Option<String>,
+    /// Flavours kept off because they would change what the kernel does
+    /// (a trampoline on a live-patched function), and why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub avoided: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -686,6 +719,7 @@ impl HookStatus {
             attached: Vec::new(),
             errors: Vec::new(),
             standby: Some(why),
+            avoided: Vec::new(),
         }
     }
 
@@ -801,6 +835,7 @@ ffffffff81400700 T init_wait_var_entry
                 kallsyms: &k,
                 btf: None,
                 modules: &HashMap::new(),
+                patched: &PatchedFunctions::default(),
             },
             AttachPreference::Kprobe,
         )
@@ -889,6 +924,7 @@ ffffffff81400700 T init_wait_var_entry
                 kallsyms: &k,
                 btf: None,
                 modules: &modules,
+                patched: &PatchedFunctions::default(),
             },
             AttachPreference::Auto,
         );
@@ -909,6 +945,64 @@ ffffffff81400700 T init_wait_var_entry
     }
 
     #[test]
+    fn a_live_patched_function_gets_kprobes_not_a_trampoline() {
+        let k = Kallsyms::parse(DEBIAN_6_1);
+        let modules = HashMap::from([(
+            "ext4".to_string(),
+            FuncIds::with_funcs(&[("ext4_break_layouts", 70_001)]),
+        )]);
+        let patched =
+            PatchedFunctions::with("ext4_break_layouts", "live patch daxrace_count_patch");
+        let plan = resolve(
+            &KernelView {
+                kallsyms: &k,
+                btf: None,
+                modules: &modules,
+                patched: &patched,
+            },
+            AttachPreference::Auto,
+        );
+        let brk = plan
+            .iter()
+            .find(|p| p.hook == HookId::Ext4Break)
+            .expect("planned");
+        let kinds: Vec<Vec<AttachKind>> = brk.candidates[0]
+            .flavours
+            .iter()
+            .map(|f| f.programs.iter().map(|p| p.kind).collect())
+            .collect();
+        assert_eq!(kinds, vec![vec![Kprobe, Kretprobe]]);
+        assert_eq!(brk.avoided.len(), 1, "{:?}", brk.avoided);
+        assert!(
+            brk.avoided[0].contains("live patch daxrace_count_patch"),
+            "{:?}",
+            brk.avoided
+        );
+        // --attach fentry has nothing left to offer there: the hook is
+        // missing, with the reason, rather than bypassing the patch.
+        let plan = resolve(
+            &KernelView {
+                kallsyms: &k,
+                btf: None,
+                modules: &modules,
+                patched: &patched,
+            },
+            AttachPreference::Fentry,
+        );
+        let brk = plan
+            .iter()
+            .find(|p| p.hook == HookId::Ext4Break)
+            .expect("planned");
+        assert!(brk.candidates.is_empty());
+        assert!(brk.missing.is_some() && !brk.avoided.is_empty());
+        // Other hooks are untouched.
+        assert!(plan
+            .iter()
+            .find(|p| p.hook == HookId::WakeUp)
+            .is_some_and(|p| p.avoided.is_empty()));
+    }
+
+    #[test]
     fn a_kernel_without_btf_falls_back_to_raw_tracepoints() {
         let k = Kallsyms::parse("ffffffff81000000 T _stext\n");
         let plan = resolve(
@@ -916,6 +1010,7 @@ ffffffff81400700 T init_wait_var_entry
                 kallsyms: &k,
                 btf: None,
                 modules: &HashMap::new(),
+                patched: &PatchedFunctions::default(),
             },
             AttachPreference::Auto,
         );
@@ -945,6 +1040,7 @@ ffffffff81400700 T init_wait_var_entry
             }],
             errors: Vec::new(),
             standby: None,
+            avoided: Vec::new(),
         }
     }
 

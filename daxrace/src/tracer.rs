@@ -4,7 +4,11 @@ use std::collections::HashMap;
 
 use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, FEntry, FExit, KProbe, RawTracePoint},
+    programs::{
+        fentry::FEntryLinkId, fexit::FExitLinkId, kprobe::KProbeLinkId,
+        raw_trace_point::RawTracePointLinkId, tp_btf::BtfTracePointLinkId, BtfTracePoint, FEntry,
+        FExit, KProbe, RawTracePoint,
+    },
     Ebpf, EbpfLoader,
 };
 use daxrace_common::{
@@ -18,6 +22,7 @@ use crate::{
     facts::KernelFacts,
     kallsyms::Kallsyms,
     ksym,
+    patched::{PatchedFunctions, LIVEPATCH_DIR},
     plan::{
         self, AttachKind, AttachPreference, AttachedProgram, HookStatus, KernelView, PlannedAttach,
     },
@@ -123,6 +128,68 @@ pub struct Tracer {
     /// `/proc/modules` as last seen: a module loaded later (xfs) may bring
     /// the symbols a missing hook needs.
     modules_seen: String,
+    /// Functions live-patched (or otherwise IPMODIFY'd) as last seen: the
+    /// plan keeps BPF trampolines off them.
+    pub patched: PatchedFunctions,
+    /// The live patches loaded as last seen (a directory listing, cheap to
+    /// repeat every tick).
+    livepatches_seen: Vec<String>,
+    /// Every link attached, by program and symbol, so that a hook can be
+    /// taken off one function without touching the others a kprobe
+    /// program serves.
+    links: HashMap<(&'static str, String), HookLink>,
+}
+
+/// One attachment, as aya names it, to detach it later.
+enum HookLink {
+    TpBtf(BtfTracePointLinkId),
+    RawTracepoint(RawTracePointLinkId),
+    Fentry(FEntryLinkId),
+    Fexit(FExitLinkId),
+    Kprobe(KProbeLinkId),
+}
+
+/// What changed under a running tracer, for the caller to report.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KernelChange {
+    /// A hook that was missing attached: a module with its symbols appeared.
+    Attached(HookName),
+    /// A live patch now covers a function a hook had a BPF trampoline on:
+    /// the hook moved to kprobes (or is missing, with the reason).
+    MovedOffTrampoline {
+        hook: HookName,
+        function: String,
+        by: String,
+        /// The attach kinds afterwards (empty: nothing could replace it).
+        now: Vec<AttachKind>,
+    },
+}
+
+impl std::fmt::Display for KernelChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KernelChange::Attached(h) => {
+                write!(f, "{h} attached (a module with its symbols was loaded)")
+            }
+            KernelChange::MovedOffTrampoline {
+                hook,
+                function,
+                by,
+                now,
+            } => {
+                write!(
+                    f,
+                    "{function} is now live-patched ({by}): {hook} moved off its BPF trampoline "
+                )?;
+                if now.is_empty() {
+                    write!(f, "and could not attach otherwise (see `daxrace probes`)")
+                } else {
+                    let kinds: Vec<&str> = now.iter().map(|k| k.as_str()).collect();
+                    write!(f, "to {}", kinds.join("+"))
+                }
+            }
+        }
+    }
 }
 
 /// CapEff bits from /proc/self/status.
@@ -250,6 +317,9 @@ impl Tracer {
         log::debug!("facts in {:?}", t.elapsed());
         let vmlinux_funcs = btf.as_ref().map(Btf::func_ids).unwrap_or_default();
         let module_btfs = read_module_btfs(btf.as_ref(), &kallsyms);
+        let livepatches_seen =
+            PatchedFunctions::livepatch_names(std::path::Path::new(LIVEPATCH_DIR));
+        let patched = PatchedFunctions::read();
         log::debug!("module BTF in {:?}", t.elapsed());
         // The object has no CO-RE relocations: the loader needs no kernel BTF.
         let ebpf = EbpfLoader::without_kernel_btf()
@@ -272,12 +342,16 @@ impl Tracer {
             attach_pref: opts.attach,
             only: opts.only.clone(),
             modules_seen: read_modules(),
+            patched,
+            livepatches_seen,
+            links: HashMap::new(),
         };
         let plan = plan::resolve(
             &KernelView {
                 kallsyms: &kallsyms,
                 btf: btf.as_ref(),
                 modules: &tracer.module_btfs,
+                patched: &tracer.patched,
             },
             opts.attach,
         );
@@ -309,15 +383,23 @@ impl Tracer {
         Ok(tracer)
     }
 
-    /// Attaches hooks that were missing if a module appeared since the last
-    /// look (xfs is often loaded after the daemon starts). Returns the hooks
-    /// that attached now.
-    pub fn attach_new_modules(&mut self) -> Vec<HookName> {
+    /// Follows the kernel while running, once a tick: attaches hooks that
+    /// were missing if a module appeared (xfs is often loaded after the
+    /// daemon starts), and takes BPF trampolines off functions a live patch
+    /// loaded since then covers. Returns what changed.
+    ///
+    /// A live patch loaded while a trampoline sits on its function is
+    /// applied by the kernel before this tick sees it: for up to a tick the
+    /// trampoline shares the function with it (README, "Live patches").
+    pub fn follow_kernel_changes(&mut self) -> Vec<KernelChange> {
         let modules = read_modules();
-        if modules == self.modules_seen {
+        let livepatches = PatchedFunctions::livepatch_names(std::path::Path::new(LIVEPATCH_DIR));
+        if modules == self.modules_seen && livepatches == self.livepatches_seen {
             return Vec::new();
         }
         self.modules_seen = modules;
+        self.livepatches_seen = livepatches;
+        self.patched = PatchedFunctions::read();
         let btf = read_btf();
         let Ok((kallsyms, _)) = read_symbols(self.symbol_source, btf.as_ref()) else {
             return Vec::new();
@@ -328,26 +410,84 @@ impl Tracer {
                 kallsyms: &kallsyms,
                 btf: btf.as_ref(),
                 modules: &self.module_btfs,
+                patched: &self.patched,
             },
             self.attach_pref,
         );
-        let mut attached = Vec::new();
+        let mut changes = Vec::new();
         for p in plan {
             let Some(i) = self.statuses.iter().position(|s| s.hook.0 == p.hook) else {
                 continue;
             };
-            if self.statuses[i].is_served()
-                || (!self.only.is_empty() && !self.only.contains(&p.hook))
-            {
+            if !self.only.is_empty() && !self.only.contains(&p.hook) {
+                continue;
+            }
+            let newly_patched = self.statuses[i]
+                .attached
+                .iter()
+                .filter(|a| matches!(a.kind, AttachKind::Fentry | AttachKind::Fexit))
+                .find_map(|a| {
+                    self.patched
+                        .modifier(&a.symbol)
+                        .map(|m| (a.symbol.clone(), m.by.clone()))
+                });
+            if let Some((function, by)) = newly_patched {
+                let old = std::mem::take(&mut self.statuses[i].attached);
+                self.detach(&old);
+                let status = self.attach_hook(&p);
+                changes.push(KernelChange::MovedOffTrampoline {
+                    hook: status.hook,
+                    function,
+                    by,
+                    now: status
+                        .attached
+                        .iter()
+                        .map(|a| a.kind)
+                        .collect::<std::collections::BTreeSet<_>>()
+                        .into_iter()
+                        .collect(),
+                });
+                self.statuses[i] = status;
+                continue;
+            }
+            if self.statuses[i].is_served() {
                 continue;
             }
             let status = self.attach_hook(&p);
             if status.is_attached() {
-                attached.push(status.hook);
+                changes.push(KernelChange::Attached(status.hook));
             }
             self.statuses[i] = status;
         }
-        attached
+        changes
+    }
+
+    /// Detaches these links (a hook's, or a flavour's that did not attach
+    /// whole). A link the kernel already dropped is not an error worth
+    /// more than a debug line.
+    fn detach(&mut self, attached: &[AttachedProgram]) {
+        for a in attached {
+            let Some(link) = self.links.remove(&(a.program, a.symbol.clone())) else {
+                continue;
+            };
+            let Some(prog) = self.ebpf.program_mut(a.program) else {
+                continue;
+            };
+            let r = match link {
+                HookLink::TpBtf(id) => {
+                    <&mut BtfTracePoint>::try_from(prog).and_then(|p| p.detach(id))
+                }
+                HookLink::RawTracepoint(id) => {
+                    <&mut RawTracePoint>::try_from(prog).and_then(|p| p.detach(id))
+                }
+                HookLink::Fentry(id) => <&mut FEntry>::try_from(prog).and_then(|p| p.detach(id)),
+                HookLink::Fexit(id) => <&mut FExit>::try_from(prog).and_then(|p| p.detach(id)),
+                HookLink::Kprobe(id) => <&mut KProbe>::try_from(prog).and_then(|p| p.detach(id)),
+            };
+            if let Err(e) = r {
+                log::debug!("detaching {} from {}: {e}", a.program, a.symbol);
+            }
+        }
     }
 
     fn attach_hook(&mut self, p: &PlannedAttach) -> HookStatus {
@@ -359,6 +499,7 @@ impl Tracer {
             attached: Vec::new(),
             errors: p.missing.iter().cloned().collect(),
             standby: None,
+            avoided: p.avoided.clone(),
         };
         for cand in &p.candidates {
             let mut ok = false;
@@ -407,14 +548,18 @@ impl Tracer {
                 }
                 // A flavour whose programs did not all attach would record
                 // half of a hook (an entry without its return): it counts as
-                // failed; the links that did attach stay harmlessly idle.
+                // failed, and the links that did attach come off again, so
+                // that the next flavour is not doubled by them.
                 match failed {
                     None => {
                         status.attached.extend(links);
                         ok = true;
                         break;
                     }
-                    Some(e) => status.errors.push(e),
+                    Some(e) => {
+                        self.detach(&links);
+                        status.errors.push(e);
+                    }
                 }
             }
             if ok && !spec.attach_all {
@@ -431,6 +576,18 @@ impl Tracer {
         target: &str,
         module: Option<&str>,
     ) -> Result<(), String> {
+        let link = self.attach_link(name, kind, target, module)?;
+        self.links.insert((name, target.to_string()), link);
+        Ok(())
+    }
+
+    fn attach_link(
+        &mut self,
+        name: &'static str,
+        kind: AttachKind,
+        target: &str,
+        module: Option<&str>,
+    ) -> Result<HookLink, String> {
         // A program loads once (a kprobe program may serve several symbols);
         // one the kernel refused may be tried again later.
         let first_load = self.ebpf.program(name).is_some_and(|p| p.fd().is_err());
@@ -479,38 +636,37 @@ impl Tracer {
                 if first_load {
                     p.load(target, btf).map_err(e)?;
                 }
-                p.attach().map_err(e)?;
+                p.attach().map(HookLink::TpBtf).map_err(e)
             }
             AttachKind::RawTracepoint => {
                 let p: &mut RawTracePoint = prog.try_into().map_err(e)?;
                 if first_load {
                     p.load().map_err(e)?;
                 }
-                p.attach(target).map_err(e)?;
+                p.attach(target).map(HookLink::RawTracepoint).map_err(e)
             }
             AttachKind::Fentry => {
                 let p: &mut FEntry = prog.try_into().map_err(e)?;
                 if let Some((id, obj)) = by_id {
                     p.load_by_btf_id(id, obj).map_err(e)?;
                 }
-                p.attach().map_err(e)?;
+                p.attach().map(HookLink::Fentry).map_err(e)
             }
             AttachKind::Fexit => {
                 let p: &mut FExit = prog.try_into().map_err(e)?;
                 if let Some((id, obj)) = by_id {
                     p.load_by_btf_id(id, obj).map_err(e)?;
                 }
-                p.attach().map_err(e)?;
+                p.attach().map(HookLink::Fexit).map_err(e)
             }
             AttachKind::Kprobe | AttachKind::Kretprobe => {
                 let p: &mut KProbe = prog.try_into().map_err(e)?;
                 if first_load {
                     p.load().map_err(e)?;
                 }
-                p.attach(target, 0).map_err(e)?;
+                p.attach(target, 0).map(HookLink::Kprobe).map_err(e)
             }
         }
-        Ok(())
     }
 
     /// Takes the ring buffer (once) for the event reader.

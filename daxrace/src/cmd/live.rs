@@ -292,8 +292,8 @@ pub async fn drive(
                 pipeline.feed(&batch)?;
                 batch.clear();
                 pipeline.tick(now.saturating_sub(TICK_LAG_NS))?;
-                for hook in tracer.attach_new_modules() {
-                    eprintln!("daxrace: {hook} attached (a module with its symbols was loaded)");
+                for change in tracer.follow_kernel_changes() {
+                    eprintln!("daxrace: {change}");
                     if let Some(m) = metrics {
                         if let Ok(m) = m.lock() {
                             m.set_probes(&tracer.statuses);

@@ -120,4 +120,9 @@ pub fn print_warnings(t: &Tracer) {
     for w in &t.facts.warnings {
         eprintln!("daxrace: warning: {w}");
     }
+    for s in &t.statuses {
+        for why in &s.avoided {
+            eprintln!("daxrace: {}: {why}", s.hook);
+        }
+    }
 }

@@ -21,6 +21,7 @@ pub fn run(args: ProbesArgs) -> Result<i32> {
             "kernel": tracer.kernel_release,
             "symbols": tracer.symbols_from,
             "facts": tracer.facts,
+            "patched_functions": tracer.patched,
             "hooks": tracer.statuses,
         });
         println!("{}", serde_json::to_string_pretty(&doc)?);
@@ -72,6 +73,9 @@ pub fn run(args: ProbesArgs) -> Result<i32> {
         println!("{:<20} {:<9} {:<44} {}", s.hook.as_str(), state, to, how);
         if let Some(why) = &s.standby {
             println!("{:<20}   why: {why}", "");
+        }
+        for why in &s.avoided {
+            println!("{:<20}   note: {why}", "");
         }
         if !s.is_attached() {
             for e in &s.errors {
