@@ -4,7 +4,7 @@
 //! commands; aya 0.14 has no public API for them.
 use std::{
     io,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
 };
 
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
@@ -82,6 +82,30 @@ fn get_info(fd: &OwnedFd, info: &mut BtfInfo) -> io::Result<()> {
         .set_u32(4, std::mem::size_of::<BtfInfo>() as u32)
         .set_u64(8, info as *mut BtfInfo as u64);
     bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr).map(|_| ())
+}
+
+/// `struct bpf_prog_info` up to and past `recursion_misses` (5.12+; an
+/// older kernel fills less and leaves it zero). Offsets from the uapi
+/// header, which has not moved a field since it was written.
+const PROG_INFO_LEN: usize = 232;
+const PROG_INFO_RECURSION_MISSES: usize = 208;
+
+/// How many times the kernel skipped program `fd` because it was already
+/// running on that CPU (a trampoline or kprobe entered from inside another
+/// BPF program, or preempted under it): each one is a record never written.
+pub fn prog_recursion_misses(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    #[repr(C, align(8))]
+    struct ProgInfo([u8; PROG_INFO_LEN]);
+    let mut info = ProgInfo([0; PROG_INFO_LEN]);
+    let mut attr = Attr::new();
+    attr.set_u32(0, fd.as_raw_fd() as u32)
+        .set_u32(4, PROG_INFO_LEN as u32)
+        .set_u64(8, info.0.as_mut_ptr() as u64);
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    let at = PROG_INFO_RECURSION_MISSES;
+    Ok(u64::from_ne_bytes(
+        info.0[at..at + 8].try_into().expect("8 bytes"),
+    ))
 }
 
 /// A BTF object's name ("vmlinux", a module's, "" for a program's), and

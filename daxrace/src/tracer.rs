@@ -1,6 +1,6 @@
 //! Loads the eBPF object into the running kernel, attaches the probe plan, and
 //! hands out the ring buffer and counters. The only module that speaks aya.
-use std::collections::HashMap;
+use std::{collections::HashMap, os::fd::AsFd};
 
 use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
@@ -687,6 +687,7 @@ impl Tracer {
         for i in 0..COUNTER_COUNT {
             out.values[i as usize] = self.per_cpu::<u64>(COUNTERS_MAP, i)?.iter().sum();
         }
+        out.recursion_misses = self.recursion_misses();
         Ok(out)
     }
 
@@ -702,6 +703,24 @@ impl Tracer {
             .map_err(map_err)?
             .get(&index, 0)
             .map_err(map_err)
+    }
+
+    /// Runs the kernel skipped, over every program ever attached (a
+    /// program that moved off a function keeps its count).
+    fn recursion_misses(&self) -> u64 {
+        self.links
+            .keys()
+            .map(|(name, _)| *name)
+            .chain(
+                self.statuses
+                    .iter()
+                    .flat_map(|s| s.attached.iter().map(|a| a.program)),
+            )
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .filter_map(|name| self.ebpf.program(name)?.fd().ok())
+            .filter_map(|fd| btf_objects::prog_recursion_misses(fd.as_fd()).ok())
+            .sum()
     }
 
     /// The kernel's break-layouts statistics, summed over CPUs.
@@ -778,7 +797,13 @@ impl BreakStats {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct KernelCounters {
     pub values: [u64; COUNTER_COUNT as usize],
+    /// Program runs the kernel skipped for recursion
+    /// (`bpf_prog_info.recursion_misses`, summed): lost records.
+    pub recursion_misses: u64,
 }
+
+/// The lost-event reason for [`KernelCounters::recursion_misses`].
+pub const RECURSION_MISSES: &str = "recursion_misses";
 
 impl KernelCounters {
     pub fn get(&self, c: Counter) -> u64 {

@@ -159,6 +159,7 @@ fn fed_metrics() -> Metrics {
             }],
             errors: Vec::new(),
             standby: None,
+            avoided: Vec::new(),
         },
         HookStatus {
             hook: HookName(HookId::XfsBreak),
@@ -167,6 +168,7 @@ fn fed_metrics() -> Metrics {
             attached: Vec::new(),
             errors: vec!["xfs is not loaded".into()],
             standby: None,
+            avoided: Vec::new(),
         },
         HookStatus::standby(
             HookId::DeleteEntry,

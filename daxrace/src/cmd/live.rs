@@ -156,6 +156,10 @@ pub fn lost_events(k: &KernelCounters) -> BTreeMap<String, u64> {
     Counter::LOST
         .iter()
         .map(|&c| (c.as_str().to_string(), k.get(c)))
+        .chain([(
+            daxrace::tracer::RECURSION_MISSES.to_string(),
+            k.recursion_misses,
+        )])
         .collect()
 }
 

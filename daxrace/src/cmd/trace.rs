@@ -1,6 +1,9 @@
 //! `daxrace trace -- CMD`: attach, run the command, report, and exit with a
 //! verdict (see [`super::EXIT_FINDINGS`]).
-use std::path::PathBuf;
+use std::{
+    path::PathBuf,
+    sync::atomic::{AtomicI32, Ordering},
+};
 
 use anyhow::{Context, Result};
 use daxrace::{detect::FindingKind, pipeline::Pipeline, sink::report::Unrecorded};
@@ -58,14 +61,16 @@ async fn run_async(args: TraceArgs) -> Result<i32> {
     let pid = child.id().map(|p| p as i32);
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let origin = SignalOrigin::watch(&[libc::SIGINT, libc::SIGTERM])
+        .context("cannot learn where signals come from")?;
     let (status_tx, status_rx) = tokio::sync::oneshot::channel();
     let stop = async move {
         // Signals go to the command; daxrace stops when it exits.
         let status = loop {
             tokio::select! {
                 s = child.wait() => break s,
-                _ = sigint.recv() => forward(pid, libc::SIGINT),
-                _ = sigterm.recv() => forward(pid, libc::SIGTERM),
+                _ = sigint.recv() => forward(pid, libc::SIGINT, &origin),
+                _ = sigterm.recv() => forward(pid, libc::SIGTERM, &origin),
             }
         };
         let _ = status_tx.send(status);
@@ -97,7 +102,49 @@ async fn run_async(args: TraceArgs) -> Result<i32> {
     Ok(verdict(&pipeline, &fail_kinds, code))
 }
 
-fn forward(pid: Option<i32>, sig: i32) {
+/// The `si_code` of the last SIGINT and SIGTERM received, set by a signal
+/// action beside tokio's (both run; tokio's registry allows several).
+static LAST_SI_CODE: [AtomicI32; 2] = [AtomicI32::new(0), AtomicI32::new(0)];
+
+/// `si_code` of a signal the kernel sent itself: the terminal's Ctrl-C
+/// (and Ctrl-\) goes to the whole foreground process group.
+const SI_KERNEL: i32 = 0x80;
+
+fn origin_slot(sig: i32) -> usize {
+    usize::from(sig == libc::SIGTERM)
+}
+
+/// Where the last SIGINT/SIGTERM came from.
+struct SignalOrigin;
+
+impl SignalOrigin {
+    fn watch(signals: &[i32]) -> std::io::Result<SignalOrigin> {
+        for &sig in signals {
+            // SAFETY: the action only stores an integer in an atomic, which
+            // is async-signal-safe.
+            unsafe {
+                signal_hook_registry::register_sigaction(sig, move |info: &libc::siginfo_t| {
+                    LAST_SI_CODE[origin_slot(sig)].store(info.si_code, Ordering::SeqCst);
+                })?;
+            }
+        }
+        Ok(SignalOrigin)
+    }
+
+    /// The terminal sent it to the whole foreground process group, the
+    /// command included (it stays in daxrace's group).
+    fn sent_by_terminal(&self, sig: i32) -> bool {
+        LAST_SI_CODE[origin_slot(sig)].load(Ordering::SeqCst) == SI_KERNEL
+    }
+}
+
+/// Passes a signal on to the command, unless the command already got it
+/// from the terminal: a second SIGINT makes fstests' `check` or fio stop
+/// differently from one.
+fn forward(pid: Option<i32>, sig: i32, origin: &SignalOrigin) {
+    if origin.sent_by_terminal(sig) {
+        return;
+    }
     if let Some(pid) = pid {
         // SAFETY: plain kill(2) on the child we spawned.
         unsafe { libc::kill(pid, sig) };

@@ -60,6 +60,7 @@ pub struct Metrics {
     start_time: Gauge,
     /// Kernel counters already added (they are read as running totals).
     kernel_seen: [u64; daxrace_common::COUNTER_COUNT as usize],
+    recursion_misses_seen: u64,
     decode_seen: HashMap<&'static str, u64>,
     prog_seen: HashMap<String, (u64, u64)>,
     dropped_seen: HashMap<&'static str, u64>,
@@ -305,6 +306,7 @@ impl Metrics {
             prog_run_time,
             start_time,
             kernel_seen: [0; daxrace_common::COUNTER_COUNT as usize],
+            recursion_misses_seen: 0,
             decode_seen: HashMap::new(),
             prog_seen: HashMap::new(),
             dropped_seen: HashMap::new(),
@@ -394,6 +396,15 @@ impl Metrics {
                 &self.kernel_filtered
             };
             family.with_label_values(&[c.as_str()]).inc_by(delta);
+        }
+        let delta = values
+            .recursion_misses
+            .saturating_sub(self.recursion_misses_seen);
+        self.recursion_misses_seen = values.recursion_misses;
+        if delta > 0 {
+            self.lost_events
+                .with_label_values(&[crate::tracer::RECURSION_MISSES])
+                .inc_by(delta);
         }
     }
 
