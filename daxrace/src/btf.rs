@@ -589,14 +589,12 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs ext4 loaded as a module with BTF, which the CI host (ext4 built in) lacks; the VM tests check module BTF on every series"]
     fn the_running_kernels_modules_have_their_functions() {
-        let Ok(base) = Btf::from_file(VMLINUX_BTF) else {
-            return; // no kernel BTF here
-        };
-        // Module BTF is there only for loaded modules built with it.
-        let Ok(m) = base.module("ext4", &["ext4_break_layouts"]) else {
-            return;
-        };
+        let base = Btf::from_file(VMLINUX_BTF).expect("kernel BTF");
+        let m = base
+            .module("ext4", &["ext4_break_layouts"])
+            .expect("ext4 loaded as a module with BTF");
         let id = m.func_id("ext4_break_layouts").expect("ext4 has it");
         assert!(id as usize >= base.types.len(), "ids follow vmlinux's");
     }
@@ -622,9 +620,8 @@ mod tests {
 
     #[test]
     fn function_ids_are_the_kernels_own() {
-        let Ok(mut btf) = Btf::from_file(VMLINUX_BTF) else {
-            return; // no kernel BTF here: nothing to compare with
-        };
+        let mut btf = Btf::from_file(VMLINUX_BTF)
+            .expect("this test needs the kernel's BTF, which every kernel daxrace supports has");
         let funcs = [
             "wake_up_var",
             "init_wait_var_entry",

@@ -331,9 +331,8 @@ mod tests {
 
     #[test]
     fn looks_up_the_running_kernels_symbols() {
-        if crate::tracer::check_privileges().is_err() {
-            return; // not root
-        }
+        crate::tracer::check_privileges()
+            .expect("this test needs root (it loads a BPF program): run the tests as root");
         // Every kernel these tests run on (5.16+, no lockdown) takes the
         // program; a refusal is a defect, not a reason to skip.
         let l = SymbolLookup::load()
