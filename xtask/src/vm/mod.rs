@@ -5,6 +5,7 @@
 //! kernel's modules): no 9p modules to load, nothing shared with the host,
 //! and about 8 s from QEMU start to DAX mounts on 6.1.
 mod apt;
+mod dmesg;
 pub(crate) mod guest;
 mod initramfs;
 pub(crate) mod kernel;

@@ -225,7 +225,7 @@ pub fn prometheus_e2e(series: &str) -> Result<PromReport> {
             .push(format!("... {} finding lines in all", findings.len()));
     }
     report.daxrace_exit = marker(&out.output, "@@PROM daxrace-exit").and_then(|v| v.parse().ok());
-    let mut failures = Vec::new();
+    let mut failures = super::dmesg::unexpected_faults(&out.dmesg, &[]);
     if out.status != 0 {
         failures.push(format!("the guest script exited with {}", out.status));
     }

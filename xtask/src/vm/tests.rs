@@ -557,6 +557,7 @@ fn run_series(series: &str) -> Result<SeriesResult> {
     let (symbols, absent_probes, fs, probes, probes_k, probes_rc, detach) = parse(&out, fss);
     let mut failures = check_daxrace(series, &probes, probes_rc, &fs, &out.dmesg);
     failures.extend(check_symbol_sources(&probes, &probes_k));
+    failures.extend(super::dmesg::unexpected_faults(&out.dmesg, &[]));
     failures.extend(check_module_fentry(&probes));
     match detach {
         Some((before, 0, 0)) if before > 0 => {
