@@ -10,7 +10,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 /// Suites searched for kernels, by the kind of mirror that carries them.
 /// bookworm (6.1), bookworm-backports and trixie (6.12), trixie-backports and
@@ -233,6 +233,41 @@ impl Apt {
         Ok(k)
     }
 
+    /// The headers of one kernel build, to compile modules for it: the
+    /// arch package `linux-headers-<release>` at the image's version, and
+    /// the common headers and kbuild tools it depends on (same source, same
+    /// version).
+    pub fn headers(&self, release: &str, version: &str) -> Result<KernelPkg> {
+        let arch = format!("linux-headers-{release}");
+        let text = self.show(&format!("{arch}={version}"))?;
+        let depends = field(text.split("\n\n").next().unwrap_or(""), "Depends").unwrap_or_default();
+        let mut packages = vec![arch.clone()];
+        packages.extend(dep_names(&depends).into_iter().filter(|d| {
+            (d.starts_with("linux-headers-") && d.ends_with("-common"))
+                || d.starts_with("linux-kbuild-")
+        }));
+        Ok(KernelPkg {
+            image: arch,
+            version: version.to_string(),
+            packages,
+        })
+    }
+
+    /// The line of the private sources list for `suite` (`deb [signed-by=..]
+    /// URI suite main`), for tools that take a mirror the same way
+    /// (mmdebstrap).
+    pub fn suite_line(&self, suite: &str) -> Result<String> {
+        let path = self.dir.join("sources.list");
+        let text =
+            fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        suite_line(&text, suite).with_context(|| {
+            format!(
+                "no suite {suite} in {}: the kernel's Debian release is not searched",
+                path.display()
+            )
+        })
+    }
+
     /// Downloads the packages of `k` into `dest` and returns the .deb paths.
     pub fn download(&self, k: &KernelPkg, dest: &Path) -> Result<Vec<PathBuf>> {
         fs::create_dir_all(dest)?;
@@ -267,6 +302,22 @@ impl Apt {
         }
         Ok(debs)
     }
+}
+
+/// The `deb` line of a one-line-style sources list whose suite is `suite`.
+fn suite_line(list: &str, suite: &str) -> Option<String> {
+    list.lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("deb "))
+        .find(|l| {
+            // Options in brackets come before the URI and the suite.
+            let rest = match l.find(']') {
+                Some(end) => &l[end + 1..],
+                None => &l[4..],
+            };
+            rest.split_whitespace().nth(1) == Some(suite)
+        })
+        .map(String::from)
 }
 
 fn image_in_series(image: &str, series: &str) -> bool {
@@ -548,6 +599,20 @@ mod tests {
         assert!(!image_in_series("linux-image-6.12.117+deb13-amd64", "6.1"));
         assert!(image_in_series("linux-image-6.12.117+deb13-amd64", "6.12"));
         assert!(image_in_series("linux-image-7.3.4+deb13-amd64", "7.3"));
+    }
+
+    #[test]
+    fn suite_lines() {
+        let list = "# x\ndeb [signed-by=/k.gpg] http://m/debian bookworm main\ndeb [signed-by=/k.gpg] http://m/debian trixie main\ndeb http://m/debian-security trixie-security main\n";
+        assert_eq!(
+            suite_line(list, "trixie").as_deref(),
+            Some("deb [signed-by=/k.gpg] http://m/debian trixie main")
+        );
+        assert_eq!(
+            suite_line(list, "trixie-security").as_deref(),
+            Some("deb http://m/debian-security trixie-security main")
+        );
+        assert_eq!(suite_line(list, "sid"), None);
     }
 
     #[test]

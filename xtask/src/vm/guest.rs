@@ -230,7 +230,16 @@ sleep 10
 
 /// Boots the kernel with the command and waits for it.
 pub fn boot(spec: &Spec, binaries: &[PathBuf]) -> Result<Outcome> {
-    boot_inner(spec, binaries, &Extras::default(), None)
+    boot_inner(spec, binaries, &Extras::default(), &[], None)
+}
+
+/// [`boot`] with more files in the guest: (guest path, host file).
+pub fn boot_with_files(
+    spec: &Spec,
+    binaries: &[PathBuf],
+    files: &[(String, PathBuf)],
+) -> Result<Outcome> {
+    boot_inner(spec, binaries, &Extras::default(), files, None)
 }
 
 /// What a few boots need beyond the usual guest (the bench's bpftrace).
@@ -246,19 +255,20 @@ pub struct Extras<'a> {
 
 /// [`boot`] with extra host programs and RAM.
 pub fn boot_with(spec: &Spec, binaries: &[PathBuf], extras: &Extras) -> Result<Outcome> {
-    boot_inner(spec, binaries, extras, None)
+    boot_inner(spec, binaries, extras, &[], None)
 }
 
 /// [`boot`] under a host thread's control (typically run in a scoped thread
 /// while the host talks to the guest through `Spec::forward`).
 pub fn boot_controlled(spec: &Spec, binaries: &[PathBuf], ctl: &Control) -> Result<Outcome> {
-    boot_inner(spec, binaries, &Extras::default(), Some(ctl))
+    boot_inner(spec, binaries, &Extras::default(), &[], Some(ctl))
 }
 
 fn boot_inner(
     spec: &Spec,
     binaries: &[PathBuf],
     extras: &Extras,
+    files: &[(String, PathBuf)],
     ctl: Option<&Control>,
 ) -> Result<Outcome> {
     let cache = super::kernel::cache_dir();
@@ -280,6 +290,7 @@ fn boot_inner(
             modules: &modules,
             binaries,
             host_programs: extras.host_programs,
+            extra_files: files,
         },
     )?;
     let res = run_qemu(spec, &initrd, extras.extra_mem_mib, ctl);

@@ -156,6 +156,9 @@ pub struct Contents<'a> {
     /// More host programs (absolute paths), installed at the same path with
     /// their shared libraries; for a few boots only (bpftrace for the bench).
     pub host_programs: &'a [PathBuf],
+    /// More files: (path in the guest, host file), e.g. a test's own kernel
+    /// module under /lib/modules/extra.
+    pub extra_files: &'a [(String, PathBuf)],
 }
 
 pub fn build(out: &Path, c: &Contents) -> Result<u64> {
@@ -206,6 +209,9 @@ pub fn build(out: &Path, c: &Contents) -> Result<u64> {
     for m in c.modules {
         let name = m.file_name().unwrap_or_default().to_string_lossy();
         cpio.host_file(&format!("/lib/modules/{name}"), m)?;
+    }
+    for (guest, host) in c.extra_files {
+        cpio.host_file(guest, host)?;
     }
     let mut libs = BTreeSet::new();
     for (guest, candidates) in HOST_PROGRAMS {

@@ -128,12 +128,12 @@ pub fn fetch(series: &str) -> Result<Kernel> {
 
 /// An exclusive flock, released when the file is closed (dropped, or the
 /// process dies).
-struct Lock {
+pub(crate) struct Lock {
     _file: fs::File,
 }
 
 impl Lock {
-    fn take(path: &Path) -> Result<Lock> {
+    pub(crate) fn take(path: &Path) -> Result<Lock> {
         use std::os::fd::AsRawFd;
         let f = fs::File::create(path)?;
         let t = Instant::now();

@@ -9,6 +9,8 @@ mod dmesg;
 pub(crate) mod guest;
 mod initramfs;
 pub(crate) mod kernel;
+mod kmod;
+mod livepatch;
 mod prometheus;
 mod tests;
 
@@ -37,6 +39,11 @@ pub struct VmArgs {
     /// host scrapes `daxrace run` in the guest (default kernel: newest).
     #[arg(long, conflicts_with_all = ["cmd", "test"])]
     pub prometheus: bool,
+    /// Run only the live-patch test: a live patch of ext4_break_layouts
+    /// (xtask/kmod/count_patch, built against the kernel's Debian headers)
+    /// loaded before and while daxrace runs (default: every tested series).
+    #[arg(long, conflicts_with_all = ["cmd", "test", "prometheus"])]
+    pub livepatch: bool,
     /// DAX filesystems to create and mount (both: ext4 on /dev/pmem0, xfs on /dev/pmem1).
     #[arg(long, value_enum, default_value = "both")]
     pub fs: Fs,
@@ -82,6 +89,10 @@ pub fn run(args: VmArgs) -> Result<i32> {
     if args.prometheus {
         let r = prometheus::prometheus_e2e(args.kernel.as_deref().unwrap_or("newest"))?;
         println!("{r}");
+        return Ok(0);
+    }
+    if args.livepatch {
+        livepatch::run(args.kernel.as_deref())?;
         return Ok(0);
     }
     let k = kernel::fetch(args.kernel.as_deref().unwrap_or("newest"))?;

@@ -731,6 +731,18 @@ pub fn test_series(series: &[&str]) -> Result<()> {
             errors.push(format!("{e:#} (re-run alone: cargo xtask vm --prometheus)"));
         }
     }
+    // daxrace beside a live patch of the function it hooks, per series.
+    for s in series {
+        match super::livepatch::livepatch_e2e(s) {
+            Ok(r) => println!("  {r}"),
+            Err(e) => {
+                println!("--- livepatch {s}: FAILED: {e:#}");
+                errors.push(format!(
+                    "{e:#} (re-run alone: cargo xtask vm --livepatch --kernel {s})"
+                ));
+            }
+        }
+    }
     println!("  total {:.0} s", t0.elapsed().as_secs_f64());
     if !errors.is_empty() {
         bail!(
