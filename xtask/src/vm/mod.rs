@@ -5,6 +5,7 @@
 //! kernel's modules): no 9p modules to load, nothing shared with the host,
 //! and about 8 s from QEMU start to DAX mounts on 6.1.
 mod apt;
+mod coexist;
 mod dmesg;
 pub(crate) mod guest;
 mod initramfs;
@@ -44,6 +45,11 @@ pub struct VmArgs {
     /// loaded before and while daxrace runs (default: every tested series).
     #[arg(long, conflicts_with_all = ["cmd", "test", "prometheus"])]
     pub livepatch: bool,
+    /// Run only the coexistence test: bpftrace on the same functions at the
+    /// same time, then attach/detach cycles of `daxrace run` under load
+    /// (default kernel: newest).
+    #[arg(long, conflicts_with_all = ["cmd", "test", "prometheus", "livepatch"])]
+    pub coexist: bool,
     /// DAX filesystems to create and mount (both: ext4 on /dev/pmem0, xfs on /dev/pmem1).
     #[arg(long, value_enum, default_value = "both")]
     pub fs: Fs,
@@ -89,6 +95,13 @@ pub fn run(args: VmArgs) -> Result<i32> {
     if args.prometheus {
         let r = prometheus::prometheus_e2e(args.kernel.as_deref().unwrap_or("newest"))?;
         println!("{r}");
+        return Ok(0);
+    }
+    if args.coexist {
+        println!(
+            "{}",
+            coexist::coexist_e2e(args.kernel.as_deref().unwrap_or("newest"))?
+        );
         return Ok(0);
     }
     if args.livepatch {

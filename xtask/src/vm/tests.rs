@@ -743,6 +743,19 @@ pub fn test_series(series: &[&str]) -> Result<()> {
             }
         }
     }
+    // daxrace beside another tracer on the same functions, and attach/detach
+    // cycles under load, per series.
+    for s in series {
+        match super::coexist::coexist_e2e(s) {
+            Ok(r) => println!("  {r}"),
+            Err(e) => {
+                println!("--- coexist {s}: FAILED: {e:#}");
+                errors.push(format!(
+                    "{e:#} (re-run alone: cargo xtask vm --coexist --kernel {s})"
+                ));
+            }
+        }
+    }
     println!("  total {:.0} s", t0.elapsed().as_secs_f64());
     if !errors.is_empty() {
         bail!(
