@@ -235,16 +235,22 @@ pub enum Counter {
     /// A watched page lost its slot to another busy page while still fresh
     /// (watched in the last [`WATCH_FRESH_NS`]): its later events are lost.
     WatchFull = 4,
-    /// A release path listed more pages than a program may walk.
+    /// Watched pages a release path (a bio) let go of beyond the few one
+    /// program run reports: their records are lost. Every bvec and every
+    /// page of a bio is walked, so nothing else of a bio is.
     BioTruncated = 5,
     /// A truncation disassociated an idle, unwatched page (nothing to report).
     DisassociateQuiet = 6,
     /// A mapping entry was deleted by a task whose last break saw no busy
     /// page, or after the first deletion that followed such a break.
     DeleteQuiet = 7,
-    /// Another task held the per-task slot a break or scan needed: the
-    /// older state was dropped.
-    StateFull = 8,
+    /// A per-task table slot (tables are indexed by `tid % 16384`) was
+    /// needed by two live tasks at once: the state of one of them was
+    /// dropped, and with it the records it would have led to (a break or
+    /// scan in progress, a kept ext4 operation a busy break then asked
+    /// for, a busy break's truncation, a bio between entry and return).
+    /// Was `state_full` (breaks and scans only).
+    TaskSlotCollision = 8,
     /// A break-layouts call that never scanned for busy pages (xfs lease
     /// breaks on plain writes): not recorded.
     BreakQuiet = 9,
@@ -267,9 +273,14 @@ pub enum Counter {
     /// another file took the file's slot. That page's watch then ends by
     /// recycling rather than at the range deletion (nothing is lost).
     FileWatchFull = 14,
+    /// A truncation disassociated a 2 MiB (PMD) DAX entry: 512 pages at
+    /// once. Every watched page of it is reported; of the unwatched pages
+    /// only the first one's refcount is read (a pin on another unwatched
+    /// page of the entry is not seen).
+    PmdEntry = 15,
 }
 
-pub const COUNTER_COUNT: u32 = 15;
+pub const COUNTER_COUNT: u32 = 16;
 
 impl Counter {
     pub const ALL: [Counter; COUNTER_COUNT as usize] = [
@@ -281,20 +292,21 @@ impl Counter {
         Counter::BioTruncated,
         Counter::DisassociateQuiet,
         Counter::DeleteQuiet,
-        Counter::StateFull,
+        Counter::TaskSlotCollision,
         Counter::BreakQuiet,
         Counter::ScanQuiet,
         Counter::BreakClean,
         Counter::WatchRecycled,
         Counter::FsOpQuiet,
         Counter::FileWatchFull,
+        Counter::PmdEntry,
     ];
 
     /// Counters of records that never reached userspace (the rest count
     /// hook calls filtered in the kernel, or degraded but complete state).
     pub const LOST: [Counter; 4] = [
         Counter::RingbufFull,
-        Counter::StateFull,
+        Counter::TaskSlotCollision,
         Counter::WatchFull,
         Counter::BioTruncated,
     ];
@@ -310,15 +322,86 @@ impl Counter {
             Counter::BioTruncated => "bio_truncated",
             Counter::DisassociateQuiet => "disassociate_quiet",
             Counter::DeleteQuiet => "delete_quiet",
-            Counter::StateFull => "state_full",
+            Counter::TaskSlotCollision => "task_slot_collision",
             Counter::BreakQuiet => "break_quiet",
             Counter::ScanQuiet => "scan_quiet",
             Counter::BreakClean => "break_clean",
             Counter::WatchRecycled => "watch_recycled",
             Counter::FsOpQuiet => "fs_op_quiet",
             Counter::FileWatchFull => "file_watch_full",
+            Counter::PmdEntry => "pmd_entry",
         }
     }
+}
+
+/// Unread bytes in a ring buffer of `ring_bytes` above which a submit wakes
+/// the reader at once (below it the reader drains on its own timer): a
+/// quarter of the ring, and at most 256 KiB. A fixed 256 KiB never woke
+/// the reader of a ring that small or smaller, which then filled up
+/// between two timed drains.
+#[inline(always)]
+pub const fn ring_wake_bytes(ring_bytes: u64) -> u64 {
+    let quarter = ring_bytes / 4;
+    if quarter < RING_WAKE_MAX_BYTES {
+        quarter
+    } else {
+        RING_WAKE_MAX_BYTES
+    }
+}
+
+/// Waking the reader on every record was the dominant cost of the emitting
+/// hooks (the wake-up is an irq_work): large rings wake it at this much.
+pub const RING_WAKE_MAX_BYTES: u64 = 256 * 1024;
+
+/// `PAGE_SHIFT` of the kernels daxrace runs on (x86_64).
+pub const PAGE_SHIFT: u32 = 12;
+
+/// A DAX xarray entry (`fs/dax.c`): `xa_mk_value(flags | pfn << DAX_SHIFT)`,
+/// that is `(flags | pfn << 4) << 1 | 1`.
+pub struct DaxEntry;
+
+impl DaxEntry {
+    pub const SHIFT: u32 = 4;
+    /// The entry maps a 2 MiB (PMD) range: [`Self::PMD_PAGES`] pages.
+    pub const PMD: u64 = 1 << 1;
+    pub const ZERO_PAGE: u64 = 1 << 2;
+    pub const EMPTY: u64 = 1 << 3;
+    /// log2 of the pages a PMD entry maps (`PMD_ORDER`).
+    pub const PMD_ORDER: u32 = 9;
+    pub const PMD_PAGES: u64 = 1 << Self::PMD_ORDER;
+
+    /// The pages the entry maps, as (first pfn, number of pages: 1, or 512
+    /// for a PMD entry); `None` for what maps no page (not a value entry, a
+    /// zero-page or empty entry).
+    #[inline(always)]
+    pub const fn pfns(entry: u64) -> Option<(u64, u64)> {
+        if entry & 1 == 0 {
+            return None;
+        }
+        let value = entry >> 1;
+        if value & (Self::ZERO_PAGE | Self::EMPTY) != 0 {
+            return None;
+        }
+        let pages = if value & Self::PMD != 0 {
+            Self::PMD_PAGES
+        } else {
+            1
+        };
+        Some((value >> Self::SHIFT, pages))
+    }
+}
+
+/// The pages a bvec covers, counted from its `bv_page`: (index of the
+/// first, how many). A multi-page bvec's `bv_len` spans several pages, and
+/// its `bv_offset` may exceed a page.
+#[inline(always)]
+pub const fn bvec_pages(offset: u64, len: u64) -> (u64, u64) {
+    let first = offset >> PAGE_SHIFT;
+    if len == 0 {
+        return (first, 0);
+    }
+    let last = (offset + len - 1) >> PAGE_SHIFT;
+    (first, last + 1 - first)
 }
 
 /// Break-layouts statistics kept in the kernel for every call that scanned
@@ -474,6 +557,49 @@ mod tests {
         // 2+2+4+8+4+4+16+4+4+8*5+4+4+8+8
         assert_eq!(Record::SIZE, 112);
         assert_eq!(core::mem::size_of::<KernelConfig>(), 20 * 4 + 16);
+    }
+
+    #[test]
+    fn the_reader_is_woken_before_a_small_ring_fills() {
+        // One page: the smallest ring the kernel takes.
+        assert_eq!(ring_wake_bytes(4096), 1024);
+        assert_eq!(ring_wake_bytes(256 * 1024), 64 * 1024);
+        assert_eq!(ring_wake_bytes(1 << 20), 256 * 1024);
+        assert_eq!(ring_wake_bytes(1 << 22), RING_WAKE_MAX_BYTES);
+        assert_eq!(ring_wake_bytes(1 << 31), RING_WAKE_MAX_BYTES);
+        for shift in 12..32 {
+            assert!(ring_wake_bytes(1 << shift) < 1 << shift);
+        }
+    }
+
+    #[test]
+    fn a_pmd_entry_maps_512_pages_from_its_pfn() {
+        let entry = |flags: u64, pfn: u64| ((flags | pfn << DaxEntry::SHIFT) << 1) | 1;
+        assert_eq!(DaxEntry::pfns(entry(0, 0x40010)), Some((0x40010, 1)));
+        assert_eq!(
+            DaxEntry::pfns(entry(DaxEntry::PMD, 0x40200)),
+            Some((0x40200, 512))
+        );
+        // The lock bit changes nothing.
+        assert_eq!(DaxEntry::pfns(entry(1, 0x40010)), Some((0x40010, 1)));
+        assert_eq!(DaxEntry::pfns(entry(DaxEntry::ZERO_PAGE, 7)), None);
+        assert_eq!(
+            DaxEntry::pfns(entry(DaxEntry::PMD | DaxEntry::EMPTY, 0)),
+            None
+        );
+        // Not a value entry (a pointer): nothing mapped.
+        assert_eq!(DaxEntry::pfns(0xffff_8880_0000_1000), None);
+    }
+
+    #[test]
+    fn a_multi_page_bvec_covers_every_page_it_touches() {
+        assert_eq!(bvec_pages(0, 4096), (0, 1));
+        assert_eq!(bvec_pages(512, 512), (0, 1));
+        assert_eq!(bvec_pages(4000, 200), (0, 2));
+        assert_eq!(bvec_pages(0, 1 << 20), (0, 256));
+        assert_eq!(bvec_pages(8192 + 100, 2 << 20), (2, 513));
+        assert_eq!(bvec_pages(4096, 0), (1, 0));
+        assert_eq!(bvec_pages(0, u32::MAX as u64), (0, 1 << 20));
     }
 
     #[test]

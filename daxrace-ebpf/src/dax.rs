@@ -18,10 +18,14 @@ use aya_ebpf::{
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
     EbpfContext,
 };
-use daxrace_common::{BreakStat, Counter, FsKind, HookId, Record, RecordKind, WATCH_FRESH_NS};
+use daxrace_common::{
+    bvec_pages, BreakStat, Counter, DaxEntry, FsKind, HookId, Record, RecordKind, PAGE_SHIFT,
+    WATCH_FRESH_NS,
+};
 
 use crate::emit::{
     config, count, count_add, fill_inode, new_record, read_at, read_page, submit, vmemmap, Cfg,
+    PageFields,
 };
 
 // ---- state ----------------------------------------------------------------
@@ -91,7 +95,10 @@ struct ScanSlot {
 #[repr(C)]
 struct RecentSlot {
     tid: u32,
-    _pad: u32,
+    /// A task whose busy break's truncation lost this slot to another
+    /// task's before it came (0: none): its truncation then counts as a
+    /// collision, not as quiet.
+    displaced: u32,
     mapping: u64,
 }
 
@@ -114,6 +121,11 @@ pub struct FsOpSlot {
     hook: u16,
     op: u8,
     pending: u8,
+    /// A task whose kept operation another task's took the place of
+    /// (0: none). Most kept operations are never asked for, so the loss
+    /// is counted only once that task's busy break asks for it.
+    displaced: u32,
+    _pad: u32,
     ts_ns: u64,
     inode: u64,
     a: i64,
@@ -161,6 +173,20 @@ static FS_OPS: Array<FsOpSlot> = Array::with_max_entries(TASK_SLOTS, 0);
 #[map]
 static WATCHED: Array<WatchSlot> = Array::with_max_entries(WATCH_SLOTS, 0);
 
+/// Nonzero where a page of a 2 MiB block (`pfn >> 9`, modulo the slots)
+/// was ever watched. A truncated 2 MiB entry, or a bvec that spans pages
+/// of such a block, is walked page by page only where this is set: the
+/// watched-page table is direct-mapped by pfn, so that walk finds every
+/// watched page of the block, and the hint lets the usual case (no watch
+/// there, ever) skip it with one load. Never cleared: a stale hint costs
+/// a walk, a missing one would hide a page.
+#[map]
+static WATCHED_BLOCKS: Array<u64> = Array::with_max_entries(BLOCK_SLOTS, 0);
+
+/// Set once any page was watched (see [`any_watched`]).
+#[no_mangle]
+static mut ANY_WATCHED: u64 = 0;
+
 /// Files with watched pages, direct-mapped by a hash of the mapping's
 /// address: another file taking the slot makes the range hook miss the
 /// first file's pages, which then stay watched until recycled.
@@ -173,15 +199,9 @@ static WATCHED_FILES: Array<FileSlot> = Array::with_max_entries(FILE_SLOTS, 0);
 static BREAK_STATS: PerCpuArray<[u64; BreakStat::ENTRIES as usize]> =
     PerCpuArray::with_max_entries(1, 0);
 
-/// Most bvecs and pages per bvec one release walks; the rest is counted as
-/// `BioTruncated`.
-const MAX_BIO_VECS: u32 = 64;
-const MAX_BVEC_PAGES: u64 = 512;
-const PAGE_SHIFT: u32 = 12;
-/// A DAX xarray entry is `xa_mk_value(flags | pfn << DAX_SHIFT)`.
-const DAX_SHIFT: u32 = 4;
-const DAX_ZERO_PAGE: u64 = 1 << 2;
-const DAX_EMPTY: u64 = 1 << 3;
+/// Slots of the watched-blocks hint (a power of two): one per 2 MiB block
+/// of physical memory, modulo this (32 GiB before two blocks share one).
+const BLOCK_SLOTS: u32 = 16384;
 /// `page->mapping` of a shared (reflinked) DAX page: not a real mapping.
 const PAGE_MAPPING_DAX_COW: u64 = 1;
 /// `dax_layout_busy_page(mapping)` scans the whole file.
@@ -215,6 +235,42 @@ fn watched(page: u64) -> bool {
     page != 0 && watch_slot(page).is_some_and(|s| s.page == page)
 }
 
+/// Whether a page was ever watched since load: before that, nothing a
+/// hook misses can have concerned a watched page.
+#[inline(always)]
+fn any_watched() -> bool {
+    // SAFETY: a plain u64 global.
+    unsafe { core::ptr::read_volatile(&raw const ANY_WATCHED) != 0 }
+}
+
+/// The frame number of `page`. Wrapping: the hint below needs the same
+/// number for a page wherever it is computed, not a checked one.
+#[inline(always)]
+fn pfn_of(cfg: Cfg, page: u64) -> u64 {
+    page.wrapping_sub(vmemmap(cfg)) / cfg.page_struct_size() as u64
+}
+
+#[inline(always)]
+fn block_slot(pfn: u64) -> u32 {
+    (pfn >> DaxEntry::PMD_ORDER) as u32 & (BLOCK_SLOTS - 1)
+}
+
+/// Whether a page of the 2 MiB block of `pfn` may be watched.
+#[inline(always)]
+fn block_maybe_watched(pfn: u64) -> bool {
+    WATCHED_BLOCKS.get(block_slot(pfn)).is_some_and(|&v| v != 0)
+}
+
+#[inline(always)]
+fn mark_block_watched(page: u64) {
+    if let Some(v) = WATCHED_BLOCKS.get_ptr_mut(block_slot(pfn_of(config(), page))) {
+        // SAFETY: an array map value; every writer stores the same value.
+        unsafe { core::ptr::write_volatile(v, 1) };
+    }
+    // SAFETY: a plain u64 global, only ever set to 1.
+    unsafe { core::ptr::write_volatile(&raw mut ANY_WATCHED, 1) };
+}
+
 #[inline(always)]
 fn file_slot(mapping: u64) -> Option<&'static mut FileSlot> {
     // Mappings are embedded in slab-allocated inodes: a multiplicative hash
@@ -229,6 +285,7 @@ fn file_slot(mapping: u64) -> Option<&'static mut FileSlot> {
 /// matches it).
 #[inline(always)]
 fn watch(page: u64, now: u64, mapping: u64, index: u64) {
+    mark_block_watched(page);
     if let Some(s) = watch_slot(page) {
         if s.page != 0 && s.page != page {
             if now.saturating_sub(s.since_ns) < WATCH_FRESH_NS {
@@ -359,7 +416,7 @@ fn claim(tid: u32, owner: &mut u32, depth: &mut u32, nested: bool) -> bool {
                 return false;
             }
         } else {
-            count(Counter::StateFull);
+            count(Counter::TaskSlotCollision);
         }
     }
     *owner = tid;
@@ -392,6 +449,11 @@ fn break_enter(hook: HookId, fs: FsKind) -> u32 {
         if rb.tid == tid {
             rb.tid = 0;
         }
+        // A new break: the truncation the last one allowed is no longer
+        // expected.
+        if rb.displaced == tid {
+            rb.displaced = 0;
+        }
     }
     0
 }
@@ -416,8 +478,19 @@ pub fn stash_fs_op(hook: HookId, op: u32, inode: u64, a: i64, b: i64) {
     let Some(slot) = task_slot(&FS_OPS, tid) else {
         return;
     };
-    if slot.pending != 0 {
+    if slot.pending != 0 && slot.tid != tid {
+        // Another task's operation, still waiting for its break: whether
+        // it is lost is known only if that break asks for it.
+        if slot.displaced == tid {
+            count(Counter::FsOpQuiet);
+        }
+        slot.displaced = slot.tid;
+    } else if slot.pending != 0 || slot.displaced == tid {
+        // Replaces this task's own older operation.
         count(Counter::FsOpQuiet);
+        if slot.displaced == tid {
+            slot.displaced = 0;
+        }
     }
     slot.tid = tid;
     slot.pending = 1;
@@ -448,7 +521,16 @@ fn record_fs_op(tid: u32) {
     let Some(slot) = task_slot(&FS_OPS, tid) else {
         return;
     };
-    if slot.tid != tid || slot.pending == 0 {
+    if slot.tid != tid {
+        if slot.displaced == tid {
+            // Its operation gave way to another task's: the break that
+            // was for it goes out unexplained.
+            slot.displaced = 0;
+            count(Counter::TaskSlotCollision);
+        }
+        return;
+    }
+    if slot.pending == 0 {
         return;
     }
     let hook = HookId::from_u16(slot.hook).unwrap_or(HookId::Ext4Truncate);
@@ -526,6 +608,9 @@ fn break_exit(hook: HookId, ret: i64) -> u32 {
     let (fs, mapping) = (st.fs, st.mapping);
     if st.saw_busy != 0 {
         if let Some(rb) = task_slot(&RECENT_BUSY, tid) {
+            if rb.tid != 0 && rb.tid != tid {
+                rb.displaced = rb.tid;
+            }
             rb.tid = tid;
             rb.mapping = mapping;
         }
@@ -864,9 +949,10 @@ pub fn fe_page_freed(ctx: FEntryContext) -> u32 {
 
 // ---- release path that bypasses the devmap put (Debian 6.1) --------------
 
-/// Watched pages one release reports; more in one bio (never seen: a busy
-/// scan watches one page per file) are counted as `BioTruncated`.
-const MAX_RELEASED_WATCHED: usize = 4;
+/// Watched pages one release reports; more in one bio are counted as
+/// `BioTruncated` (lost). A busy scan watches one page per call, so a bio
+/// holds few.
+const MAX_RELEASED_WATCHED: usize = 16;
 
 /// Reports one watched page of a released bio. Called after the walk, not
 /// inside it: the walk's callbacks stay a few instructions long, which is
@@ -925,8 +1011,10 @@ struct BioWalk {
     copied: u64,
 }
 
-/// Bytes of bvecs copied in one read: 32 bvecs of 16 bytes (64-bit).
-const BVEC_COPY: u64 = 512;
+/// Bytes of bvecs copied in one read: `BIO_MAX_VECS` (256) bvecs of 16
+/// bytes (64-bit), every bvec a bio whose pages the release path drops can
+/// have. Longer lists are read field by field.
+const BVEC_COPY: u64 = 4096;
 
 /// The bvecs of the bio being released, copied in one read. Reading three
 /// fields of each bvec apart took 48 reads for a 64 KiB direct I/O into a
@@ -980,11 +1068,20 @@ fn copied_field<T: Copy + Default>(at: u64) -> T {
     }
 }
 
-/// What the page callback needs from one bvec.
+/// The pages of one multi-page bvec: `pages` pages from `first`, frame
+/// numbers from `pfn`.
 #[repr(C)]
 struct BvecWalk {
     first: u64,
-    first_pg: u64,
+    pfn: u64,
+    pages: u64,
+    psz: u64,
+}
+
+/// A run of pages inside one 2 MiB block.
+#[repr(C)]
+struct PageRun {
+    first: u64,
     psz: u64,
 }
 
@@ -992,8 +1089,42 @@ type LoopCallback = extern "C" fn(u32, *mut c_void) -> i64;
 
 extern "C" fn page_step(i: u32, ctx: *mut c_void) -> i64 {
     // SAFETY: bpf_loop passes back the pointer given to it below.
+    let w = unsafe { &*(ctx as *const PageRun) };
+    found_if_watched(w.first + i as u64 * w.psz);
+    0
+}
+
+/// Block `i` of a multi-page bvec: its pages are looked at only where a
+/// page of the block was ever watched (a 1 MiB bvec of a huge page then
+/// costs one load, not 256).
+extern "C" fn block_step(i: u32, ctx: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop passes back the pointer given to it below.
     let w = unsafe { &*(ctx as *const BvecWalk) };
-    found_if_watched(w.first + (w.first_pg + i as u64) * w.psz);
+    let block_first = ((w.pfn >> DaxEntry::PMD_ORDER) + i as u64) << DaxEntry::PMD_ORDER;
+    let lo = if block_first > w.pfn {
+        block_first
+    } else {
+        w.pfn
+    };
+    let block_end = block_first + DaxEntry::PMD_PAGES;
+    let end = w.pfn + w.pages;
+    let hi = if block_end < end { block_end } else { end };
+    if hi <= lo || !block_maybe_watched(lo) {
+        return 0;
+    }
+    let mut run = PageRun {
+        first: w.first + (lo - w.pfn) * w.psz,
+        psz: w.psz,
+    };
+    // SAFETY: helper call with a callback and a pointer to our stack.
+    unsafe {
+        bpf_loop(
+            (hi - lo) as u32,
+            page_step as LoopCallback as *mut c_void,
+            &mut run as *mut PageRun as *mut c_void,
+            0,
+        )
+    };
     0
 }
 
@@ -1009,7 +1140,7 @@ extern "C" fn bvec_step(i: u32, ctx: *mut c_void) -> i64 {
     let w = unsafe { &*(ctx as *const BioWalk) };
     let cfg = config();
     let at = (i as u64) * w.bvec_size;
-    let (off, len, first) = if w.copied != 0 {
+    let (off, len, bv_page) = if w.copied != 0 {
         (
             copied_field::<u32>(at + cfg.bvec_offset() as u64) as u64,
             copied_field::<u32>(at + cfg.bvec_len() as u64) as u64,
@@ -1023,37 +1154,35 @@ extern "C" fn bvec_step(i: u32, ctx: *mut c_void) -> i64 {
             read_at::<u64>(bv, cfg.bvec_page()),
         )
     };
-    let first_pg = off >> PAGE_SHIFT;
-    let npages = ((off + len).saturating_sub(1) >> PAGE_SHIFT) + 1 - first_pg;
+    let (first_pg, npages) = bvec_pages(off, len);
+    if npages == 0 {
+        return 0;
+    }
+    let first = bv_page + first_pg * w.psz;
     if npages == 1 {
         // The usual bvec here: no inner walk (a `bpf_loop` per bvec).
-        found_if_watched(first + first_pg * w.psz);
+        found_if_watched(first);
         add_walked(1);
         return 0;
     }
-    let mut pw = BvecWalk {
+    let pfn = pfn_of(cfg, first);
+    let blocks = ((pfn + npages - 1) >> DaxEntry::PMD_ORDER) - (pfn >> DaxEntry::PMD_ORDER) + 1;
+    let mut bw = BvecWalk {
         first,
-        first_pg,
+        pfn,
+        pages: npages,
         psz: w.psz,
-    };
-    if npages > MAX_BVEC_PAGES {
-        count(Counter::BioTruncated);
-    }
-    let n = if npages > MAX_BVEC_PAGES {
-        MAX_BVEC_PAGES
-    } else {
-        npages
     };
     // SAFETY: helper call with a callback and a pointer to our stack.
     unsafe {
         bpf_loop(
-            n as u32,
-            page_step as LoopCallback as *mut c_void,
-            &mut pw as *mut BvecWalk as *mut c_void,
+            blocks as u32,
+            block_step as LoopCallback as *mut c_void,
+            &mut bw as *mut BvecWalk as *mut c_void,
             0,
         )
     };
-    add_walked(n);
+    add_walked(npages);
     0
 }
 
@@ -1067,8 +1196,23 @@ fn add_walked(n: u64) {
     }
 }
 
+/// Reports the watched pages the walk found, from a loop callback: one
+/// record path for the verifier to check, not one per page.
+extern "C" fn released_report_step(i: u32, _ctx: *mut c_void) -> i64 {
+    let Some(f) = RELEASE_FOUND.get_ptr(0) else {
+        return 1;
+    };
+    // SAFETY: this CPU's slot, filled by the walk of this program run.
+    let page = unsafe { (*f).pages[i as usize & (MAX_RELEASED_WATCHED - 1)] };
+    report_released(page);
+    0
+}
+
 /// After `__bio_release_pages(bio)` dropped its references: report the
-/// watched pages of the bio with their refcount now.
+/// watched pages of the bio with their refcount now. Every bvec and every
+/// page is looked at (a bio the release path drops pages of has at most
+/// `BIO_MAX_VECS` bvecs, a multi-page bvec up to 4 GiB): nothing is cut
+/// short, so nothing but more watched pages than one run reports is lost.
 ///
 /// Walked with `bpf_loop` (5.17+): its callbacks are verified once, where an
 /// open-coded loop over bvecs and pages is verified per iteration and made
@@ -1095,33 +1239,31 @@ fn bio_released(bio: u64) -> u32 {
         (*found).overflow = 0;
         (*found).walked = 0;
     }
-    if vcnt > MAX_BIO_VECS {
-        count(Counter::BioTruncated);
-    }
-    let n = if vcnt > MAX_BIO_VECS {
-        MAX_BIO_VECS
-    } else {
-        vcnt
-    };
-    w.copied = copy_bvecs(w.vecs, n, w.bvec_size) as u64;
+    w.copied = copy_bvecs(w.vecs, vcnt, w.bvec_size) as u64;
     // SAFETY: helper call with a callback and a pointer to our stack.
     unsafe {
         bpf_loop(
-            n,
+            vcnt,
             bvec_step as LoopCallback as *mut c_void,
             &mut w as *mut BioWalk as *mut c_void,
             0,
         )
     };
     // SAFETY: as above; copied out before any record is sent.
-    let f = unsafe { *found };
-    count_add(Counter::PutWatched, f.n);
-    count_add(Counter::PutUnwatched, f.walked.saturating_sub(f.n));
-    count_add(Counter::BioTruncated, f.overflow);
-    for (k, &page) in f.pages.iter().enumerate() {
-        if (k as u64) < f.n {
-            report_released(page);
-        }
+    let (n, walked, overflow) = unsafe { ((*found).n, (*found).walked, (*found).overflow) };
+    count_add(Counter::PutWatched, n);
+    count_add(Counter::PutUnwatched, walked.saturating_sub(n));
+    count_add(Counter::BioTruncated, overflow);
+    if n != 0 {
+        // SAFETY: helper call with a callback and no context.
+        unsafe {
+            bpf_loop(
+                n as u32,
+                released_report_step as LoopCallback as *mut c_void,
+                core::ptr::null_mut(),
+                0,
+            )
+        };
     }
     0
 }
@@ -1135,6 +1277,11 @@ pub fn fx_bio_release(ctx: FExitContext) -> u32 {
 pub fn kp_bio_release(ctx: ProbeContext) -> u32 {
     let tid = tid();
     if let Some(st) = task_slot(&BIO_STASH, tid) {
+        if st.tid != 0 && st.tid != tid && any_watched() {
+            // Another task's bio between entry and return: its walk is
+            // lost (counted only where a page could be watched at all).
+            count(Counter::TaskSlotCollision);
+        }
         st.tid = tid;
         st.bio = ctx.arg::<u64>(0).unwrap_or(0);
     }
@@ -1156,19 +1303,19 @@ pub fn kr_bio_release(_ctx: RetProbeContext) -> u32 {
 
 // ---- truncation -------------------------------------------------------------
 
-/// `dax_disassociate_entry(entry, mapping, trunc)`: the page leaves the file.
+/// `dax_disassociate_entry(entry, mapping, trunc)`: the entry's pages leave
+/// the file (one, or 512 for a 2 MiB entry).
 #[inline(always)]
 fn disassociate(entry: u64, mapping: u64, trunc: bool) -> u32 {
-    if entry & 1 == 0 {
-        return 0; // not a value entry: nothing is mapped
-    }
-    let value = entry >> 1;
-    if value & (DAX_ZERO_PAGE | DAX_EMPTY) != 0 {
+    let Some((pfn, pages)) = DaxEntry::pfns(entry) else {
         return 0; // the kernel maps no page for these
-    }
+    };
     let cfg = config();
-    let pfn = value >> DAX_SHIFT;
     let page = vmemmap(cfg) + pfn * cfg.page_struct_size() as u64;
+    if pages > 1 {
+        count(Counter::PmdEntry);
+        disassociate_pmd_tail(page, pfn, mapping, trunc);
+    }
     let is_watched = watched(page);
     if !(is_watched || trunc || mapping != 0) {
         // The 6.15+ clone on an unwatched page: neither a pinned truncation
@@ -1178,29 +1325,90 @@ fn disassociate(entry: u64, mapping: u64, trunc: bool) -> u32 {
         return 0;
     }
     let f = read_page(cfg, page);
-    let (refcount, page_mapping) = (f.refcount, f.mapping);
-    let pinned = trunc && refcount > cfg.idle_refcount() as i32;
-    let mismatch = mapping != 0 && page_mapping > PAGE_MAPPING_DAX_COW && page_mapping != mapping;
+    let pinned = trunc && f.refcount > cfg.idle_refcount() as i32;
+    let mismatch = mapping != 0 && f.mapping > PAGE_MAPPING_DAX_COW && f.mapping != mapping;
     if !(is_watched || pinned || mismatch) {
         count(Counter::DisassociateQuiet);
         return 0;
     }
-    if is_watched {
-        // The page left the file: what happens to it next belongs to its
-        // next owner, whose busy scan will watch it again. (The 6.15+ clone
-        // cannot tell truncation from invalidation, so both end the watch.)
-        unwatch(page);
-    }
+    send_disassociated(page, pfn, &f, mapping, trunc);
+    0
+}
+
+/// Records one page leaving its file, and ends its watch: what happens to
+/// it next belongs to its next owner, whose busy scan will watch it again.
+/// (The 6.15+ clone cannot tell truncation from invalidation, so both end
+/// the watch.)
+#[inline(always)]
+fn send_disassociated(page: u64, pfn: u64, f: &PageFields, mapping: u64, trunc: bool) {
+    unwatch(page);
     let mut r = new_record(RecordKind::Disassociate, HookId::Disassociate);
     r.page = page;
     r.pfn = pfn;
-    r.refcount = refcount;
-    r.page_mapping = page_mapping;
+    r.refcount = f.refcount;
+    r.page_mapping = f.mapping;
     r.mapping = mapping;
     r.op = trunc as u32;
-    fill_from_mapping(&mut r, cfg, mapping);
+    fill_from_mapping(&mut r, config(), mapping);
     submit(&r);
+}
+
+/// What the walk of a 2 MiB entry's pages after the first needs.
+#[repr(C)]
+struct PmdWalk {
+    first_page: u64,
+    first_pfn: u64,
+    psz: u64,
+    mapping: u64,
+    trunc: u64,
+}
+
+/// The watched pages of a 2 MiB entry other than its first (which the
+/// caller judges like any entry's page): each is reported as truncated
+/// with its own refcount. Before 6.15 a pin holds the page it was taken
+/// on, any of the 512, and a busy scan returns that page; from 6.15 the
+/// entry is one folio, watched by its first page. A subprogram: the walk
+/// is one branch of the caller, not one per outcome.
+#[inline(never)]
+fn disassociate_pmd_tail(first_page: u64, first_pfn: u64, mapping: u64, trunc: bool) {
+    if !block_maybe_watched(pfn_of(config(), first_page)) {
+        return;
+    }
+    let mut walk = PmdWalk {
+        first_page,
+        first_pfn,
+        psz: config().page_struct_size() as u64,
+        mapping,
+        trunc: trunc as u64,
+    };
+    // SAFETY: helper call with a callback and a pointer to our stack.
+    unsafe {
+        bpf_loop(
+            (DaxEntry::PMD_PAGES - 1) as u32,
+            pmd_page_step as LoopCallback as *mut c_void,
+            &mut walk as *mut PmdWalk as *mut c_void,
+            0,
+        )
+    };
+}
+
+extern "C" fn pmd_page_step(i: u32, ctx: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop passes back the pointer given to it above.
+    let w = unsafe { &*(ctx as *const PmdWalk) };
+    let k = i as u64 + 1;
+    let page = w.first_page + k * w.psz;
+    if watched(page) {
+        report_pmd_page(page, w.first_pfn + k, w.mapping, w.trunc);
+    }
     0
+}
+
+/// A subprogram, so that the page callback above stays a few instructions
+/// long for the verifier (see `report_released`).
+#[inline(never)]
+fn report_pmd_page(page: u64, pfn: u64, mapping: u64, trunc: u64) {
+    let f = read_page(config(), page);
+    send_disassociated(page, pfn, &f, mapping, trunc != 0);
 }
 
 #[kprobe]
@@ -1344,6 +1552,13 @@ fn delete_entry(mapping: u64, index: u64) -> u32 {
     let Some(slot) = task_slot(&RECENT_BUSY, tid) else {
         return 0;
     };
+    if slot.tid != tid && slot.displaced == tid {
+        // Its busy break's slot went to another task's busy break: the
+        // truncation that break allowed is not recorded.
+        slot.displaced = 0;
+        count(Counter::TaskSlotCollision);
+        return 0;
+    }
     if slot.tid != tid || slot.mapping != mapping {
         count(Counter::DeleteQuiet);
         return 0;

@@ -10,14 +10,16 @@ use aya_ebpf::{
     macros::map,
     maps::{PerCpuArray, RingBuf},
 };
-use daxrace_common::{Counter, HookId, KernelConfig, Record, RecordKind, COUNTER_COUNT};
+use daxrace_common::{
+    ring_wake_bytes, Counter, HookId, KernelConfig, Record, RecordKind, COUNTER_COUNT,
+};
 
 /// Overridden by userspace at load time from BTF; these defaults only keep the
 /// object loadable on its own.
 #[no_mangle]
 static CONFIG: KernelConfig = KernelConfig::X86_64_DEFAULTS;
 
-/// Sized by userspace (`--ring-buffer-size`) before load.
+/// Sized by userspace (`--ring-buffer-kib`) before load.
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 
@@ -211,20 +213,36 @@ pub fn fill_inode(r: &mut Record, cfg: Cfg, inode: u64) {
 
 /// `bpf_ringbuf_query` / `bpf_ringbuf_submit` flags.
 const BPF_RB_AVAIL_DATA: u64 = 0;
+const BPF_RB_RING_SIZE: u64 = 1;
 const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
-/// Unread bytes above which a submit wakes the reader at once; below it the
-/// reader drains on its own short timer. Waking the reader on every record
-/// was the dominant cost of the emitting hooks (the wake-up is an irq_work).
-const WAKE_AT_BYTES: u64 = 256 * 1024;
 
-/// Sends a record; a full ring buffer is counted, never silent.
+/// The wake-up threshold of this ring ([`ring_wake_bytes`] of its size,
+/// which userspace picks at load time), asked of the kernel once.
+#[no_mangle]
+static mut RING_WAKE_CACHE: u64 = 0;
+
+#[inline(always)]
+fn ring_wake_at() -> u64 {
+    // SAFETY: a plain u64 global; racing first calls store the same value.
+    let cached = unsafe { core::ptr::read_volatile(&raw const RING_WAKE_CACHE) };
+    if cached != 0 {
+        return cached;
+    }
+    let at = ring_wake_bytes(EVENTS.query(BPF_RB_RING_SIZE)).max(1);
+    unsafe { core::ptr::write_volatile(&raw mut RING_WAKE_CACHE, at) };
+    at
+}
+
+/// Sends a record; a full ring buffer is counted, never silent. The
+/// reader is woken only once the ring holds a good part of its size
+/// (otherwise it drains on its own short timer).
 #[inline(always)]
 pub fn submit(r: &Record) {
     match EVENTS.reserve::<Record>(0) {
         Some(mut slot) => {
             slot.write(*r);
-            let flags = if EVENTS.query(BPF_RB_AVAIL_DATA) > WAKE_AT_BYTES {
+            let flags = if EVENTS.query(BPF_RB_AVAIL_DATA) > ring_wake_at() {
                 BPF_RB_FORCE_WAKEUP
             } else {
                 BPF_RB_NO_WAKEUP

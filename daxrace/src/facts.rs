@@ -21,6 +21,8 @@ pub struct KernelFacts {
     /// pins are plain references.
     pub pin_bias: u32,
     pub vmemmap_base_symbol: bool,
+    /// What the idle refcount was told from.
+    pub idle_refcount_evidence: IdleRefcountEvidence,
     /// Things that were guessed rather than read; each is a warning to show.
     pub warnings: Vec<String>,
 }
@@ -64,7 +66,67 @@ pub const SYMBOLS: &[&str] = &[
     "vmemmap_base",
     "dax_break_layout",
     "__put_devmap_managed_folio_refs",
+    "__put_devmap_managed_page_refs",
+    "__put_devmap_managed_page",
+    "put_devmap_managed_page",
+    "dax_layout_busy_page_range",
+    "dax_layout_busy_page",
 ];
+
+/// The devmap put functions, newest first: a kernel before 6.15 drops a
+/// DAX page's references through one of them, and a page there is idle at
+/// refcount 1. The 6.15 series that made idle 0 ("fs/dax: properly refcount
+/// fs dax pages") removed them and added `dax_break_layout`.
+pub const DEVMAP_PUT_FUNCTIONS: &[&str] = &[
+    "__put_devmap_managed_folio_refs",
+    "__put_devmap_managed_page_refs",
+    "__put_devmap_managed_page",
+    "put_devmap_managed_page",
+];
+
+/// The two markers of the refcount model of DAX pages, which must agree.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct IdleRefcountEvidence {
+    /// `dax_break_layout` is present (6.15+: idle at 0). It decides.
+    pub dax_break_layout: bool,
+    /// The devmap put function present (before 6.15: idle at 1), if any.
+    pub devmap_put: Option<String>,
+    /// The kernel has DAX busy-page scans at all (without them there is no
+    /// model to tell, and no disagreement to warn about).
+    pub fsdax: bool,
+}
+
+impl IdleRefcountEvidence {
+    /// Idle refcount of an fsdax page: 0 where `dax_break_layout` is.
+    pub fn idle_refcount(&self) -> u32 {
+        if self.dax_break_layout {
+            0
+        } else {
+            1
+        }
+    }
+
+    /// Whether the second marker says the same as the first.
+    pub fn agrees(&self) -> bool {
+        !self.fsdax || self.dax_break_layout != self.devmap_put.is_some()
+    }
+
+    /// A one-line warning when the markers disagree.
+    pub fn warning(&self) -> Option<String> {
+        if self.agrees() {
+            return None;
+        }
+        let idle = self.idle_refcount();
+        Some(match &self.devmap_put {
+            Some(put) => format!(
+                "idle refcount: dax_break_layout (6.15+, idle at 0) and the devmap put {put} (before 6.15, idle at 1) are both present; assuming {idle} from dax_break_layout: findings that judge a page idle may be wrong"
+            ),
+            None => format!(
+                "idle refcount: neither dax_break_layout (6.15+, idle at 0) nor a devmap put function (before 6.15, idle at 1) is present; assuming {idle}: findings that judge a page idle may be wrong"
+            ),
+        })
+    }
+}
 
 impl KernelFacts {
     pub fn gather(btf: Option<&Btf>, kallsyms: &Kallsyms) -> KernelFacts {
@@ -103,9 +165,20 @@ impl KernelFacts {
         };
         // Since "fs/dax: properly refcount fs dax pages" (v6.15) an idle fsdax
         // page has refcount 0 and waiters wait on the page itself. The same
-        // series added dax_break_layout(): its presence tells the model.
-        let new_model = kallsyms.resolve_function("dax_break_layout").is_some();
-        c.idle_refcount = if new_model { 0 } else { 1 };
+        // series added dax_break_layout(): its presence tells the model, and
+        // the devmap put functions it removed confirm it.
+        let has = |name: &str| kallsyms.resolve_function(name).is_some();
+        let evidence = IdleRefcountEvidence {
+            dax_break_layout: has("dax_break_layout"),
+            devmap_put: DEVMAP_PUT_FUNCTIONS
+                .iter()
+                .find(|f| has(f))
+                .map(|f| f.to_string()),
+            fsdax: has("dax_layout_busy_page_range") || has("dax_layout_busy_page"),
+        };
+        warnings.extend(evidence.warning());
+        let new_model = evidence.dax_break_layout;
+        c.idle_refcount = evidence.idle_refcount();
         c.wait_on_refcount = if new_model { 0 } else { 1 };
         let vmemmap = kallsyms.get("vmemmap_base").filter(|s| s.addr != 0);
         match vmemmap {
@@ -139,7 +212,72 @@ impl KernelFacts {
             },
             pin_bias,
             vmemmap_base_symbol: vmemmap.is_some(),
+            idle_refcount_evidence: evidence,
             warnings,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kernel(symbols: &[&str]) -> KernelFacts {
+        let text: String = symbols
+            .iter()
+            .map(|s| format!("ffffffff81400200 T {s}\n"))
+            .collect();
+        KernelFacts::gather(None, &Kallsyms::parse(&text))
+    }
+
+    fn idle_warnings(f: &KernelFacts) -> Vec<&String> {
+        f.warnings
+            .iter()
+            .filter(|w| w.starts_with("idle refcount"))
+            .collect()
+    }
+
+    #[test]
+    fn the_idle_refcount_markers_agree_on_debian_kernels() {
+        let busy = "dax_layout_busy_page_range";
+        let k61 = kernel(&[busy, "__put_devmap_managed_page_refs"]);
+        let k612 = kernel(&[busy, "__put_devmap_managed_folio_refs"]);
+        let k73 = kernel(&[busy, "dax_break_layout", "free_zone_device_folio"]);
+        for (f, idle) in [(&k61, 1), (&k612, 1), (&k73, 0)] {
+            assert_eq!(f.idle_refcount, idle);
+            assert!(idle_warnings(f).is_empty(), "{:?}", f.warnings);
+        }
+        assert_eq!(
+            k61.idle_refcount_evidence.devmap_put.as_deref(),
+            Some("__put_devmap_managed_page_refs")
+        );
+    }
+
+    #[test]
+    fn disagreeing_markers_warn_in_one_line_and_dax_break_layout_decides() {
+        let busy = "dax_layout_busy_page_range";
+        let both = kernel(&[busy, "dax_break_layout", "__put_devmap_managed_folio_refs"]);
+        let neither = kernel(&[busy, "free_zone_device_folio"]);
+        for (f, idle) in [(&both, 0), (&neither, 1)] {
+            assert_eq!(f.idle_refcount, idle);
+            let w = idle_warnings(f);
+            assert_eq!(w.len(), 1, "{:?}", f.warnings);
+            assert!(!w[0].contains('\n'));
+            assert!(w[0].contains(&format!("assuming {idle}")), "{}", w[0]);
+        }
+        // In the trace header's facts too.
+        let header = serde_json::to_value(&both).expect("serializes");
+        assert_eq!(header["idle_refcount_evidence"]["dax_break_layout"], true);
+        assert!(header["warnings"]
+            .as_array()
+            .expect("a list")
+            .iter()
+            .any(|w| w.as_str().is_some_and(|w| w.starts_with("idle refcount"))));
+    }
+
+    #[test]
+    fn a_kernel_without_fsdax_has_no_model_to_doubt() {
+        let f = kernel(&["vmemmap_base"]);
+        assert!(idle_warnings(&f).is_empty(), "{:?}", f.warnings);
     }
 }

@@ -64,3 +64,56 @@ fn drain_into(
         }
     }
 }
+
+/// `--ring-buffer-kib` bounds: one page, and 1 GiB (the kernel takes a
+/// power of two up to 2 GiB; more than 1 GiB of locked kernel memory for
+/// records of 112 bytes is a typo, not a setting).
+pub const RING_BUFFER_KIB_MIN: u32 = 4;
+pub const RING_BUFFER_KIB_MAX: u32 = 1 << 20;
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not a power of two from {RING_BUFFER_KIB_MIN} to {RING_BUFFER_KIB_MAX} (KiB)")]
+pub struct RingBufferSizeError(String);
+
+/// Parses `--ring-buffer-kib`: the ring's size in KiB. The kernel wants a
+/// power of two, and the size in bytes must fit the map's u32.
+pub fn parse_ring_buffer_kib(arg: &str) -> Result<u32, RingBufferSizeError> {
+    match arg.trim().parse::<u32>() {
+        Ok(kib)
+            if kib.is_power_of_two()
+                && (RING_BUFFER_KIB_MIN..=RING_BUFFER_KIB_MAX).contains(&kib) =>
+        {
+            Ok(kib)
+        }
+        _ => Err(RingBufferSizeError(arg.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ring_buffer_sizes_are_powers_of_two_within_bounds() {
+        assert_eq!(parse_ring_buffer_kib("4"), Ok(4));
+        assert_eq!(parse_ring_buffer_kib("4096"), Ok(4096));
+        assert_eq!(parse_ring_buffer_kib("1048576"), Ok(1 << 20));
+        // Every accepted size fits the map's u32 in bytes.
+        assert!(u32::try_from(RING_BUFFER_KIB_MAX as u64 * 1024).is_ok());
+        for bad in [
+            "0",
+            "2",
+            "3000",
+            "2097152",
+            "4194304",
+            "99999999999",
+            "-4",
+            "4k",
+            "",
+        ] {
+            let err = parse_ring_buffer_kib(bad).unwrap_err().to_string();
+            assert!(err.contains("power of two"), "{bad}: {err}");
+            assert!(!err.contains('\n'), "{bad}: one line: {err}");
+        }
+    }
+}

@@ -66,8 +66,8 @@ pub struct AttachArgs {
     /// Fail if any hook cannot attach (default: report it and run the rest).
     #[arg(long)]
     pub strict: bool,
-    /// Ring buffer size in KiB (rounded up to a power of two).
-    #[arg(long, default_value_t = 4096)]
+    /// Ring buffer size in KiB: a power of two from 4 to 1048576.
+    #[arg(long, default_value_t = 4096, value_parser = daxrace::source::parse_ring_buffer_kib)]
     pub ring_buffer_kib: u32,
     /// Attach only these logical hooks (comma-separated names as `daxrace
     /// probes` prints them); default: all.
@@ -107,7 +107,8 @@ impl AttachArgs {
         Ok(TracerOptions {
             attach: self.attach,
             strict: self.strict,
-            ring_buffer_bytes: (self.ring_buffer_kib.max(4) * 1024).next_power_of_two(),
+            // Bounded by its parser: a power of two that fits in bytes.
+            ring_buffer_bytes: self.ring_buffer_kib * 1024,
             only,
             symbols: self.symbols,
             fs_ops: self.fs_ops,

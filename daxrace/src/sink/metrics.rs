@@ -272,7 +272,7 @@ impl Metrics {
             lost_events: counter_vec(
                 &r,
                 "daxrace_lost_events_total",
-                "Events lost before reaching the detector, by reason (ringbuf_full, state_full, watch_full, bio_truncated).",
+                "Events lost before reaching the detector, by reason (ringbuf_full, task_slot_collision, watch_full, bio_truncated).",
                 &["reason"],
             ),
             kernel_filtered: counter_vec(

@@ -22,6 +22,8 @@ pub struct RunSummary<'a> {
 pub struct Unrecorded {
     pub clean_breaks: u64,
     pub quiet_scans: u64,
+    /// 2 MiB entries truncated (see `Counter::PmdEntry`).
+    pub pmd_entries: u64,
 }
 
 impl Unrecorded {
@@ -31,6 +33,7 @@ impl Unrecorded {
         Unrecorded {
             clean_breaks: get(daxrace_common::Counter::BreakClean),
             quiet_scans: get(daxrace_common::Counter::ScanQuiet),
+            pmd_entries: get(daxrace_common::Counter::PmdEntry),
         }
     }
 }
@@ -109,6 +112,13 @@ pub fn render(s: &RunSummary<'_>) -> String {
         },
         s.decode_errors
     );
+    if s.unrecorded.pmd_entries > 0 {
+        let _ = writeln!(
+            out,
+            "2 MiB (PMD) entries truncated: {}: each watched page of them was checked, but an unwatched page's pin is seen only on an entry's first page",
+            s.unrecorded.pmd_entries
+        );
+    }
     let d = s.dropped;
     let dropped = d.windows_evicted + d.pages_evicted + d.reported_keys_forgotten;
     if dropped > 0 {
@@ -119,4 +129,51 @@ pub fn render(s: &RunSummary<'_>) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use daxrace_common::Counter;
+
+    fn report(kernel_counters: &BTreeMap<String, u64>, lost: &BTreeMap<String, u64>) -> String {
+        render(&RunSummary {
+            findings: &[],
+            coverage: &Coverage::default(),
+            dropped: &DroppedState::default(),
+            events_by_hook: &BTreeMap::new(),
+            lost,
+            decode_errors: 0,
+            unrecorded: Unrecorded::from_counters(kernel_counters),
+        })
+    }
+
+    #[test]
+    fn a_task_slot_collision_is_a_lost_event() {
+        let counters: BTreeMap<String, u64> = Counter::ALL
+            .iter()
+            .map(|c| (c.as_str().to_string(), 0))
+            .collect();
+        let mut lost: BTreeMap<String, u64> = Counter::LOST
+            .iter()
+            .map(|c| (c.as_str().to_string(), 0))
+            .collect();
+        lost.insert(Counter::TaskSlotCollision.as_str().into(), 3);
+        let text = report(&counters, &lost);
+        assert!(
+            text.contains("lost events: 3 (task_slot_collision=3)"),
+            "{text}"
+        );
+        assert!(!text.contains("2 MiB"), "{text}");
+    }
+
+    #[test]
+    fn truncated_pmd_entries_are_said_with_what_was_checked() {
+        let counters = BTreeMap::from([(Counter::PmdEntry.as_str().to_string(), 2)]);
+        let text = report(&counters, &BTreeMap::new());
+        assert!(
+            text.contains("2 MiB (PMD) entries truncated: 2: each watched page"),
+            "{text}"
+        );
+    }
 }
