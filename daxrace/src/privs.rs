@@ -27,18 +27,32 @@ struct CapData {
     inheritable: u32,
 }
 
+/// Whether `cap` is in this process's bounding set (false for a
+/// capability this kernel does not know).
+fn in_bounding_set(cap: u32) -> bool {
+    // SAFETY: prctl with integer arguments; 1 in the set, 0 not, -1 EINVAL.
+    unsafe { libc::prctl(libc::PR_CAPBSET_READ, cap as libc::c_ulong, 0, 0, 0) == 1 }
+}
+
 /// Drops every capability not in `keep`. Returns the effective set left.
+///
+/// Only capabilities still in the bounding set are dropped from it: under
+/// systemd's `CapabilityBoundingSet=` the set is already narrow, and
+/// `PR_CAPBSET_DROP` needs CAP_SETPCAP, which such a unit does not grant.
+/// A bounding capability that cannot be dropped without CAP_SETPCAP is
+/// left there: it only matters across execve(2), which the daemon never
+/// calls, and the effective and permitted sets below lose it anyway.
 pub fn drop_capabilities(keep: u64) -> io::Result<u64> {
     for cap in 0..=CAP_LAST {
-        if keep & (1 << cap) == 0 {
-            // SAFETY: prctl with integer arguments. EINVAL for capabilities
-            // this kernel does not know is fine.
-            let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
-            if rc != 0 {
-                let e = io::Error::last_os_error();
-                if e.raw_os_error() != Some(libc::EINVAL) {
-                    return Err(e);
-                }
+        if keep & (1 << cap) != 0 || !in_bounding_set(cap) {
+            continue;
+        }
+        // SAFETY: prctl with integer arguments.
+        let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
+        if rc != 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EPERM) {
+                return Err(e);
             }
         }
     }
