@@ -454,6 +454,12 @@ fn counters_line(r: &Report, pairs: &[(&str, &str, &str)]) -> String {
 
 /// The live-patch test on one kernel series; returns its one-line summary.
 pub fn livepatch_e2e(series: &str) -> Result<String> {
+    livepatch_e2e_shown(series, false)
+}
+
+/// [`livepatch_e2e`], showing the guests' output and kernel messages even
+/// when every check passed (`show`).
+fn livepatch_e2e_shown(series: &str, show: bool) -> Result<String> {
     let k = kernel::fetch(series)?;
     let src = crate::setup::workspace_root().join("xtask/kmod/count_patch");
     let module = kmod::build(&k, &src).map_err(|e| {
@@ -546,7 +552,7 @@ pub fn livepatch_e2e(series: &str) -> Result<String> {
         .chain(out_b.dmesg.iter())
         .filter(|l| !EXPECTED_KERNEL_LINES.iter().any(|e| l.contains(e)))
         .collect();
-    if failures.is_empty() {
+    if failures.is_empty() && !show {
         summary += "; ok";
         for l in other_kernel_lines {
             let _ = write!(summary, "\n    kernel: {l}");
@@ -564,18 +570,22 @@ pub fn livepatch_e2e(series: &str) -> Result<String> {
     for l in out_a.dmesg.iter().chain(out_b.dmesg.iter()) {
         println!("  kernel: {l}");
     }
+    if failures.is_empty() {
+        return Ok(summary + "; ok");
+    }
     bail!("{summary}\n  {}", failures.join("\n  "))
 }
 
-/// `cargo xtask vm --livepatch`: the given series, or every tested one.
-pub fn run(series: Option<&str>) -> Result<()> {
+/// `cargo xtask vm --livepatch [-v]`: the given series, or every tested
+/// one; `verbose` shows the guests' output.
+pub fn run(series: Option<&str>, verbose: bool) -> Result<()> {
     let list: Vec<&str> = match series {
         Some(s) => vec![s],
         None => super::tests::SERIES.to_vec(),
     };
     let mut errors = Vec::new();
     for s in list {
-        match livepatch_e2e(s) {
+        match livepatch_e2e_shown(s, verbose) {
             Ok(summary) => println!("  {summary}"),
             Err(e) => {
                 println!("--- livepatch {s}: FAILED: {e:#}");

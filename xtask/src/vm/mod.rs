@@ -56,7 +56,8 @@ pub struct VmArgs {
     /// Seconds the command may run before the guest is killed.
     #[arg(long, default_value_t = 900)]
     pub timeout: u64,
-    /// Show the kernel's boot messages.
+    /// Show the kernel's boot messages (with --livepatch: the guests'
+    /// output and kernel warnings, also when the test passes).
     #[arg(long, short)]
     pub verbose: bool,
     /// Command run as root in the guest (PATH holds daxrace and
@@ -105,7 +106,7 @@ pub fn run(args: VmArgs) -> Result<i32> {
         return Ok(0);
     }
     if args.livepatch {
-        livepatch::run(args.kernel.as_deref())?;
+        livepatch::run(args.kernel.as_deref(), args.verbose)?;
         return Ok(0);
     }
     let k = kernel::fetch(args.kernel.as_deref().unwrap_or("newest"))?;
