@@ -247,7 +247,11 @@ fn any_watched() -> bool {
 /// number for a page wherever it is computed, not a checked one.
 #[inline(always)]
 fn pfn_of(cfg: Cfg, page: u64) -> u64 {
-    page.wrapping_sub(vmemmap(cfg)) / cfg.page_struct_size() as u64
+    // checked: a plain `/` leaves a panic path with no exit, which the
+    // verifier refuses.
+    page.wrapping_sub(vmemmap(cfg))
+        .checked_div(cfg.page_struct_size() as u64)
+        .unwrap_or(0)
 }
 
 #[inline(always)]
@@ -262,8 +266,8 @@ fn block_maybe_watched(pfn: u64) -> bool {
 }
 
 #[inline(always)]
-fn mark_block_watched(page: u64) {
-    if let Some(v) = WATCHED_BLOCKS.get_ptr_mut(block_slot(pfn_of(config(), page))) {
+fn mark_block_watched(pfn: u64) {
+    if let Some(v) = WATCHED_BLOCKS.get_ptr_mut(block_slot(pfn)) {
         // SAFETY: an array map value; every writer stores the same value.
         unsafe { core::ptr::write_volatile(v, 1) };
     }
@@ -280,12 +284,12 @@ fn file_slot(mapping: u64) -> Option<&'static mut FileSlot> {
     WATCHED_FILES.get_ptr_mut(slot).map(|p| unsafe { &mut *p })
 }
 
-/// Starts watching `page`, found busy in `mapping` at `index` (`mapping` is
-/// the page's own: a shared page's is not a file, and no range deletion
-/// matches it).
+/// Starts watching `page` (frame `pfn`), found
+/// busy in `mapping` at `index` (`mapping` is the page's own: a shared
+/// page's is not a file, and no range deletion matches it).
 #[inline(always)]
-fn watch(page: u64, now: u64, mapping: u64, index: u64) {
-    mark_block_watched(page);
+fn watch(page: u64, pfn: u64, now: u64, mapping: u64, index: u64) {
+    mark_block_watched(pfn);
     if let Some(s) = watch_slot(page) {
         if s.page != 0 && s.page != page {
             if now.saturating_sub(s.since_ns) < WATCH_FRESH_NS {
@@ -765,7 +769,7 @@ fn scan_exit(page: u64) -> u32 {
     if page != 0 {
         let index = fill_page(&mut r, cfg, page);
         fill_owner(&mut r, cfg);
-        watch(page, r.ts_ns, r.page_mapping, index);
+        watch(page, r.pfn, r.ts_ns, r.page_mapping, index);
     }
     if let Some(b) = in_break(tid) {
         break_recorded(b, mapping, ino, dev);
@@ -1042,12 +1046,17 @@ fn copy_bvecs(vecs: u64, n: u32, bvec_size: u64) -> bool {
     let Some(copy) = BVEC_COPIES.get_ptr_mut(0) else {
         return false;
     };
+    // Read back through memory so that the compiler keeps the mask: having
+    // proved `len <= BVEC_COPY` by a wrapping test the verifier cannot
+    // follow, it would drop it, and the verifier then sees no bound.
+    // SAFETY: a plain local.
+    let len = unsafe { core::ptr::read_volatile(&len) } & (2 * BVEC_COPY - 1);
     // SAFETY: this CPU's slot (the program cannot nest on one CPU); the
-    // helper writes `len` <= BVEC_COPY bytes into it.
+    // helper writes `len` < 2 * BVEC_COPY bytes into it.
     unsafe {
         aya_ebpf::helpers::generated::bpf_probe_read_kernel(
             (*copy).bytes.as_mut_ptr() as *mut c_void,
-            (len & (2 * BVEC_COPY - 1)) as u32,
+            len as u32,
             vecs as *const c_void,
         ) == 0
     }
@@ -1233,11 +1242,12 @@ fn bio_released(bio: u64) -> u32 {
     let Some(found) = RELEASE_FOUND.get_ptr_mut(0) else {
         return 0;
     };
-    // SAFETY: this CPU's slot (see Found).
+    // SAFETY: this CPU's slot (see Found). Volatile: plain stores next to
+    // each other become a memset call the verifier refuses.
     unsafe {
-        (*found).n = 0;
-        (*found).overflow = 0;
-        (*found).walked = 0;
+        core::ptr::write_volatile(&raw mut (*found).n, 0);
+        core::ptr::write_volatile(&raw mut (*found).overflow, 0);
+        core::ptr::write_volatile(&raw mut (*found).walked, 0);
     }
     w.copied = copy_bvecs(w.vecs, vcnt, w.bvec_size) as u64;
     // SAFETY: helper call with a callback and a pointer to our stack.
