@@ -102,6 +102,14 @@ stop_run() {{
   kill -$2 $DR; wait $DR; echo "@@DR run-$1 $?"
   sed "s/^/@@RUN $1 /" /tmp/run-$1.out
 }}
+# What hooks ext4_break_layouts, as the kernel lists it (not daxrace): the
+# kprobe kinds (k, r) and ftrace's flags for it (I: the live patch's
+# IPMODIFY, D: a direct call such as a BPF trampoline).
+hooked() {{
+  k=$(awk '$3 ~ /^ext4_break_layouts\+/ {{ print $2 }}' /sys/kernel/debug/kprobes/list 2>/dev/null | sort -u | tr -d '\n')
+  echo "@@KPROBES $1 ${{k:-none}}"
+  echo "@@FTRACE $1 $(grep '^ext4_break_layouts' /sys/kernel/tracing/enabled_functions 2>/dev/null | head -1)"
+}}
 # Seconds until daxrace says it moved a hook off fentry for the patch.
 wait_moved() {{
   t0=$(now)
@@ -127,6 +135,7 @@ mark a-trace-after
 sed 's/^/@@TO /' /tmp/trace.out
 for sig in TERM KILL; do
   start_run a-$sig
+  hooked a-$sig
   stop_run a-$sig $sig
   # The patched function after daxrace's hooks are gone.
   mark a-$sig-before
@@ -146,6 +155,7 @@ fn daxrace_first_script() -> String {
   start_run b-$sig
   patch_on b-$sig
   wait_moved b-$sig
+  hooked b-$sig
   mark b-$sig-before
   punch b-$sig-live 3
   mark b-$sig-live
@@ -175,6 +185,11 @@ struct Report {
     attached: BTreeMap<String, Option<u64>>,
     /// Seconds until "now live-patched", None when it never came.
     moved: BTreeMap<String, Option<f64>>,
+    /// Kprobe kinds on ext4_break_layouts while daxrace ran ("kr": kprobe
+    /// and kretprobe), from the kernel's kprobes list.
+    kprobes: BTreeMap<String, String>,
+    /// ftrace's enabled_functions line for ext4_break_layouts then.
+    ftrace: BTreeMap<String, String>,
     probes: Value,
     run_output: BTreeMap<String, Vec<String>>,
     trace_output: Vec<String>,
@@ -247,6 +262,12 @@ fn parse(output: &[String]) -> Report {
                 .entry(tag.to_string())
                 .or_default()
                 .push(rest_from(l, 2)),
+            ["@@KPROBES", tag, kinds] => {
+                r.kprobes.insert(tag.to_string(), kinds.to_string());
+            }
+            ["@@FTRACE", tag, ..] => {
+                r.ftrace.insert(tag.to_string(), rest_from(l, 2));
+            }
             ["@@TO", ..] => r.trace_output.push(rest_from(l, 1)),
             _ => {}
         }
@@ -309,9 +330,20 @@ fn check_advance(r: &Report, from: &str, to: &str, what: &str, failures: &mut Ve
     }
 }
 
+/// daxrace run attached, and the kernel shows ext4_break_layouts under a
+/// kprobe and a kretprobe then (daxrace's own word is not enough: a hook
+/// moved off its trampoline may have attached nothing).
 fn check_run(r: &Report, tag: &str, failures: &mut Vec<String>) {
     match r.attached.get(tag) {
-        Some(Some(_)) => {}
+        Some(Some(_)) => {
+            let kinds = r.kprobes.get(tag).map(String::as_str).unwrap_or("none");
+            if !(kinds.contains('k') && kinds.contains('r')) {
+                failures.push(format!(
+                    "{tag}: while daxrace ran with the patch live, the kernel's kprobes on ext4_break_layouts were {kinds:?}, not a kprobe and a kretprobe (ftrace: {:?})",
+                    r.ftrace.get(tag).map(String::as_str).unwrap_or("")
+                ));
+            }
+        }
         Some(None) => failures.push(format!(
             "{tag}: daxrace run did not say 'hooks attached' within {ATTACH_WAIT_S} s: {}",
             r.run_output
@@ -428,7 +460,7 @@ fn boot(
             stream: false,
             forward: None,
         },
-        &super::guest_binaries(),
+        &guest_binaries()?,
         &[(GUEST_KO.to_string(), ko.to_path_buf())],
     )?;
     for l in bad_kernel_lines(&out.dmesg) {
@@ -439,6 +471,32 @@ fn boot(
     }
     let report = parse(&out.output);
     Ok((out, report))
+}
+
+/// The daxrace binaries the guests run: this workspace's release build, or
+/// those in `$DAXRACE_LIVEPATCH_BINARIES` (a directory with daxrace and
+/// daxrace-workload), to run the test against another build of daxrace as
+/// a control, e.g. one from before it knew about live patches.
+fn guest_binaries() -> Result<Vec<std::path::PathBuf>> {
+    let Some(dir) = std::env::var_os("DAXRACE_LIVEPATCH_BINARIES") else {
+        return Ok(super::guest_binaries());
+    };
+    let dir = std::path::PathBuf::from(dir);
+    let bins: Vec<_> = ["daxrace", "daxrace-workload"]
+        .iter()
+        .map(|b| dir.join(b))
+        .collect();
+    if let Some(missing) = bins.iter().find(|b| !b.is_file()) {
+        bail!(
+            "DAXRACE_LIVEPATCH_BINARIES: {} is missing",
+            missing.display()
+        );
+    }
+    eprintln!(
+        "vm: livepatch test with the daxrace binaries in {}",
+        dir.display()
+    );
+    Ok(bins)
 }
 
 fn counters_line(r: &Report, pairs: &[(&str, &str, &str)]) -> String {
@@ -516,8 +574,17 @@ fn livepatch_e2e_shown(series: &str, show: bool) -> Result<String> {
             None => "-".into(),
         })
         .collect();
+    let kprobes: Vec<String> = [
+        (&a, "a-TERM"),
+        (&a, "a-KILL"),
+        (&b, "b-TERM"),
+        (&b, "b-KILL"),
+    ]
+    .iter()
+    .map(|(r, t)| r.kprobes.get(*t).cloned().unwrap_or_else(|| "-".into()))
+    .collect();
     let mut summary = format!(
-        "livepatch {series} ({}, module by {}): patch first: {}; daxrace first: {}; ext4_break on {} with the patch; 'now live-patched' after {}; boots {:.0}+{:.0} s",
+        "livepatch {series} ({}, module by {}): patch first: {}; daxrace first: {}; ext4_break on {} with the patch (kernel's kprobes k/r on it in the 4 runs: {}); 'now live-patched' after {}; boots {:.0}+{:.0} s",
         k.release,
         module.compiler,
         counters_line(
@@ -542,6 +609,7 @@ fn livepatch_e2e_shown(series: &str, show: bool) -> Result<String> {
         } else {
             kinds.join("+")
         },
+        kprobes.join(" "),
         moved.join(" / "),
         out_a.command.as_secs_f64(),
         out_b.command.as_secs_f64(),
@@ -626,6 +694,8 @@ mod tests {
             "@@LPC a-trace-after 120",
             "@@TO daxrace: coverage: 3 break-layouts calls",
             "@@ATTACHED a-TERM 95",
+            "@@KPROBES a-TERM kr",
+            "@@FTRACE a-TERM ext4_break_layouts [ext4] (2) R I   tramp: 0xffffffffc0201000",
             "@@DR run-a-TERM 0",
             "@@RUN a-TERM daxrace: 14 hooks attached",
             "@@LPC a-TERM-before 120",
@@ -643,6 +713,8 @@ mod tests {
         assert_eq!(r.attached["a-TERM"], Some(95));
         assert_eq!(r.attached["a-KILL"], None);
         assert_eq!(r.run_output["a-TERM"], ["daxrace: 14 hooks attached"]);
+        assert_eq!(r.kprobes["a-TERM"], "kr");
+        assert!(r.ftrace["a-TERM"].starts_with("ext4_break_layouts [ext4]"));
         assert_eq!(r.trace_output.len(), 1);
         assert_eq!(ext4_break_kinds(&r.probes), ["kprobe", "kretprobe"]);
         let failures = check_patch_first(&r);
@@ -676,6 +748,10 @@ mod tests {
         ] {
             out.extend(lines(&[
                 &format!("@@ATTACHED b-{sig} 80"),
+                &format!(
+                    "@@KPROBES b-{sig} {}",
+                    if sig == "TERM" { "kr" } else { "none" }
+                ),
                 &format!("@@LPI b-{sig} 0 "),
                 &format!("@@LPT b-{sig} 0 1"),
                 moved,
@@ -687,9 +763,11 @@ mod tests {
         }
         let r = parse(&out);
         assert_eq!(r.moved["b-TERM"], Some(1.5));
+        assert_eq!(r.ftrace.get("b-TERM"), None);
         let failures = check_daxrace_first(&r);
-        assert_eq!(failures.len(), 1, "{failures:?}");
-        assert!(failures[0].contains("never said 'now live-patched'"));
+        assert_eq!(failures.len(), 2, "{failures:?}");
+        assert!(failures[0].contains("not a kprobe and a kretprobe"));
+        assert!(failures[1].contains("never said 'now live-patched'"));
     }
 
     #[test]
