@@ -80,7 +80,18 @@ pub struct Args {
     /// Pause between two modifications (ms), so that readers get pins in.
     #[arg(long, default_value_t = 1.0)]
     pub gap_ms: f64,
+    /// Make the kernel map the file with 2 MiB (PMD) entries where it can:
+    /// a file of at least PMD_FILE_MIB MiB, whole 2 MiB blocks, mapped at a
+    /// 2 MiB-aligned address (ext4 on the VM's pmem then allocates aligned
+    /// extents, and truncations meet PMD entries).
+    #[arg(long)]
+    pub pmd: bool,
 }
+
+/// The smallest file `--pmd` uses: ext4 allocates 2 MiB-aligned extents
+/// for a file this large written at once (a 4 MiB file gets none).
+const PMD_FILE_MIB: u64 = 64;
+const PMD_SIZE: u64 = 2 << 20;
 
 struct Shared {
     report: Report,
@@ -118,7 +129,12 @@ pub fn run(a: Args) -> Result<i32> {
     if a.ops.is_empty() || a.readers == 0 {
         bail!("need at least one reader and one op");
     }
-    let file_size = (a.file_mib.max(1) << 20).next_multiple_of(REGION);
+    let file_mib = if a.pmd {
+        a.file_mib.max(PMD_FILE_MIB)
+    } else {
+        a.file_mib.max(1)
+    };
+    let file_size = (file_mib << 20).next_multiple_of(if a.pmd { PMD_SIZE } else { REGION });
     let max_read = (a.max_read_kib.clamp(4, 64) << 10).next_multiple_of(BLOCK);
     let src_size = 8u64 << 20;
     let seed = a.common.seed;
@@ -138,6 +154,12 @@ pub fn run(a: Args) -> Result<i32> {
         file_size,
     )?;
 
+    if a.pmd && !(map as u64).is_multiple_of(PMD_SIZE) {
+        // ext4 and xfs align DAX mappings themselves (thp_get_unmapped_area).
+        eprintln!(
+            "pin-punch: warning: --pmd: the mapping at {map:p} is not 2 MiB-aligned: the kernel will use 4 KiB entries"
+        );
+    }
     let sh = Arc::new(Shared {
         report: Report::default(),
         stop: AtomicBool::new(false),
