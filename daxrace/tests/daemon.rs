@@ -153,15 +153,26 @@ fn unit_capabilities() -> Vec<String> {
         .collect()
 }
 
-/// Under exactly the unit's privileges (bounding, inheritable and ambient
-/// sets, no root privileges through setuid bits) the daemon attaches, drops
-/// what it does not keep and exits cleanly: it once exited 2 there because
-/// dropping from the bounding set needs CAP_SETPCAP.
+/// A uid and gid no account uses, standing in for the unit's DynamicUser=.
+const DYNAMIC_UID: &str = "61234";
+
+/// Under exactly the unit's privileges (an unprivileged uid as with
+/// DynamicUser=yes; bounding, inheritable and ambient sets; no root
+/// privileges through setuid bits) the daemon attaches, drops what it does
+/// not keep and exits cleanly: it once exited 2 there because dropping from
+/// the bounding set needs CAP_SETPCAP.
 #[test]
 fn the_daemon_runs_with_only_the_units_capabilities() {
     assert_root();
     let caps = unit_capabilities();
     assert!(caps.contains(&"bpf".to_string()), "{caps:?}");
+    let unit =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/dist/daxrace.service"))
+            .expect("read dist/daxrace.service");
+    assert!(
+        unit.lines().any(|l| l == "DynamicUser=yes"),
+        "the unit no longer runs as a dynamic user: change the uid this test runs as"
+    );
     let set = format!(
         "-all,{}",
         caps.iter()
@@ -171,6 +182,9 @@ fn the_daemon_runs_with_only_the_units_capabilities() {
     );
     let out = Command::new("setpriv")
         .args([
+            &format!("--reuid={DYNAMIC_UID}"),
+            &format!("--regid={DYNAMIC_UID}"),
+            "--clear-groups",
             &format!("--bounding-set={set}"),
             &format!("--inh-caps={set}"),
             &format!("--ambient-caps={set}"),
