@@ -1,7 +1,9 @@
 //! The `daxrace` command. Library errors become one-line messages here.
 mod cmd;
 
-use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+use clap::{CommandFactory, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -24,6 +26,12 @@ enum Cmd {
     Probes(cmd::probes::ProbesArgs),
     /// Run the detector on a recorded trace file.
     Replay(cmd::replay::ReplayArgs),
+    /// Write a man page per subcommand into DIR (for packaging).
+    #[command(hide = true)]
+    GenerateMan { dir: PathBuf },
+    /// Write bash, zsh and fish completions into DIR (for packaging).
+    #[command(hide = true)]
+    GenerateCompletions { dir: PathBuf },
 }
 
 fn main() {
@@ -34,6 +42,16 @@ fn main() {
         Cmd::Trace(a) => cmd::trace::run(a),
         Cmd::Probes(a) => cmd::probes::run(a),
         Cmd::Replay(a) => cmd::replay::run(a),
+        Cmd::GenerateMan { dir } => cmd::docs::man_pages(Cli::command(), &dir).map(|files| {
+            println!("{}", files.join("\n"));
+            0
+        }),
+        Cmd::GenerateCompletions { dir } => {
+            cmd::docs::completions(Cli::command(), &dir).map(|files| {
+                println!("{}", files.join("\n"));
+                0
+            })
+        }
     };
     match result {
         Ok(code) => std::process::exit(code),

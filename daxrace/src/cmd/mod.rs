@@ -1,4 +1,5 @@
 //! One file per subcommand, plus the options they share.
+pub mod docs;
 pub mod live;
 pub mod probes;
 pub mod replay;
