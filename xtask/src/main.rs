@@ -1,6 +1,7 @@
 //! Project tasks: `cargo xtask <command>`. The README's two commands are
 //! `cargo xtask demo` (the main job) and `cargo xtask test` (the tests).
 mod bench;
+mod deb;
 mod setup;
 mod test;
 mod vm;
@@ -34,6 +35,11 @@ enum Cmd {
     /// time; and the host pipeline's throughput. Prints figures, never fails
     /// on them.
     Bench(bench::BenchArgs),
+    /// Build the Debian package (target/debian/daxrace_VERSION_amd64.deb):
+    /// binary, systemd unit (not enabled on install), /etc/default/daxrace,
+    /// man pages, completions, dashboards; checks its file list and runs
+    /// lintian when installed.
+    Deb(deb::DebArgs),
 }
 
 fn main() {
@@ -69,5 +75,6 @@ fn dispatch(cli: Cli) -> Result<()> {
             setup::build_release()?;
             bench::run(args)
         }
+        Cmd::Deb(args) => deb::build(&args).map(|_| ()),
     }
 }
