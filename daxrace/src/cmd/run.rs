@@ -63,6 +63,12 @@ async fn run_async(args: RunArgs) -> Result<i32> {
     };
     let (mut tracer, _stats, _startup_ms) = live::attach(&args.attach, args.bpf_stats)?;
     let (attached, standby) = daxrace::plan::attached_and_standby(&tracer.statuses);
+    // A daemon's log is all an operator has: say how each hook attached,
+    // and why a cheaper flavour did not (e.g. fentry on a module function
+    // without CAP_SYS_ADMIN, which its BTF object needs).
+    for line in hook_lines(&tracer.statuses) {
+        eprintln!("daxrace: {line}");
+    }
     if !args.keep_caps {
         // After attaching, a compromised daemon should not be root in all
         // but name; what remains is what attaching a late module's hooks needs.
@@ -140,4 +146,48 @@ async fn run_async(args: RunArgs) -> Result<i32> {
     );
     live::print_program_stats(&tracer);
     Ok(0)
+}
+
+/// One line per hook: how it attached (`fentry+fexit ext4_break_layouts
+/// [ext4]`), that it is on standby, or why it is missing; with the refusals
+/// of the flavours tried before the one that attached.
+fn hook_lines(statuses: &[daxrace::plan::HookStatus]) -> Vec<String> {
+    use std::collections::BTreeSet;
+    statuses
+        .iter()
+        .map(|s| {
+            let name = s.hook.as_str();
+            if s.is_attached() {
+                let kinds: BTreeSet<&str> = s.attached.iter().map(|a| a.kind.as_str()).collect();
+                let to: BTreeSet<String> = s
+                    .attached
+                    .iter()
+                    .map(|a| match &a.module {
+                        Some(m) => format!("{} [{m}]", a.symbol),
+                        None => a.symbol.clone(),
+                    })
+                    .collect();
+                let mut line = format!(
+                    "hook {name}: {} on {}",
+                    kinds.into_iter().collect::<Vec<_>>().join("+"),
+                    to.into_iter().collect::<Vec<_>>().join(", ")
+                );
+                if !s.errors.is_empty() {
+                    line += &format!(" (not {})", s.errors.join("; "));
+                }
+                line
+            } else if let Some(why) = &s.standby {
+                format!("hook {name}: standby: {why}")
+            } else {
+                format!(
+                    "hook {name}: not attached: {}",
+                    if s.errors.is_empty() {
+                        "nothing to attach to on this kernel".to_string()
+                    } else {
+                        s.errors.join("; ")
+                    }
+                )
+            }
+        })
+        .collect()
 }
