@@ -101,7 +101,7 @@ pub fn run(args: VmArgs) -> Result<i32> {
     if args.coexist {
         println!(
             "{}",
-            coexist::coexist_e2e(args.kernel.as_deref().unwrap_or("newest"))?
+            coexist::coexist_e2e(args.kernel.as_deref().unwrap_or("newest"), args.verbose)?
         );
         return Ok(0);
     }

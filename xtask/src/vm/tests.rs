@@ -422,7 +422,7 @@ fn coverage_truncations(trace_output: &[String]) -> Option<u64> {
 /// What daxrace must report on each series: Debian's 6.1 releases
 /// direct-I/O pages without waking break-layouts waiters (KERNELS.md, "A
 /// live bug"), so its trace must show lost wake-ups; later kernels are clean.
-fn expects_lost_wakeup(series: &str) -> bool {
+pub(super) fn expects_lost_wakeup(series: &str) -> bool {
     series == "6.1"
 }
 
@@ -746,7 +746,7 @@ pub fn test_series(series: &[&str]) -> Result<()> {
     // daxrace beside another tracer on the same functions, and attach/detach
     // cycles under load, per series.
     for s in series {
-        match super::coexist::coexist_e2e(s) {
+        match super::coexist::coexist_e2e(s, false) {
             Ok(r) => println!("  {r}"),
             Err(e) => {
                 println!("--- coexist {s}: FAILED: {e:#}");
