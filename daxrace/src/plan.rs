@@ -953,19 +953,21 @@ ffffffff81400700 T init_wait_var_entry
         )]);
         let patched =
             PatchedFunctions::with("ext4_break_layouts", "live patch daxrace_count_patch");
-        let plan = resolve(
-            &KernelView {
-                kallsyms: &k,
-                btf: None,
-                modules: &modules,
-                patched: &patched,
-            },
-            AttachPreference::Auto,
-        );
-        let brk = plan
-            .iter()
-            .find(|p| p.hook == HookId::Ext4Break)
-            .expect("planned");
+        let planned = |pref: AttachPreference, hook: HookId| -> PlannedAttach {
+            resolve(
+                &KernelView {
+                    kallsyms: &k,
+                    btf: None,
+                    modules: &modules,
+                    patched: &patched,
+                },
+                pref,
+            )
+            .into_iter()
+            .find(|p| p.hook == hook)
+            .expect("planned")
+        };
+        let brk = planned(AttachPreference::Auto, HookId::Ext4Break);
         let kinds: Vec<Vec<AttachKind>> = brk.candidates[0]
             .flavours
             .iter()
@@ -980,26 +982,13 @@ ffffffff81400700 T init_wait_var_entry
         );
         // --attach fentry has nothing left to offer there: the hook is
         // missing, with the reason, rather than bypassing the patch.
-        let plan = resolve(
-            &KernelView {
-                kallsyms: &k,
-                btf: None,
-                modules: &modules,
-                patched: &patched,
-            },
-            AttachPreference::Fentry,
-        );
-        let brk = plan
-            .iter()
-            .find(|p| p.hook == HookId::Ext4Break)
-            .expect("planned");
+        let brk = planned(AttachPreference::Fentry, HookId::Ext4Break);
         assert!(brk.candidates.is_empty());
         assert!(brk.missing.is_some() && !brk.avoided.is_empty());
         // Other hooks are untouched.
-        assert!(plan
-            .iter()
-            .find(|p| p.hook == HookId::WakeUp)
-            .is_some_and(|p| p.avoided.is_empty()));
+        assert!(planned(AttachPreference::Fentry, HookId::WakeUp)
+            .avoided
+            .is_empty());
     }
 
     #[test]
