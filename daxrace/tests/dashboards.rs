@@ -181,7 +181,11 @@ fn fed_metrics() -> Metrics {
     m.set_kernel_counters(&counters);
     let decode: BTreeMap<&'static str, u64> = [("size", 2)].into_iter().collect();
     m.set_decode_errors(decode.iter());
-    m.set_detector_dropped(&[("windows", 1), ("pages", 4)]);
+    m.set_detector_dropped(&daxrace::detect::DroppedState {
+        windows_evicted: 1,
+        pages_evicted: 4,
+        ..Default::default()
+    });
     m.set_program_stats(&[("kp_busy_scan_range".to_string(), 10, 25_000)]);
     m
 }

@@ -334,14 +334,7 @@ fn refresh_metrics(
         m.set_break_stats(&b);
     }
     m.set_decode_errors(source.decode_errors.iter());
-    let d = pipeline.detector.dropped();
-    m.set_detector_dropped(&[
-        ("windows", d.windows_evicted),
-        ("closed_windows", d.closed_windows_evicted),
-        ("pages", d.pages_evicted),
-        ("timeline_entries", d.timeline_entries_dropped),
-        ("finding_keys", d.reported_keys_forgotten),
-    ]);
+    m.set_detector_dropped(&pipeline.detector.dropped());
     m.set_program_stats(&tracer.program_stats());
 }
 

@@ -14,7 +14,7 @@ use prometheus::{
 };
 
 use crate::{
-    detect::Finding,
+    detect::{DroppedState, Finding},
     event::{Event, EventBody, Filesystem},
     plan::HookStatus,
     tracer::BreakStats,
@@ -324,6 +324,22 @@ impl Metrics {
         for reason in crate::decode::DecodeError::REASONS {
             m.decode_errors.with_label_values(&[reason]);
         }
+        // The same for every family whose label values are known before
+        // anything happens (Prometheus' advice on missing series): dashboards
+        // and rate() work from the first scrape.
+        m.lost_events
+            .with_label_values(&[crate::tracer::RECURSION_MISSES]);
+        for c in Counter::ALL {
+            if !Counter::LOST.contains(&c) && c != Counter::ScanQuiet {
+                m.kernel_filtered.with_label_values(&[c.as_str()]);
+            }
+        }
+        for result in ["page", "none"] {
+            m.busy_scans.with_label_values(&[result]);
+        }
+        for (what, _) in dropped_totals(&DroppedState::default()) {
+            m.detector_dropped.with_label_values(&[what]);
+        }
         m
     }
 
@@ -333,6 +349,10 @@ impl Metrics {
 
     pub fn set_probes(&self, statuses: &[HookStatus]) {
         for s in statuses {
+            if s.is_attached() {
+                // Its events counter exists at 0 from the moment it attaches.
+                self.events.with_label_values(&[s.hook.as_str()]);
+            }
             if s.standby.is_some() {
                 // Another hook serves it here: not missing, nothing attached.
                 self.probe_attached
@@ -431,8 +451,8 @@ impl Metrics {
     }
 
     /// Running totals of state the detector dropped.
-    pub fn set_detector_dropped(&mut self, totals: &[(&'static str, u64)]) {
-        for &(what, now) in totals {
+    pub fn set_detector_dropped(&mut self, dropped: &DroppedState) {
+        for (what, now) in dropped_totals(dropped) {
             let prev = self.dropped_seen.entry(what).or_insert(0);
             let delta = now.saturating_sub(*prev);
             *prev = now;
@@ -468,9 +488,61 @@ impl Metrics {
     }
 }
 
+/// `daxrace_detector_dropped_total`'s `what` values and their totals.
+fn dropped_totals(d: &DroppedState) -> [(&'static str, u64); 5] {
+    [
+        ("windows", d.windows_evicted),
+        ("closed_windows", d.closed_windows_evicted),
+        ("pages", d.pages_evicted),
+        ("timeline_entries", d.timeline_entries_dropped),
+        ("finding_keys", d.reported_keys_forgotten),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Families whose label values are known in advance are exported at 0
+    /// before anything happens: events of every attached hook, every
+    /// kernel-filtered reason, every lost reason, every dropped kind.
+    #[test]
+    fn known_label_series_start_at_zero() {
+        let m = Metrics::new("test");
+        let text = String::from_utf8(m.render()).expect("utf-8");
+        let zero = |family: &str, label: &str, value: &str| {
+            let line = format!("{family}{{{label}=\"{value}\"}} 0");
+            assert!(text.lines().any(|l| l == line), "{line} not in:\n{text}");
+        };
+        for c in Counter::LOST {
+            zero("daxrace_lost_events_total", "reason", c.as_str());
+        }
+        zero(
+            "daxrace_lost_events_total",
+            "reason",
+            crate::tracer::RECURSION_MISSES,
+        );
+        for c in Counter::ALL {
+            if !Counter::LOST.contains(&c) && c != Counter::ScanQuiet {
+                zero("daxrace_kernel_filtered_total", "reason", c.as_str());
+            }
+        }
+        assert!(!text.contains("reason=\"scan_quiet\""), "{text}");
+        for what in [
+            "windows",
+            "closed_windows",
+            "pages",
+            "timeline_entries",
+            "finding_keys",
+        ] {
+            zero("daxrace_detector_dropped_total", "what", what);
+        }
+        zero("daxrace_busy_scans_total", "result", "page");
+        zero("daxrace_busy_scans_total", "result", "none");
+        // No hook attached yet: no events series (a hook that never
+        // attaches must not look like a quiet one).
+        assert!(!text.contains("daxrace_events_total{"), "{text}");
+    }
 
     #[test]
     fn every_listed_name_is_registered_and_nothing_else() {
