@@ -298,6 +298,12 @@ fn boot_inner(
     res
 }
 
+/// Boots a ready-made initramfs (the systemd test's Debian userland), which
+/// the caller keeps or removes. Its init prints the same markers.
+pub fn boot_initrd(spec: &Spec, initrd: &Path, extra_mem_mib: u64) -> Result<Outcome> {
+    run_qemu(spec, initrd, extra_mem_mib, None)
+}
+
 /// How QEMU runs the guest's CPU.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Accel {

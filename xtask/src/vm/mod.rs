@@ -13,6 +13,7 @@ pub(crate) mod kernel;
 mod kmod;
 mod livepatch;
 mod prometheus;
+mod systemd;
 mod tests;
 
 use std::{
@@ -50,6 +51,11 @@ pub struct VmArgs {
     /// (default kernel: newest).
     #[arg(long, conflicts_with_all = ["cmd", "test", "prometheus", "livepatch"])]
     pub coexist: bool,
+    /// Run only the systemd test: the Debian package (`cargo xtask deb`)
+    /// installed with apt in a Debian userland with systemd as PID 1,
+    /// enabled, scraped, killed, stopped and removed (default kernel: newest).
+    #[arg(long, conflicts_with_all = ["cmd", "test", "prometheus", "livepatch", "coexist"])]
+    pub systemd: bool,
     /// DAX filesystems to create and mount (both: ext4 on /dev/pmem0, xfs on /dev/pmem1).
     #[arg(long, value_enum, default_value = "both")]
     pub fs: Fs,
@@ -102,6 +108,13 @@ pub fn run(args: VmArgs) -> Result<i32> {
         println!(
             "{}",
             coexist::coexist_e2e(args.kernel.as_deref().unwrap_or("newest"), args.verbose)?
+        );
+        return Ok(0);
+    }
+    if args.systemd {
+        println!(
+            "{}",
+            systemd::systemd_test(args.kernel.as_deref().unwrap_or("newest"))?
         );
         return Ok(0);
     }

@@ -756,6 +756,18 @@ pub fn test_series(series: &[&str]) -> Result<()> {
             }
         }
     }
+    // The Debian package under a real systemd, per series.
+    for s in series {
+        match super::systemd::systemd_test(s) {
+            Ok(r) => println!("  {r}"),
+            Err(e) => {
+                println!("--- systemd {s}: FAILED: {e:#}");
+                errors.push(format!(
+                    "{e:#} (re-run alone: cargo xtask vm --systemd --kernel {s})"
+                ));
+            }
+        }
+    }
     println!("  total {:.0} s", t0.elapsed().as_secs_f64());
     if !errors.is_empty() {
         bail!(
