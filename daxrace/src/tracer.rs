@@ -162,6 +162,8 @@ pub enum KernelChange {
         by: String,
         /// The attach kinds afterwards (empty: nothing could replace it).
         now: Vec<AttachKind>,
+        /// Why the alternatives failed, when `now` is empty.
+        errors: Vec<String>,
     },
 }
 
@@ -176,13 +178,14 @@ impl std::fmt::Display for KernelChange {
                 function,
                 by,
                 now,
+                errors,
             } => {
                 write!(
                     f,
                     "{function} is now live-patched ({by}): {hook} moved off its BPF trampoline "
                 )?;
                 if now.is_empty() {
-                    write!(f, "and could not attach otherwise (see `daxrace probes`)")
+                    write!(f, "and could not attach otherwise: {}", errors.join("; "))
                 } else {
                     let kinds: Vec<&str> = now.iter().map(|k| k.as_str()).collect();
                     write!(f, "to {}", kinds.join("+"))
@@ -446,6 +449,7 @@ impl Tracer {
                         .collect::<std::collections::BTreeSet<_>>()
                         .into_iter()
                         .collect(),
+                    errors: status.errors.clone(),
                 });
                 self.statuses[i] = status;
                 continue;
@@ -813,7 +817,13 @@ impl KernelCounters {
 
 /// aya's errors can carry a whole verifier log; one line is what a status needs.
 fn short_error(e: &aya::programs::ProgramError) -> String {
-    let s = e.to_string();
+    // aya keeps the errno of a failed system call in the error's source.
+    let mut s = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        s = format!("{s}: {c}");
+        cause = c.source();
+    }
     if s.contains("event_source/devices/kprobe") {
         return "kprobes are not available on this kernel (CONFIG_KPROBES off?)".into();
     }
