@@ -13,6 +13,7 @@ pub(crate) mod kernel;
 mod kmod;
 mod livepatch;
 mod prometheus;
+mod race2018;
 mod systemd;
 mod tests;
 
@@ -56,6 +57,12 @@ pub struct VmArgs {
     /// enabled, scraped, killed, stopped and removed (default kernel: newest).
     #[arg(long, conflicts_with_all = ["cmd", "test", "prometheus", "livepatch", "coexist"])]
     pub systemd: bool,
+    /// Run only the 2018-race test: a live patch (xtask/kmod/fault_patch)
+    /// puts the 2018 break-layouts loop back, a workload makes the race
+    /// complete, and daxrace is judged against the patch's counters and the
+    /// kernel's WARN (default: every tested series).
+    #[arg(long, conflicts_with_all = ["cmd", "test", "prometheus", "livepatch", "coexist", "systemd"])]
+    pub race2018: bool,
     /// DAX filesystems to create and mount (both: ext4 on /dev/pmem0, xfs on /dev/pmem1).
     #[arg(long, value_enum, default_value = "both")]
     pub fs: Fs,
@@ -120,6 +127,10 @@ pub fn run(args: VmArgs) -> Result<i32> {
     }
     if args.livepatch {
         livepatch::run(args.kernel.as_deref(), args.verbose)?;
+        return Ok(0);
+    }
+    if args.race2018 {
+        race2018::run(args.kernel.as_deref(), args.verbose)?;
         return Ok(0);
     }
     let k = kernel::fetch(args.kernel.as_deref().unwrap_or("newest"))?;

@@ -743,6 +743,19 @@ pub fn test_series(series: &[&str]) -> Result<()> {
             }
         }
     }
+    // The 2018 race put back by a live patch, judged against the patch's
+    // counters and the kernel's WARN, per series.
+    for s in series {
+        match super::race2018::race2018_e2e(s) {
+            Ok(r) => println!("  {r}"),
+            Err(e) => {
+                println!("--- race2018 {s}: FAILED: {e:#}");
+                errors.push(format!(
+                    "{e:#} (re-run alone: cargo xtask vm --race2018 --kernel {s})"
+                ));
+            }
+        }
+    }
     // daxrace beside another tracer on the same functions, and attach/detach
     // cycles under load, per series.
     for s in series {

@@ -21,6 +21,7 @@ mod nullb;
 mod op_loop;
 mod pattern;
 mod pin_punch;
+mod race2018;
 mod report;
 mod slow_pin;
 mod stall;
@@ -111,6 +112,12 @@ enum Cmd {
     /// a break wait here, so --stall-timeout and --max-stalls do not apply;
     /// a failing operation ends the run with its error.
     OpLoop(op_loop::Args),
+    /// The 2018 break-layouts race, made to complete under a kernel whose
+    /// loop is the 2018 one (the fault patch of `cargo xtask vm
+    /// --race2018`): a long and a brief pin (two slow null_blk devices)
+    /// in one file, then a punch or truncate of both; the busy scan meets
+    /// the brief one, which goes idle before the wait's check.
+    Race2018(race2018::Args),
     /// Runs a command with SIGINT and SIGQUIT at their default action: a
     /// background job of a non-interactive shell starts with them ignored,
     /// so `daxrace run &` could not be stopped with SIGINT otherwise.
@@ -147,6 +154,7 @@ fn main() {
         Cmd::PinPunch(a) => pin_punch::run(a),
         Cmd::SlowPin(a) => slow_pin::run(a),
         Cmd::OpLoop(a) => op_loop::run(a),
+        Cmd::Race2018(a) => race2018::run(a),
         Cmd::BpfProgStats(a) => bench::prog_stats(a),
         Cmd::WaitLine(a) => bench::wait_line(a),
     };
