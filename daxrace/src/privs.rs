@@ -10,6 +10,35 @@ pub const CAP_BPF: u32 = 39;
 /// for real addresses in /proc/kallsyms.
 pub const KEPT: u64 = (1 << CAP_BPF) | (1 << CAP_PERFMON) | (1 << CAP_SYSLOG);
 
+/// `CAP_BPF CAP_PERFMON` for a set of capability bits (`none` when empty).
+pub fn names(caps: u64) -> String {
+    const NAMES: &[(u32, &str)] = &[
+        (0, "CAP_CHOWN"),
+        (1, "CAP_DAC_OVERRIDE"),
+        (2, "CAP_DAC_READ_SEARCH"),
+        (12, "CAP_NET_ADMIN"),
+        (21, "CAP_SYS_ADMIN"),
+        (24, "CAP_SYS_RESOURCE"),
+        (CAP_SYSLOG, "CAP_SYSLOG"),
+        (CAP_PERFMON, "CAP_PERFMON"),
+        (CAP_BPF, "CAP_BPF"),
+    ];
+    let mut out: Vec<String> = Vec::new();
+    for cap in 0..=CAP_LAST {
+        if caps & (1 << cap) != 0 {
+            out.push(match NAMES.iter().find(|(n, _)| *n == cap) {
+                Some((_, name)) => name.to_string(),
+                None => format!("cap_{cap}"),
+            });
+        }
+    }
+    if out.is_empty() {
+        "none".into()
+    } else {
+        out.join(" ")
+    }
+}
+
 const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 const CAP_LAST: u32 = 40;
 
@@ -78,4 +107,14 @@ pub fn drop_capabilities(keep: u64) -> io::Result<u64> {
         return Err(io::Error::last_os_error());
     }
     Ok(want)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn capability_names() {
+        assert_eq!(super::names(super::KEPT), "CAP_SYSLOG CAP_PERFMON CAP_BPF");
+        assert_eq!(super::names(0), "none");
+        assert_eq!(super::names(1 << 21 | 1 << 5), "cap_5 CAP_SYS_ADMIN");
+    }
 }

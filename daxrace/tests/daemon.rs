@@ -202,5 +202,76 @@ fn the_daemon_runs_with_only_the_units_capabilities() {
     assert!(out.status.success(), "exit {}: {stderr}", out.status);
     assert!(stderr.contains("hooks attached"), "{stderr}");
     assert!(!stderr.contains("cannot drop"), "{stderr}");
+    // CAP_SYS_ADMIN (module BTF objects, kprobes on Debian) is for attaching.
+    assert!(
+        stderr.contains("capabilities after attaching: CAP_SYSLOG CAP_PERFMON CAP_BPF\n"),
+        "{stderr}"
+    );
     assert_no_programs_left("a run under the unit's capabilities");
+}
+
+/// Under socket activation (daxrace.socket) the daemon serves the socket
+/// systemd passes (`LISTEN_FDS`) instead of binding its own: here --listen
+/// names an address no interface has, so only the passed socket can answer.
+/// `systemd-socket-activate` passes it as systemd does.
+#[test]
+fn the_daemon_serves_the_socket_systemd_passes() {
+    assert_root();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = Command::new("systemd-socket-activate")
+        .args([
+            "-l",
+            &addr,
+            DAXRACE,
+            "run",
+            "--listen",
+            "192.0.2.1:9",
+            "--duration",
+            "60",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("systemd-socket-activate (package systemd) runs");
+    let stderr = child.stderr.take().expect("stderr");
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let seen2 = seen.clone();
+    std::thread::spawn(move || {
+        for l in BufReader::new(stderr).lines().map_while(Result::ok) {
+            seen2.lock().expect("lock").push_str(&(l + "\n"));
+        }
+    });
+    // The first connection is what makes systemd-socket-activate start it.
+    let give_up = Instant::now() + Duration::from_secs(30);
+    let health = loop {
+        if let Ok(mut s) = TcpStream::connect(&addr) {
+            s.set_read_timeout(Some(Duration::from_secs(20)))
+                .expect("timeout");
+            write!(s, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").expect("send");
+            let mut body = String::new();
+            let _ = s.read_to_string(&mut body);
+            break body;
+        }
+        assert!(Instant::now() < give_up, "nothing listens on {addr}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        health.contains("\r\n\r\nok\n"),
+        "{health}\n{}",
+        seen.lock().expect("lock")
+    );
+    // SAFETY: signalling our own child (systemd-socket-activate execs daxrace).
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let st = wait_exit(&mut child);
+    let log = seen.lock().expect("lock").clone();
+    assert!(st.success(), "exit {st}: {log}");
+    assert!(
+        log.contains(&format!("metrics on http://{addr}/metrics")),
+        "{log}"
+    );
+    assert_no_programs_left("a socket-activated run");
 }

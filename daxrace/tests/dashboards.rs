@@ -1200,6 +1200,7 @@ fn the_prometheus_config_scrapes_the_daemon_and_loads_the_rules() {
 // The systemd unit
 
 const UNIT: &str = "daxrace/dist/daxrace.service";
+const SOCKET: &str = "daxrace/dist/daxrace.socket";
 /// `systemd-analyze security` exposure budget, in tenths (1.9 with the
 /// dynamic user; 2.5 when the unit ran as root).
 const MAX_EXPOSURE_TENTHS: u32 = 20;
@@ -1218,6 +1219,8 @@ fn unit_for_this_build(dir: &Path) -> PathBuf {
         unit.replace("/usr/bin/daxrace", env!("CARGO_BIN_EXE_daxrace")),
     )
     .expect("write the unit");
+    let socket = read(SOCKET);
+    std::fs::write(dir.join("daxrace.socket"), socket).expect("write the socket unit");
     path
 }
 
@@ -1251,7 +1254,10 @@ fn the_systemd_unit_verifies_and_keeps_its_hardening() {
         ("PrivateTmp", "yes"),
         ("ProtectKernelModules", "yes"),
         ("ProtectControlGroups", "yes"),
-        ("RestrictAddressFamilies", "AF_INET AF_INET6"),
+        // The socket comes from daxrace.socket: no socket(2), no network.
+        ("RestrictAddressFamilies", "none"),
+        ("PrivateNetwork", "yes"),
+        ("Requires", "daxrace.socket"),
         ("RestrictNamespaces", "yes"),
         ("LockPersonality", "yes"),
         ("MemoryDenyWriteExecute", "yes"),
@@ -1269,23 +1275,45 @@ fn the_systemd_unit_verifies_and_keeps_its_hardening() {
     let ambient: BTreeSet<&str> = one("AmbientCapabilities").split_whitespace().collect();
     assert_eq!(caps, ambient, "{UNIT}: ambient and bounding capabilities");
     assert!(caps.contains("CAP_BPF") && caps.contains("CAP_PERFMON"));
-    assert!(
-        !caps.contains("CAP_SYS_ADMIN"),
-        "{UNIT}: CAP_SYS_ADMIN is for a drop-in (kernels before 5.8, --bpf-stats)"
-    );
+    // CAP_SYS_ADMIN is there for attaching only: the daemon drops what
+    // privs::KEPT does not name, and the unit must not rely on more.
+    let kept = daxrace::privs::names(daxrace::privs::KEPT);
+    for cap in &caps {
+        assert!(
+            kept.contains(cap) || *cap == "CAP_SYS_ADMIN",
+            "{UNIT}: {cap} is granted but neither kept nor needed to attach"
+        );
+    }
+
+    // The socket: loopback at the daemon's default port, stopped with the
+    // service so that a scrape cannot restart probing.
+    let sock = directives(&read(SOCKET));
+    for (k, v) in [
+        ("ListenStream", "127.0.0.1:9712"),
+        ("PartOf", "daxrace.service"),
+        ("IPAddressAllow", "localhost"),
+    ] {
+        assert_eq!(
+            sock.get(k).and_then(|v| v.last()).map(String::as_str),
+            Some(v),
+            "{SOCKET}: {k}"
+        );
+    }
 
     let dir = tempfile::tempdir().expect("temp dir");
     let unit = unit_for_this_build(dir.path());
     let mut cmd = tool("systemd-analyze");
     // The man pages the unit documents itself with come with the package.
-    cmd.args(["verify", "--man=no"]).arg(&unit);
+    cmd.args(["verify", "--man=no"])
+        .arg(&unit)
+        .arg(dir.path().join("daxrace.socket"));
     let out = run(cmd, None);
     // verify exits 0 on unknown keys or bad values; it only prints them.
     let ours: Vec<&str> = std::str::from_utf8(&out.stderr)
         .unwrap_or("")
         .lines()
         .chain(std::str::from_utf8(&out.stdout).unwrap_or("").lines())
-        .filter(|l| l.contains("daxrace.service"))
+        .filter(|l| l.contains("daxrace.service") || l.contains("daxrace.socket"))
         .collect();
     assert!(
         out.status.success() && ours.is_empty(),

@@ -29,16 +29,19 @@ const PACKAGE: &str = "daxrace";
 /// Debian revision of the package (the upstream version is the workspace's).
 const DEBIAN_REVISION: &str = "1";
 const UNIT: &str = "daxrace.service";
+/// The metrics socket the unit is activated with (no [Install] section:
+/// the unit pulls it in).
+const SOCKET: &str = "daxrace.socket";
 
 const DEFAULT_FILE: &str = r#"# Arguments for `daxrace run` when started by systemd (daxrace.service);
-# see daxrace-run(1). The daemon serves /metrics and /healthz on
-# 127.0.0.1:9712 unless told otherwise (widen IPAddressAllow= in a drop-in,
-# `systemctl edit daxrace`, before listening elsewhere).
+# see daxrace-run(1). /metrics and /healthz are served on the socket of
+# daxrace.socket (127.0.0.1:9712): change the address there
+# (`systemctl edit daxrace.socket`), not with --listen.
 #
 # Examples:
 #   DAXRACE_ARGS="--strict"
 #   DAXRACE_ARGS="--json /var/lib/daxrace/trace.jsonl"
-#   DAXRACE_ARGS="--listen 127.0.0.1:9100 --stall-ms 2000"
+#   DAXRACE_ARGS="--stall-ms 2000 --keep-caps"
 DAXRACE_ARGS=""
 "#;
 
@@ -51,8 +54,9 @@ Description: race detector for filesystem DAX on persistent memory (eBPF)
  that went idle, and when truncation stalled on pinned pages.
  .
  The package holds the daxrace command (run, trace, probes, replay), the
- systemd unit daxrace.service, Grafana dashboards and Prometheus alert rules
- in /usr/share/daxrace.
+ systemd units daxrace.service and daxrace.socket (metrics on
+ 127.0.0.1:9712), Grafana dashboards and Prometheus alert rules in
+ /usr/share/daxrace.
  .
  Installing the package does not start probing the kernel: the unit is
  neither enabled nor started, which is the operator's choice
@@ -85,7 +89,8 @@ fi
 if [ "$1" = "configure" ] || [ "$1" = "abort-upgrade" ] || [ "$1" = "abort-deconfigure" ] || [ "$1" = "abort-remove" ] ; then
 	if [ -d /run/systemd/system ]; then
 		systemctl --system daemon-reload >/dev/null || true
-		# Not started on install; an upgrade restarts it only if it runs.
+		# Not started on install; an upgrade restarts it only if it runs
+		# (daxrace.socket, PartOf= the service, follows).
 		if [ -n "$2" ]; then
 			deb-systemd-invoke try-restart 'daxrace.service' >/dev/null || true
 		fi
@@ -98,7 +103,7 @@ const PRERM: &str = r#"#!/bin/sh
 set -e
 
 if [ -z "${DPKG_ROOT:-}" ] && [ "$1" = remove ] && [ -d /run/systemd/system ] ; then
-	deb-systemd-invoke stop 'daxrace.service' >/dev/null || true
+	deb-systemd-invoke stop 'daxrace.service' 'daxrace.socket' >/dev/null || true
 fi
 "#;
 
@@ -215,6 +220,7 @@ pub fn expected_files() -> Vec<String> {
     let mut v: Vec<String> = vec![
         "usr/bin/daxrace".into(),
         format!("lib/systemd/system/{UNIT}"),
+        format!("lib/systemd/system/{SOCKET}"),
         "etc/default/daxrace".into(),
         "usr/share/doc/daxrace/copyright".into(),
         "usr/share/doc/daxrace/changelog.Debian.gz".into(),
@@ -431,6 +437,14 @@ pub fn build(args: &DebArgs) -> Result<PathBuf> {
     let unit_src = root.join("daxrace/dist").join(UNIT);
     let unit = fs::read(&unit_src).with_context(|| format!("reading {}", unit_src.display()))?;
     write(&stage.join("lib/systemd/system").join(UNIT), &unit, 0o644)?;
+    let socket_src = root.join("daxrace/dist").join(SOCKET);
+    let socket =
+        fs::read(&socket_src).with_context(|| format!("reading {}", socket_src.display()))?;
+    write(
+        &stage.join("lib/systemd/system").join(SOCKET),
+        &socket,
+        0o644,
+    )?;
     write(
         &stage.join("etc/default/daxrace"),
         DEFAULT_FILE.as_bytes(),
@@ -632,7 +646,7 @@ mod tests {
             assert!(!POSTINST.contains(forbidden), "postinst: {forbidden}");
         }
         assert!(POSTINST.contains("try-restart"));
-        assert!(PRERM.contains("deb-systemd-invoke stop 'daxrace.service'"));
+        assert!(PRERM.contains("deb-systemd-invoke stop 'daxrace.service' 'daxrace.socket'"));
         assert!(POSTRM.contains("deb-systemd-helper purge 'daxrace.service'"));
     }
 

@@ -26,6 +26,8 @@ pub struct RunArgs {
     #[command(flatten)]
     pub detect: DetectArgs,
     /// Address for /metrics and /healthz (loopback unless told otherwise).
+    /// Under systemd socket activation (daxrace.socket) the socket passed
+    /// in is served instead, and its ListenStream= sets the address.
     #[arg(long, default_value = "127.0.0.1:9712")]
     pub listen: SocketAddr,
     /// Do not serve metrics.
@@ -58,6 +60,8 @@ async fn run_async(args: RunArgs) -> Result<i32> {
     // Bind first: a busy port should fail before anything touches the kernel.
     let server = if args.no_metrics {
         None
+    } else if let Some(passed) = MetricsServer::from_systemd()? {
+        Some(passed)
     } else {
         Some(MetricsServer::bind(args.listen).await?)
     };
@@ -74,7 +78,10 @@ async fn run_async(args: RunArgs) -> Result<i32> {
         // but name; what remains is what attaching a late module's hooks needs.
         let left = daxrace::privs::drop_capabilities(daxrace::privs::KEPT)
             .context("cannot drop capabilities (use --keep-caps to run without dropping)")?;
-        log::info!("capabilities left: {left:#x}");
+        eprintln!(
+            "daxrace: capabilities after attaching: {}",
+            daxrace::privs::names(left)
+        );
     }
     let metrics = Arc::new(Mutex::new(Metrics::new(&tracer.kernel_release)));
     {

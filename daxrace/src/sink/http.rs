@@ -20,6 +20,8 @@ use super::metrics::Metrics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    #[error("the socket systemd passed (LISTEN_FDS) is unusable: {0}")]
+    Passed(#[source] std::io::Error),
     #[error("cannot listen on {addr}: {source} (is another daxrace or exporter on that port? choose one with --listen)")]
     Bind {
         addr: SocketAddr,
@@ -55,6 +57,43 @@ impl MetricsServer {
             listener,
             max_connections: MAX_CONNECTIONS,
         })
+    }
+
+    /// The listening socket systemd passed (socket activation:
+    /// `LISTEN_PID` is this process, `LISTEN_FDS` at least 1, the socket is
+    /// fd 3), or None when started otherwise. Under daxrace.socket the
+    /// daemon then needs no socket of its own (`RestrictAddressFamilies=none`,
+    /// `PrivateNetwork=yes`).
+    pub fn from_systemd() -> Result<Option<MetricsServer>, ServeError> {
+        const SD_LISTEN_FDS_START: i32 = 3;
+        let ours = std::env::var("LISTEN_PID")
+            .ok()
+            .and_then(|p| p.parse::<u32>().ok())
+            == Some(std::process::id());
+        let count = std::env::var("LISTEN_FDS")
+            .ok()
+            .and_then(|n| n.parse::<u32>().ok())
+            .unwrap_or(0);
+        if !ours || count == 0 {
+            return Ok(None);
+        }
+        use std::os::fd::FromRawFd;
+        // SAFETY: systemd's protocol hands fd 3 to this process (LISTEN_PID
+        // checked above); nothing else in daxrace opens or owns it.
+        let std_listener = unsafe { std::net::TcpListener::from_raw_fd(SD_LISTEN_FDS_START) };
+        std_listener
+            .set_nonblocking(true)
+            .map_err(ServeError::Passed)?;
+        // A TCP listener, not some other socket: its local address says so.
+        std_listener.local_addr().map_err(ServeError::Passed)?;
+        // Not inherited by anything daxrace starts (`trace` runs commands).
+        // SAFETY: fcntl on an fd we own.
+        unsafe { libc::fcntl(SD_LISTEN_FDS_START, libc::F_SETFD, libc::FD_CLOEXEC) };
+        let listener = TcpListener::from_std(std_listener).map_err(ServeError::Passed)?;
+        Ok(Some(MetricsServer {
+            listener,
+            max_connections: MAX_CONNECTIONS,
+        }))
     }
 
     /// Serves at most `n` connections at once (default [`MAX_CONNECTIONS`]).

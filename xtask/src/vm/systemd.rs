@@ -2,12 +2,14 @@
 //! bookworm userland with systemd as PID 1 boots the Debian kernel of a
 //! series with emulated pmem and DAX mounts, installs the package built by
 //! `cargo xtask deb` with apt, and checks what an operator relies on: the
-//! install starts nothing, `systemctl enable --now` attaches every hook
-//! `daxrace probes` attaches as root (module functions as kprobes under the
-//! unit, see daxrace.service), /metrics answers, the pin-and-punch workload
-//! moves the counters, `systemctl kill -s KILL` is followed by a restart that
-//! attaches again, `systemctl stop` and `apt remove` leave no BPF program,
-//! and the kernel logs no fault. The unit's sandboxing runs for real.
+//! install starts nothing, `systemctl enable --now` attaches every hook with
+//! the flavour `daxrace probes` chooses as root, the daemon then holds only
+//! CAP_BPF, CAP_PERFMON and CAP_SYSLOG in a network namespace of its own,
+//! /metrics answers through daxrace.socket, the pin-and-punch workload moves
+//! the counters, `systemctl kill -s KILL` is followed by a restart that
+//! attaches again, `systemctl stop` (socket included) and `apt remove` leave
+//! no BPF program, and the kernel logs no fault. The unit's sandboxing runs
+//! for real.
 //!
 //! The guest's root is an initramfs: the cached rootfs (mmdebstrap, as a
 //! newc cpio) followed by a small per-run archive (an /init that loads the
@@ -261,8 +263,7 @@ echo "@@SD mounts $(grep -c 'dax=always' /proc/mounts)"
 DEBIAN_FRONTEND=noninteractive apt-get install -y -q ./{deb_name} > /tmp/apt-install.out 2>&1
 echo "@@SD install $?"
 tail -n 3 /tmp/apt-install.out | sed 's/^/  apt: /'
-echo "@@SD after_install $(systemctl is-enabled daxrace) $(systemctl is-active daxrace) $(ours)"
-echo "@@SD manpage $(test -e /usr/share/man/man1/daxrace-run.1.gz && echo yes || echo no)"
+echo "@@SD after_install $(systemctl is-enabled daxrace) $(systemctl is-active daxrace) $(ours) $(systemctl is-active daxrace.socket)"
 
 daxrace probes --json > /tmp/probes.json 2>/tmp/probes.err
 echo "@@SD probes $?"
@@ -276,7 +277,8 @@ echo "@@SD attach_seconds $(awk -v t0="$t0" -v t1="$(date +%s.%N)" 'BEGIN {{ pri
 journalctl -u daxrace -o cat --no-pager | sed 's/^/@@JOURNAL /'
 pid=$(main_pid)
 echo "@@SD user $(ps -o user=,uid= -p "$pid")"
-echo "@@SD caps $(grep -E '^Cap(Eff|Bnd|Amb)' /proc/$pid/status | tr '\n\t' '  ')"
+echo "@@SD caps $(awk '/^CapEff/ {{ print $2 }}' /proc/$pid/status) $(grep -E '^Cap(Eff|Prm|Bnd|Amb)' /proc/$pid/status | tr '\n\t' '  ')"
+echo "@@SD netns $(readlink /proc/$pid/ns/net) $(readlink /proc/1/ns/net)"
 echo "@@SD security $(systemd-analyze security daxrace 2>/dev/null | grep -o 'Overall exposure level.*')"
 echo "@@SD scrape1 $(scrape /tmp/m1) $(wc -l < /tmp/m1)"
 grep -E '^daxrace_probe_attached' /tmp/m1 | sed 's/^/@@M1 /'
@@ -298,9 +300,12 @@ echo "@@SD restart $pid $(main_pid) $(systemctl show -p NRestarts --value daxrac
 echo "@@SD scrape3 $(scrape /tmp/m3) $(wc -l < /tmp/m3)"
 
 systemctl stop daxrace
-echo "@@SD stop $? $(systemctl is-active daxrace)"
+echo "@@SD stop $? $(systemctl is-active daxrace) $(systemctl is-active daxrace.socket)"
 i=0; while [ "$(ours)" -gt "$base" ] && [ $i -lt 20 ]; do sleep 1; i=$((i+1)); done
 echo "@@SD after_stop $(ours) $(all_bpf)"
+# The socket went with the service: a scrape now must not start it again.
+curl -s --max-time 5 http://127.0.0.1:9712/metrics > /dev/null
+echo "@@SD scrape_stopped $? $(systemctl is-active daxrace)"
 
 systemctl start daxrace
 wait_attached 3
@@ -476,24 +481,6 @@ fn journal_flavours(journal: &[&str]) -> BTreeMap<String, String> {
     out
 }
 
-/// Under the unit (no CAP_SYS_ADMIN) a module function's fentry/fexit
-/// becomes kprobe/kretprobe; any other difference is a failure.
-fn flavour_acceptable(root: &str, unit: &str) -> bool {
-    if root == unit {
-        return true;
-    }
-    let swap = root
-        .replace("fentry", "kprobe")
-        .replace("fexit", "kretprobe");
-    let sorted = |s: &str| {
-        let mut v: Vec<&str> = s.split('+').collect();
-        v.sort();
-        v.dedup();
-        v.join("+")
-    };
-    sorted(&swap) == sorted(unit)
-}
-
 fn sum_series(lines: &[String], prefix: &str, metric: &str) -> f64 {
     lines
         .iter()
@@ -550,6 +537,7 @@ pub fn systemd_e2e(series: &str, deb: &Path) -> Result<SystemdReport> {
     let after_install = words("after_install");
     if after_install.get(0..2) != Some(&["disabled".to_string(), "inactive".to_string()][..])
         || after_install.get(2) != Some(&base)
+        || after_install.get(3).is_none_or(|s| s != "inactive")
     {
         failures.push(format!(
             "installing must neither enable nor start the unit, nor load a program: enabled/active/programs {after_install:?}"
@@ -584,7 +572,7 @@ pub fn systemd_e2e(series: &str, deb: &Path) -> Result<SystemdReport> {
                 "hook {hook} attaches as root ({root_kinds}) but not under the unit"
             )),
             Some(u) => {
-                if !flavour_acceptable(root_kinds, u) {
+                if u != root_kinds {
                     failures.push(format!(
                         "hook {hook}: {u} under the unit, {root_kinds} as root"
                     ));
@@ -592,6 +580,26 @@ pub fn systemd_e2e(series: &str, deb: &Path) -> Result<SystemdReport> {
                 flavours.insert(hook.clone(), (root_kinds.clone(), u.clone()));
             }
         }
+    }
+    // CAP_SYS_ADMIN served attaching only.
+    let kept = "CAP_SYSLOG CAP_PERFMON CAP_BPF";
+    if !journal
+        .iter()
+        .any(|l| l.ends_with(&format!("capabilities after attaching: {kept}")))
+        || words("caps")
+            .first()
+            .is_none_or(|c| c != "000000c400000000")
+    {
+        failures.push(format!(
+            "the daemon kept more than {kept} after attaching: {}",
+            get("caps")
+        ));
+    }
+    let netns = words("netns");
+    if netns.len() != 2 || netns[0] == netns[1] {
+        failures.push(format!(
+            "the daemon is not in a network namespace of its own: {netns:?}"
+        ));
     }
     if words("scrape1").first().is_none_or(|s| s != "0") {
         failures.push(format!("scraping /metrics failed: {}", get("scrape1")));
@@ -637,6 +645,20 @@ pub fn systemd_e2e(series: &str, deb: &Path) -> Result<SystemdReport> {
         ));
     }
     let after_stop = words("after_stop");
+    let stop = words("stop");
+    if stop != ["0", "inactive", "inactive"] {
+        failures.push(format!(
+            "systemctl stop: exit, service, socket = {stop:?} (the socket is PartOf= the service)"
+        ));
+    }
+    let scrape_stopped = words("scrape_stopped");
+    if scrape_stopped.first().is_some_and(|rc| rc == "0")
+        || scrape_stopped.get(1).is_none_or(|s| s != "inactive")
+    {
+        failures.push(format!(
+            "a scrape after systemctl stop was answered or started the daemon: curl exit, state = {scrape_stopped:?}"
+        ));
+    }
     if after_stop.first() != Some(&base) {
         failures.push(format!(
             "systemctl stop left programs: {after_stop:?} (baseline {base})"
@@ -722,15 +744,6 @@ mod tests {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-    }
-
-    #[test]
-    fn module_functions_may_fall_back_to_kprobes_and_nothing_else() {
-        assert!(flavour_acceptable("fentry+fexit", "fentry+fexit"));
-        assert!(flavour_acceptable("fentry+fexit", "kprobe+kretprobe"));
-        assert!(flavour_acceptable("fexit", "kretprobe"));
-        assert!(!flavour_acceptable("fentry+fexit", "kprobe"));
-        assert!(!flavour_acceptable("tp_btf", "raw_tp"));
     }
 
     #[test]
