@@ -138,9 +138,9 @@ daxrace: initial-upload-closes-no-bugs
 # A Rust binary: no glibc _chk functions to fortify, bounds are checked by
 # the language itself.
 daxrace: hardening-no-fortify-functions [usr/bin/daxrace]
-# The daemon's least privilege is the unit's: a dynamic user with three
-# ambient capabilities and a syscall filter. An init.d script would run it
-# as full root, so none is shipped.
+# The daemon's least privilege is the unit's: a dynamic user whose few
+# ambient capabilities shrink to three once attached, no network, a syscall
+# filter. An init.d script would run it as full root, so none is shipped.
 daxrace: package-supports-alternative-init-but-no-init.d-script [lib/systemd/system/daxrace.service]
 ";
 
@@ -523,6 +523,16 @@ pub fn build(args: &DebArgs) -> Result<PathBuf> {
     write(&debian.join("md5sums"), md5sums(&stage)?.as_bytes(), 0o644)?;
     // dpkg-deb keeps the files' modes: make directories 0755 whatever the umask.
     set_dir_modes(&stage)?;
+    // bookworm's dpkg-deb does not clamp times to SOURCE_DATE_EPOCH itself.
+    setup::run(Command::new("find").arg(&stage).args([
+        "-exec",
+        "touch",
+        "-h",
+        "-d",
+        &format!("@{epoch}"),
+        "{}",
+        "+",
+    ]))?;
 
     let deb = out_dir.join(format!("{PACKAGE}_{version}_amd64.deb"));
     setup::run(
