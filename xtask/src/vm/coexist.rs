@@ -80,7 +80,8 @@ for i in $(seq 1 {cycles}); do
     daxrace run --no-metrics --duration 0 > /tmp/c.out 2>&1 && ok=$((ok+1)) || sed 's/^/@@CYCLEERR /' /tmp/c.out
   fi
 done
-kill -INT $PP; wait $PP
+# SIGTERM: a background job of this non-interactive shell ignores SIGINT.
+kill -TERM $PP; wait $PP
 echo "@@CX cycles $ok $killed"
 i=0; while [ "$(ours)" -gt 0 ] && [ $i -lt 20 ]; do sleep 1; i=$((i+1)); done
 echo "@@CX after $(progs) $(ours)"
@@ -150,7 +151,11 @@ fn check(series: &str, c: &Coexist, cycles: u32) -> Vec<String> {
     if !c.bpftrace_ready {
         f.push("bpftrace never attached beside daxrace".into());
     }
-    let expected_trace = if super::tests::expects_lost_wakeup(series) { 10 } else { 0 };
+    let expected_trace = if super::tests::expects_lost_wakeup(series) {
+        10
+    } else {
+        0
+    };
     if c.trace_exit != Some(expected_trace) {
         f.push(format!(
             "daxrace trace beside bpftrace exited {:?}, expected {expected_trace}",
