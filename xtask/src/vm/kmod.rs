@@ -545,4 +545,17 @@ mod tests {
             Some("daxrace_count_patch")
         );
     }
+
+    /// The 2018-race test's patch is where it looks for it, too.
+    #[test]
+    fn fault_patch_sources_are_in_place() {
+        let src = crate::setup::workspace_root().join("xtask/kmod/fault_patch");
+        let files = read_sources(&src).unwrap();
+        let kbuild = files.iter().find(|(n, _)| n == "Kbuild").unwrap();
+        assert_eq!(
+            kbuild_module_name(&String::from_utf8_lossy(&kbuild.1)).as_deref(),
+            Some("daxrace_fault_patch")
+        );
+        assert!(files.iter().any(|(n, _)| n == "daxrace_fault_patch.c"));
+    }
 }
