@@ -7,7 +7,10 @@ pub const CAP_SYSLOG: u32 = 34;
 pub const CAP_PERFMON: u32 = 38;
 pub const CAP_BPF: u32 = 39;
 /// Capabilities kept after attaching: BPF and perf for late attaches, syslog
-/// for real addresses in /proc/kallsyms.
+/// for real addresses in /proc/kallsyms. CAP_SYS_ADMIN is not kept, so a
+/// late attach has neither a module's BTF object (fentry) nor, on kernels
+/// with Debian's perf_event_paranoid=3, perf_event_open (kprobes): such a
+/// module's hooks then wait for a restart, or for `--keep-caps`.
 pub const KEPT: u64 = (1 << CAP_BPF) | (1 << CAP_PERFMON) | (1 << CAP_SYSLOG);
 
 /// `CAP_BPF CAP_PERFMON` for a set of capability bits (`none` when empty).
