@@ -51,9 +51,11 @@ const ROUNDS: u32 = 4;
 /// The boot's command limit: four phases of about 15 s each, plus
 /// attaching daxrace four times.
 const BOOT_LIMIT: Duration = Duration::from_secs(900);
-/// The kernel's WARN on a truncated page above idle (dax_disassociate_entry,
-/// 6.1 and 6.12): the one kernel fault a buggy phase expects.
+/// The kernel's WARN on a truncated page above idle, as 6.1 and 6.12 log it
+/// (`WARNING: CPU: 0 PID: 229 at fs/dax.c:390 dax_disassociate_entry+0x86/0xb0`):
+/// the one kernel fault a buggy phase expects.
 const TRUNCATION_WARN: &str = "at fs/dax.c:";
+const TRUNCATION_WARN_FUNCTION: &str = " dax_disassociate_entry+";
 /// The patch module's counters, in the order they are printed.
 const COUNTERS: &[&str] = &[
     "calls",
@@ -203,7 +205,7 @@ impl Phase {
         m
     }
     fn warned(&self) -> bool {
-        self.kmsg.iter().any(|l| l.contains(TRUNCATION_WARN))
+        self.kmsg.iter().any(|l| is_truncation_warn(l))
     }
     /// (ino, pfn) of daxrace's truncate_while_pinned findings, with their
     /// multiplicity: a filesystem may hand the same block to the file again
@@ -289,10 +291,16 @@ fn parse(output: &[String]) -> Report {
     r
 }
 
+fn is_truncation_warn(line: &str) -> bool {
+    line.contains("WARNING:")
+        && line.contains(TRUNCATION_WARN)
+        && line.contains(TRUNCATION_WARN_FUNCTION)
+}
+
 /// What the kernel may log on this series in a phase of this mode.
 fn expected_faults(mode: &str) -> &'static [&'static str] {
     if mode == "buggy" {
-        &[TRUNCATION_WARN]
+        &[TRUNCATION_WARN_FUNCTION]
     } else {
         &[]
     }
@@ -578,7 +586,7 @@ fn race2018_e2e_shown(series: &str, show: bool) -> Result<String> {
     // The whole boot: nothing but the buggy phases' WARN.
     failures.extend(super::dmesg::unexpected_faults(
         &out.dmesg,
-        &[TRUNCATION_WARN],
+        &[TRUNCATION_WARN_FUNCTION],
     ));
     for fs in fss {
         for mode in MODES {
@@ -758,7 +766,11 @@ mod tests {
         let f = check_phase("6.1", "ext4", "buggy", p);
         assert_eq!(f.len(), 2, "{f:?}");
         assert!(f[0].contains("pfn 0x48420") && f[1].contains("pfn 0x48410"));
-        assert!(table("6.1", &r).contains("0.50/0.50"), "{}", table("6.1", &r));
+        assert!(
+            table("6.1", &r).contains("0.50/0.50"),
+            "{}",
+            table("6.1", &r)
+        );
     }
 
     #[test]
@@ -783,7 +795,7 @@ mod tests {
         with.push(
             r#"@@FJ xfs fixed {"type":"finding","kind":"lost_wakeup","ino":5,"pfn":7}"#.into(),
         );
-        with.push("@@KMSG xfs fixed <4>WARNING: CPU: 0 PID: 1 at fs/dax.c:398 x".into());
+        with.push("@@KMSG xfs fixed <4>WARNING: CPU: 0 PID: 1 at fs/dax.c:398 dax_disassociate_entry+0x87/0xb0".into());
         let r = parse(&with);
         let p = &r.phases[&("xfs".to_string(), "fixed".to_string())];
         // lost_wakeup is 6.1's own bug; a WARN is never expected here.
