@@ -42,6 +42,11 @@ const PACKAGES: &[(&str, &str)] = &[
     ),
     ("systemd", "systemd-analyze, to verify the daemon's unit"),
     (
+        "dpkg-dev",
+        "dpkg-shlibdeps, for the Debian package's Depends (cargo xtask deb)",
+    ),
+    ("lintian", "checking the Debian package (cargo xtask deb)"),
+    (
         "bpftrace",
         "the equivalent bpftrace script `cargo xtask bench` compares daxrace with",
     ),
