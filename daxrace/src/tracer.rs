@@ -185,7 +185,17 @@ impl std::fmt::Display for KernelChange {
                     "{function} is now live-patched ({by}): {hook} moved off its BPF trampoline "
                 )?;
                 if now.is_empty() {
-                    write!(f, "and could not attach otherwise: {}", errors.join("; "))
+                    write!(f, "and could not attach otherwise: {}", errors.join("; "))?;
+                    if errors.iter().any(|e| e.contains("Permission denied")) {
+                        // Debian's kernel.perf_event_paranoid=3 refuses
+                        // perf_event_open (kprobes) without CAP_SYS_ADMIN,
+                        // which `run` drops once attached.
+                        write!(
+                            f,
+                            ". The patch stays in force; to trace {function} again, restart daxrace (it plans kprobes there from the start) or run it with --keep-caps"
+                        )?;
+                    }
+                    Ok(())
                 } else {
                     let kinds: Vec<&str> = now.iter().map(|k| k.as_str()).collect();
                     write!(f, "to {}", kinds.join("+"))
@@ -833,4 +843,33 @@ fn short_error(e: &aya::programs::ProgramError) -> String {
     }
     let first = s.split(". Verifier output").next().unwrap_or(&s);
     first.chars().take(200).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hook_that_cannot_come_back_says_how_to_get_it() {
+        let moved = KernelChange::MovedOffTrampoline {
+            hook: HookName(daxrace_common::HookId::Ext4Break),
+            function: "ext4_break_layouts".into(),
+            by: "live patch p".into(),
+            now: vec![AttachKind::Kprobe, AttachKind::Kretprobe],
+            errors: Vec::new(),
+        };
+        let s = moved.to_string();
+        assert!(s.contains("now live-patched (live patch p)"), "{s}");
+        assert!(s.ends_with("to kprobe+kretprobe"), "{s}");
+        let refused = KernelChange::MovedOffTrampoline {
+            hook: HookName(daxrace_common::HookId::Ext4Break),
+            function: "ext4_break_layouts".into(),
+            by: "live patch p".into(),
+            now: Vec::new(),
+            errors: vec!["kprobe kp_ext4_break on ext4_break_layouts: `perf_event_open` failed: Permission denied (os error 13)".into()],
+        };
+        let s = refused.to_string();
+        assert!(s.contains("could not attach otherwise: kprobe"), "{s}");
+        assert!(s.contains("restart daxrace"), "{s}");
+    }
 }

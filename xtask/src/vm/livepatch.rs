@@ -91,7 +91,7 @@ punch() {{
 # daxrace run in the background (sigdfl: a background job of a
 # non-interactive shell starts with SIGINT ignored), until it has attached.
 start_run() {{
-  daxrace-workload sigdfl daxrace run --no-metrics > /tmp/run-$1.out 2>&1 &
+  daxrace-workload sigdfl daxrace run --no-metrics $2 > /tmp/run-$1.out 2>&1 &
   DR=$!
   t0=$(date +%s)
   while kill -0 $DR 2>/dev/null && ! grep -q 'hooks attached' /tmp/run-$1.out; do
@@ -150,11 +150,15 @@ punch a-unpatched 2
 "#
 }
 
-/// Boot 2: daxrace runs when the patch arrives.
+/// Boot 2: daxrace runs when the patch arrives. The SIGTERM run keeps its
+/// capabilities (`--keep-caps`): its hook moves to kprobes. The SIGKILL run
+/// drops them as the daemon does by default: on Debian
+/// (kernel.perf_event_paranoid=3) it can no longer open kprobes, so the hook
+/// only comes off its trampoline and daxrace says how to get it back.
 fn daxrace_first_script() -> String {
     common_script()
         + r#"for sig in TERM KILL; do
-  start_run b-$sig
+  if [ $sig = TERM ]; then start_run b-$sig --keep-caps; else start_run b-$sig; fi
   patch_on b-$sig
   wait_moved b-$sig
   hooked b-$sig
@@ -403,11 +407,46 @@ fn check_patch_first(r: &Report) -> Vec<String> {
     failures
 }
 
+/// A `daxrace run` that dropped its capabilities before the patch came: the
+/// hook moved to kprobes, or (where perf_event_open needs the CAP_SYS_ADMIN
+/// it dropped) left the function with no trampoline of daxrace's and said
+/// how to trace it again.
+fn check_run_dropped(r: &Report, tag: &str, failures: &mut Vec<String>) {
+    let kinds = r.kprobes.get(tag).map(String::as_str).unwrap_or("none");
+    if kinds.contains('k') && kinds.contains('r') {
+        return;
+    }
+    let said_why = r
+        .run_output
+        .get(tag)
+        .is_some_and(|o| o.iter().any(|l| l.contains("restart daxrace")));
+    let ftrace = r.ftrace.get(tag).map(String::as_str).unwrap_or("");
+    // enabled_functions flags a direct call (a BPF trampoline) with " D ".
+    let trampoline_left = ftrace.split_whitespace().any(|w| w == "D");
+    if !said_why || trampoline_left {
+        failures.push(format!(
+            "{tag}: after dropping its capabilities daxrace neither moved ext4_break to kprobes (kernel: {kinds:?}) nor {} (ftrace: {ftrace:?})",
+            if trampoline_left {
+                "took its trampoline off the live-patched function"
+            } else {
+                "said how to trace it again"
+            }
+        ));
+    }
+}
+
 fn check_daxrace_first(r: &Report) -> Vec<String> {
     let mut failures = Vec::new();
     for sig in ["TERM", "KILL"] {
         let tag = format!("b-{sig}");
-        check_run(r, &tag, &mut failures);
+        if sig == "TERM" {
+            check_run(r, &tag, &mut failures);
+        } else {
+            match r.attached.get(&tag) {
+                Some(Some(_)) => check_run_dropped(r, &tag, &mut failures),
+                _ => check_run(r, &tag, &mut failures),
+            }
+        }
         check_patch_phase(r, &tag, &mut failures);
         match r.moved.get(&tag) {
             Some(Some(s)) if *s <= MOVE_LIMIT_S => {}
@@ -799,8 +838,27 @@ mod tests {
         assert_eq!(r.ftrace.get("b-TERM"), None);
         let failures = check_daxrace_first(&r);
         assert_eq!(failures.len(), 2, "{failures:?}");
-        assert!(failures[0].contains("not a kprobe and a kretprobe"));
+        assert!(failures[0].contains("nor said how to trace it again"));
         assert!(failures[1].contains("never said 'now live-patched'"));
+        // Capabilities dropped: off the trampoline, with the way back, passes.
+        out.extend(lines(&[
+            "@@MOVED b-KILL 0.5",
+            "@@RUN b-KILL daxrace: ext4_break_layouts is now live-patched (live patch p): ext4_break moved off its BPF trampoline and could not attach otherwise: Permission denied. The patch stays in force; to trace ext4_break_layouts again, restart daxrace (it plans kprobes there from the start) or run it with --keep-caps",
+            "@@FTRACE b-KILL ext4_break_layouts [ext4] (1) R I   ->klp_ftrace_handler+0x0/0x190",
+        ]));
+        let r = parse(&out);
+        assert!(
+            check_daxrace_first(&r).is_empty(),
+            "{:?}",
+            check_daxrace_first(&r)
+        );
+        // A trampoline left beside the patch fails.
+        out.push("@@FTRACE b-KILL ext4_break_layouts [ext4] (2) R I D ->klp_ftrace_handler".into());
+        let failures = check_daxrace_first(&parse(&out));
+        assert!(
+            failures[0].contains("took its trampoline off"),
+            "{failures:?}"
+        );
     }
 
     #[test]
