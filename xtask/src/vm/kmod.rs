@@ -377,6 +377,29 @@ fn prepare_headers(k: &kernel::Kernel, vm_cache: &Path, dir: &Path) -> Result<Pa
     Ok(arch)
 }
 
+/// Installs mmdebstrap on the host (apt-get) when it is missing, saying
+/// what for: the test live patches' chroots and the systemd test's rootfs.
+pub(super) fn ensure_mmdebstrap(what_for: &str) -> Result<()> {
+    if which("mmdebstrap") {
+        return Ok(());
+    }
+    eprintln!("vm: installing mmdebstrap on the host (apt-get) {what_for}");
+    super::check(
+        Command::new("apt-get")
+            .args([
+                "-o",
+                "DPkg::Lock::Timeout=900",
+                "install",
+                "-y",
+                "-q",
+                "--no-install-recommends",
+                "mmdebstrap",
+            ])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+    .with_context(|| format!("installing mmdebstrap ({what_for})"))
+}
+
 /// A cached minbase chroot of `suite` with `gcc` and what kbuild needs;
 /// created with mmdebstrap (installed on the host if missing) from the
 /// mirror of the private apt sources.
@@ -397,23 +420,7 @@ fn ensure_chroot(
         Some(h) => format!("the host runs {h}, and the kernel's kbuild tools need {suite}'s"),
         None => "the host's Debian release is unknown".to_string(),
     };
-    if !which("mmdebstrap") {
-        eprintln!("vm: installing mmdebstrap on the host (apt-get) to create a {suite} chroot for kernel modules");
-        super::check(
-            Command::new("apt-get")
-                .args([
-                    "-o",
-                    "DPkg::Lock::Timeout=900",
-                    "install",
-                    "-y",
-                    "-q",
-                    "--no-install-recommends",
-                    "mmdebstrap",
-                ])
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-        )
-        .context("installing mmdebstrap (needed to build kernel modules with another Debian release's gcc)")?;
-    }
+    ensure_mmdebstrap(&format!("to create a {suite} chroot for kernel modules"))?;
     let apt = Apt::new(vm_cache)?;
     let mirror = apt.suite_line(suite)?;
     let include = std::iter::once(gcc)

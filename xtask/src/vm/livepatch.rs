@@ -575,13 +575,9 @@ fn counters_line(r: &Report, pairs: &[(&str, &str, &str)]) -> String {
 }
 
 /// The live-patch test on one kernel series; returns its one-line summary.
-pub fn livepatch_e2e(series: &str) -> Result<String> {
-    livepatch_e2e_shown(series, false)
-}
-
-/// [`livepatch_e2e`], showing the guests' output and kernel messages even
-/// when every check passed (`show`).
-fn livepatch_e2e_shown(series: &str, show: bool) -> Result<String> {
+/// `show`: the guests' output and kernel messages even when every check
+/// passed.
+pub fn livepatch_e2e(series: &str, show: bool) -> Result<String> {
     let k = kernel::fetch(series)?;
     let src = crate::setup::workspace_root().join("xtask/kmod/count_patch");
     let module = kmod::build(&k, &src).map_err(|e| {
@@ -714,29 +710,6 @@ fn livepatch_e2e_shown(series: &str, show: bool) -> Result<String> {
         return Ok(summary + "; ok");
     }
     bail!("{summary}\n  {}", failures.join("\n  "))
-}
-
-/// `cargo xtask vm --livepatch [-v]`: the given series, or every tested
-/// one; `verbose` shows the guests' output.
-pub fn run(series: Option<&str>, verbose: bool) -> Result<()> {
-    let list: Vec<&str> = match series {
-        Some(s) => vec![s],
-        None => super::tests::SERIES.to_vec(),
-    };
-    let mut errors = Vec::new();
-    for s in list {
-        match livepatch_e2e_shown(s, verbose) {
-            Ok(summary) => println!("  {summary}"),
-            Err(e) => {
-                println!("--- livepatch {s}: FAILED: {e:#}");
-                errors.push(s);
-            }
-        }
-    }
-    if !errors.is_empty() {
-        bail!("livepatch test failed on {}", errors.join(", "));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

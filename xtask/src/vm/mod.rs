@@ -49,12 +49,13 @@ pub struct VmArgs {
     pub livepatch: bool,
     /// Run only the coexistence test: bpftrace on the same functions at the
     /// same time, then attach/detach cycles of `daxrace run` under load
-    /// (default kernel: newest).
+    /// (default: every tested series).
     #[arg(long, conflicts_with_all = ["cmd", "test", "prometheus", "livepatch"])]
     pub coexist: bool,
     /// Run only the systemd test: the Debian package (`cargo xtask deb`)
     /// installed with apt in a Debian userland with systemd as PID 1,
-    /// enabled, scraped, killed, stopped and removed (default kernel: newest).
+    /// enabled, scraped, killed, stopped and removed (default: every tested
+    /// series).
     #[arg(long, conflicts_with_all = ["cmd", "test", "prometheus", "livepatch", "coexist"])]
     pub systemd: bool,
     /// Run only the 2018-race test: a live patch (xtask/kmod/fault_patch)
@@ -111,26 +112,16 @@ pub fn run(args: VmArgs) -> Result<i32> {
         println!("{r}");
         return Ok(0);
     }
-    if args.coexist {
-        println!(
-            "{}",
-            coexist::coexist_e2e(args.kernel.as_deref().unwrap_or("newest"), args.verbose)?
-        );
-        return Ok(0);
-    }
-    if args.systemd {
-        println!(
-            "{}",
-            systemd::systemd_test(args.kernel.as_deref().unwrap_or("newest"))?
-        );
-        return Ok(0);
-    }
-    if args.livepatch {
-        livepatch::run(args.kernel.as_deref(), args.verbose)?;
-        return Ok(0);
-    }
-    if args.race2018 {
-        race2018::run(args.kernel.as_deref(), args.verbose)?;
+    let guest_test = [
+        ("livepatch", args.livepatch),
+        ("race2018", args.race2018),
+        ("coexist", args.coexist),
+        ("systemd", args.systemd),
+    ]
+    .into_iter()
+    .find_map(|(name, chosen)| chosen.then_some(name));
+    if let Some(name) = guest_test {
+        tests::run_guest_test(name, args.kernel.as_deref(), args.verbose)?;
         return Ok(0);
     }
     let k = kernel::fetch(args.kernel.as_deref().unwrap_or("newest"))?;

@@ -520,11 +520,8 @@ fn table(series: &str, r: &Report) -> String {
 }
 
 /// The race2018 test on one series; returns its summary (with the table).
-pub fn race2018_e2e(series: &str) -> Result<String> {
-    race2018_e2e_shown(series, false)
-}
-
-fn race2018_e2e_shown(series: &str, show: bool) -> Result<String> {
+/// `show`: the guest's output even when every check passed.
+pub fn race2018_e2e(series: &str, show: bool) -> Result<String> {
     let k = kernel::fetch(series)?;
     let src = crate::setup::workspace_root().join("xtask/kmod/fault_patch");
     let module = match kmod::build(&k, &src) {
@@ -635,30 +632,6 @@ fn race2018_e2e_shown(series: &str, show: bool) -> Result<String> {
         println!("  kernel: {l}");
     }
     bail!("{summary}  {}", failures.join("\n  "))
-}
-
-/// `cargo xtask vm --race2018 [--kernel S] [-v]`: the given series, or
-/// every tested one; `verbose` streams the guest's output.
-pub fn run(series: Option<&str>, verbose: bool) -> Result<()> {
-    let list: Vec<&str> = match series {
-        Some(s) => vec![s],
-        None => super::tests::SERIES.to_vec(),
-    };
-    let mut errors = Vec::new();
-    for s in list {
-        let t = Instant::now();
-        match race2018_e2e_shown(s, verbose) {
-            Ok(summary) => println!("{summary} ({:.0} s)", t.elapsed().as_secs_f64()),
-            Err(e) => {
-                println!("--- race2018 {s}: FAILED: {e:#}");
-                errors.push(s);
-            }
-        }
-    }
-    if !errors.is_empty() {
-        bail!("race2018 test failed on {}", errors.join(", "));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -84,27 +84,7 @@ fn ensure_rootfs(vm_cache: &Path) -> Result<PathBuf> {
     if cpio.exists() {
         return Ok(cpio);
     }
-    if Command::new("mmdebstrap")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("vm: installing mmdebstrap on the host (apt-get) to create the {SUITE} rootfs with systemd");
-        super::check(
-            Command::new("apt-get")
-                .args([
-                    "-o",
-                    "DPkg::Lock::Timeout=900",
-                    "install",
-                    "-y",
-                    "-q",
-                    "--no-install-recommends",
-                    "mmdebstrap",
-                ])
-                .env("DEBIAN_FRONTEND", "noninteractive"),
-        )
-        .context("installing mmdebstrap (the systemd test's guest rootfs)")?;
-    }
+    super::kmod::ensure_mmdebstrap(&format!("to create the {SUITE} rootfs with systemd"))?;
     let mirror = Apt::new(vm_cache)?.suite_line(SUITE)?;
     let include = ROOTFS_PACKAGES.join(",");
     eprintln!(

@@ -619,6 +619,52 @@ fn run_series(series: &str) -> Result<SeriesResult> {
     })
 }
 
+/// A test that boots guests of its own on one series: (series, show the
+/// guests' output) to a one-line summary.
+pub(super) type GuestTest = fn(&str, bool) -> Result<String>;
+
+/// The tests run per series after the main one, by name (also their
+/// `cargo xtask vm --<name>` flag):
+/// - livepatch: daxrace beside a live patch of the function it hooks;
+/// - race2018: the 2018 race put back by a live patch, judged against the
+///   patch's counters and the kernel's WARN;
+/// - coexist: beside bpftrace on the same functions, and attach/detach
+///   cycles under load;
+/// - systemd: the Debian package under a real systemd.
+pub(super) const GUEST_TESTS: &[(&str, GuestTest)] = &[
+    ("livepatch", super::livepatch::livepatch_e2e),
+    ("race2018", super::race2018::race2018_e2e),
+    ("coexist", super::coexist::coexist_e2e),
+    ("systemd", |s, _| {
+        super::systemd::systemd_test(s).map(|r| r.to_string())
+    }),
+];
+
+/// `cargo xtask vm --<name> [--kernel S] [-v]`: one of [`GUEST_TESTS`] on
+/// the given series, or on every tested one.
+pub fn run_guest_test(name: &str, series: Option<&str>, show: bool) -> Result<()> {
+    let (_, test) = GUEST_TESTS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .ok_or_else(|| anyhow::anyhow!("no guest test named {name}"))?;
+    let list: Vec<&str> = series.map_or_else(|| SERIES.to_vec(), |s| vec![s]);
+    let mut failed = Vec::new();
+    for s in list {
+        let t = Instant::now();
+        match test(s, show) {
+            Ok(r) => println!("  {r} ({:.0} s)", t.elapsed().as_secs_f64()),
+            Err(e) => {
+                println!("--- {name} {s}: FAILED: {e:#}");
+                failed.push(s);
+            }
+        }
+    }
+    if !failed.is_empty() {
+        bail!("{name} test failed on {}", failed.join(", "));
+    }
+    Ok(())
+}
+
 /// Runs the VM tests on every supported series; one boot per series with
 /// both filesystems.
 pub fn test_all() -> Result<()> {
@@ -731,53 +777,16 @@ pub fn test_series(series: &[&str]) -> Result<()> {
             errors.push(format!("{e:#} (re-run alone: cargo xtask vm --prometheus)"));
         }
     }
-    // daxrace beside a live patch of the function it hooks, per series.
-    for s in series {
-        match super::livepatch::livepatch_e2e(s) {
-            Ok(r) => println!("  {r}"),
-            Err(e) => {
-                println!("--- livepatch {s}: FAILED: {e:#}");
-                errors.push(format!(
-                    "{e:#} (re-run alone: cargo xtask vm --livepatch --kernel {s})"
-                ));
-            }
-        }
-    }
-    // The 2018 race put back by a live patch, judged against the patch's
-    // counters and the kernel's WARN, per series.
-    for s in series {
-        match super::race2018::race2018_e2e(s) {
-            Ok(r) => println!("  {r}"),
-            Err(e) => {
-                println!("--- race2018 {s}: FAILED: {e:#}");
-                errors.push(format!(
-                    "{e:#} (re-run alone: cargo xtask vm --race2018 --kernel {s})"
-                ));
-            }
-        }
-    }
-    // daxrace beside another tracer on the same functions, and attach/detach
-    // cycles under load, per series.
-    for s in series {
-        match super::coexist::coexist_e2e(s, false) {
-            Ok(r) => println!("  {r}"),
-            Err(e) => {
-                println!("--- coexist {s}: FAILED: {e:#}");
-                errors.push(format!(
-                    "{e:#} (re-run alone: cargo xtask vm --coexist --kernel {s})"
-                ));
-            }
-        }
-    }
-    // The Debian package under a real systemd, per series.
-    for s in series {
-        match super::systemd::systemd_test(s) {
-            Ok(r) => println!("  {r}"),
-            Err(e) => {
-                println!("--- systemd {s}: FAILED: {e:#}");
-                errors.push(format!(
-                    "{e:#} (re-run alone: cargo xtask vm --systemd --kernel {s})"
-                ));
+    for (name, test) in GUEST_TESTS {
+        for s in series {
+            match test(s, false) {
+                Ok(r) => println!("  {r}"),
+                Err(e) => {
+                    println!("--- {name} {s}: FAILED: {e:#}");
+                    errors.push(format!(
+                        "{e:#} (re-run alone: cargo xtask vm --{name} --kernel {s})"
+                    ));
+                }
             }
         }
     }
