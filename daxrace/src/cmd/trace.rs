@@ -143,9 +143,13 @@ impl SignalOrigin {
 /// differently from one.
 fn forward(pid: Option<i32>, sig: i32, origin: &SignalOrigin) {
     if origin.sent_by_terminal(sig) {
+        log::debug!(
+            "signal {sig} came from the terminal, which sent it to the command too: not forwarded"
+        );
         return;
     }
     if let Some(pid) = pid {
+        log::debug!("forwarding signal {sig} to the command (pid {pid})");
         // SAFETY: plain kill(2) on the child we spawned.
         unsafe { libc::kill(pid, sig) };
     }
