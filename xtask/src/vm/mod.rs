@@ -16,6 +16,7 @@ mod prometheus;
 mod race2018;
 mod systemd;
 mod tests;
+mod wakefix;
 
 use std::{
     io::Read,
@@ -64,6 +65,12 @@ pub struct VmArgs {
     /// kernel's WARN (default: every tested series).
     #[arg(long, conflicts_with_all = ["cmd", "test", "prometheus", "livepatch", "coexist", "systemd"])]
     pub race2018: bool,
+    /// Run only the 6.1 lost wake-up A/B: pin-punch under daxrace with no
+    /// patch, with the live patch xtask/kmod/wake_fix (`fix=1`: pages
+    /// released with put_page) and with its control (`fix=0`); on other
+    /// series it says the bug is 6.1-only (default: every tested series).
+    #[arg(long, conflicts_with_all = ["cmd", "test", "prometheus", "livepatch", "coexist", "systemd", "race2018"])]
+    pub wakefix: bool,
     /// DAX filesystems to create and mount (both: ext4 on /dev/pmem0, xfs on /dev/pmem1).
     #[arg(long, value_enum, default_value = "both")]
     pub fs: Fs,
@@ -115,6 +122,7 @@ pub fn run(args: VmArgs) -> Result<i32> {
     let guest_test = [
         ("livepatch", args.livepatch),
         ("race2018", args.race2018),
+        ("wakefix", args.wakefix),
         ("coexist", args.coexist),
         ("systemd", args.systemd),
     ]

@@ -634,6 +634,7 @@ pub(super) type GuestTest = fn(&str, bool) -> Result<String>;
 pub(super) const GUEST_TESTS: &[(&str, GuestTest)] = &[
     ("livepatch", super::livepatch::livepatch_e2e),
     ("race2018", super::race2018::race2018_e2e),
+    ("wakefix", super::wakefix::wakefix_e2e),
     ("coexist", super::coexist::coexist_e2e),
     ("systemd", |s, _| {
         super::systemd::systemd_test(s).map(|r| r.to_string())
