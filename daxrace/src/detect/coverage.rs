@@ -3,7 +3,8 @@
 //! a clean bill: these travel with the findings.
 use serde::{Deserialize, Serialize};
 
-use crate::event::Filesystem;
+use super::state::PageWait;
+use crate::event::{Event, EventBody, Filesystem};
 
 /// A counter per filesystem.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,6 +58,9 @@ pub struct Coverage {
     /// Time from a wait's start to the waiter's next event, summed and largest.
     pub wait_ns_total: u64,
     pub wait_ns_max: u64,
+    /// How each of the waits ended.
+    #[serde(default)]
+    pub wait_ends: WaitEnds,
     /// Distinct pages that a busy scan returned.
     pub pages_watched: u64,
     pub disassociations: u64,
@@ -70,6 +74,60 @@ pub struct Coverage {
     pub file_ops: u64,
     /// Did any busy scan return a page (see [`Coverage::reached_race_window`])?
     pub reached_race_window: bool,
+}
+
+/// How the waits ended, each counted once: when the waiter's next event
+/// closes its wait, or at the end of the stream. The first that applies:
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaitEnds {
+    /// A `WakeUp` on the waited page came during the wait.
+    pub woken: u64,
+    /// The page was idle when the wait started (the refcount the wait's
+    /// hook read): the condition held, nothing had to wake the waiter.
+    pub idle_at_start: u64,
+    /// The call returned an error right after: a signal got the waiter out.
+    pub interrupted: u64,
+    /// The page went idle during the wait with no wake-up, and the waiter
+    /// went on anyway (it re-checked the condition before sleeping); a
+    /// waiter that stays silent instead is a `lost_wakeup`.
+    pub idle_unwoken: u64,
+    /// None of these: the waiter went on although daxrace saw neither a
+    /// wake-up nor its page idle (a drop it did not see: lost events, or a
+    /// release by a path no hook covers).
+    pub unexplained: u64,
+    /// Still waiting when the stream ended, or forgotten with its call
+    /// when it expired (no event for the window's time to live).
+    pub unfinished: u64,
+}
+
+impl WaitEnds {
+    /// Counts `wait`, which `ended_by` closed (None: another wait of the
+    /// same task did).
+    pub(super) fn bump(&mut self, wait: &PageWait, ended_by: Option<&Event>) {
+        let interrupted =
+            matches!(ended_by.map(|e| e.body), Some(EventBody::BreakExit { ret, .. }) if ret < 0);
+        let n = if wait.woken {
+            &mut self.woken
+        } else if wait.idle_at_start {
+            &mut self.idle_at_start
+        } else if interrupted {
+            &mut self.interrupted
+        } else if wait.idle_unwoken.is_some() {
+            &mut self.idle_unwoken
+        } else {
+            &mut self.unexplained
+        };
+        *n += 1;
+    }
+
+    pub fn total(&self) -> u64 {
+        self.woken
+            + self.idle_at_start
+            + self.interrupted
+            + self.idle_unwoken
+            + self.unexplained
+            + self.unfinished
+    }
 }
 
 impl Coverage {

@@ -47,7 +47,7 @@ mod tests;
 
 use std::collections::VecDeque;
 
-pub use coverage::{Coverage, DroppedState, PerFs};
+pub use coverage::{Coverage, DroppedState, PerFs, WaitEnds};
 pub use finding::{
     format_dev, format_duration, split_refcount, BreakCall, Finding, FindingKind, TimelineEntry,
 };
@@ -299,6 +299,9 @@ impl Detector {
                 continue;
             }
             let now = self.now;
+            if w.wait.is_some() {
+                self.coverage.wait_ends.unfinished += 1;
+            }
             let mut rep = reporter!(self);
             if let Some((wait, idle)) = w.wait.and_then(|wt| wt.idle_unwoken.map(|i| (wt, i))) {
                 out.extend(rep.lost_wakeup(&w, &wait, &idle, now, None));
@@ -333,6 +336,7 @@ impl Detector {
             return;
         };
         let asleep = ev.ts_ns.saturating_sub(wait.since_ns);
+        self.coverage.wait_ends.bump(&wait, Some(ev));
         self.coverage.wait_ns_total += asleep;
         self.coverage.wait_ns_max = self.coverage.wait_ns_max.max(asleep);
         // A signal got a stranded waiter out: that is the finding, grace or not.
@@ -650,10 +654,16 @@ impl Detector {
             &mut self.dropped.timeline_entries_dropped,
         );
         w.call.waits += 1;
+        if let Some(old) = w.wait.take() {
+            // A wait with no event in between: the new one ends it.
+            self.coverage.wait_ends.bump(&old, None);
+        }
         w.wait = Some(PageWait {
             pfn: page.pfn,
             since_ns: ev.ts_ns,
             idle_unwoken: idle,
+            idle_at_start: page.refcount <= self.cfg.idle_refcount,
+            woken: false,
         });
         if let Some(i) = idle {
             // Already idle: the wait condition holds and the waiter should not
@@ -715,6 +725,11 @@ impl Detector {
         }
         // Waiters are cleared even if the page itself was evicted.
         self.set_waiters_idle(page.pfn, None);
+        for w in self.open.values_mut() {
+            if let Some(wait) = w.wait.as_mut().filter(|wt| wt.pfn == page.pfn) {
+                wait.woken = true;
+            }
+        }
     }
 
     /// Marks (or clears) "went idle without a wake-up" on every waiter of `pfn`.
@@ -932,9 +947,14 @@ impl Detector {
         let now = self.now;
         let cfg = &self.cfg;
         let before = self.open.len();
+        let ends = &mut self.coverage.wait_ends;
         self.open.retain(|_, w| {
-            w.retry_pending_since.is_some()
-                || now.saturating_sub(w.last_event_ns) <= cfg.window_ttl_ns
+            let keep = w.retry_pending_since.is_some()
+                || now.saturating_sub(w.last_event_ns) <= cfg.window_ttl_ns;
+            if !keep && w.wait.is_some() {
+                ends.unfinished += 1;
+            }
+            keep
         });
         self.dropped.windows_expired += (before - self.open.len()) as u64;
         let closed_ttl = cfg.closed_window_ttl_ns;

@@ -22,6 +22,11 @@ pub struct PageWait {
     /// Set when the page went idle with no wake-up since: if the waiter was
     /// asleep, nothing will wake it.
     pub idle_unwoken: Option<IdleTransition>,
+    /// The page was at the idle refcount when the wait started: its
+    /// condition held, the waiter had no reason to sleep.
+    pub idle_at_start: bool,
+    /// A `WakeUp` on the page came during the wait.
+    pub woken: bool,
 }
 
 /// An open break-layouts call of one task.

@@ -760,3 +760,65 @@ fn coverage_and_dropped_state_serialise() {
     let dropped = serde_json::to_value(d.dropped()).expect("dropped");
     assert_eq!(dropped["pages_evicted"], 0);
 }
+
+/// Every wait is counted once, by how it ended: woken, page idle at its
+/// start, interrupted, page gone idle with no wake-up, neither, or still
+/// waiting at the end.
+#[test]
+fn how_each_wait_ended() {
+    let (a, b) = (punch(), dio());
+    let cfg = || DetectorConfig::with_idle_refcount(1);
+    // Woken: the clean call.
+    let (d, _) = run(cfg(), &clean_ext4_call(S, 1, 1));
+    let e = d.coverage().wait_ends;
+    assert_eq!((e.woken, e.total()), (1, 1), "{e:?}");
+
+    // The page was already idle when the wait started (its drop raced the
+    // scan): no wake-up needed, and daxrace saw no drop either.
+    let idle_at_start = vec![
+        enter(S, a, Filesystem::Ext4, MAPPING),
+        scan(S + 1_000, a, Some(page(PFN_X, 2))),
+        wait(S + 2_000, a, page(PFN_X, 1)),
+        scan(S + 3_000, a, None),
+        exit(S + 4_000, a, Filesystem::Ext4, 0),
+    ];
+    let (d, out) = run(cfg(), &idle_at_start);
+    assert!(out.is_empty(), "{out:#?}");
+    let e = d.coverage().wait_ends;
+    assert_eq!((e.idle_at_start, e.total()), (1, 1), "{e:?}");
+
+    // The same with the wait's refcount still busy: neither seen.
+    let mut unexplained = idle_at_start.clone();
+    unexplained[2] = wait(S + 2_000, a, page(PFN_X, 2));
+    let (d, _) = run(cfg(), &unexplained);
+    let e = d.coverage().wait_ends;
+    assert_eq!((e.unexplained, e.total()), (1, 1), "{e:?}");
+
+    // The 6.1 lost wake-up: idle, no wake-up, a signal gets the waiter out.
+    let lost = vec![
+        enter(S, a, Filesystem::Ext4, MAPPING),
+        scan(S + 1_000, a, Some(page(PFN_X, 2))),
+        wait(S + 2_000, a, page(PFN_X, 2)),
+        released(S + 3_000, b, page(PFN_X, 1)),
+        exit(S + 3 * S, a, Filesystem::Ext4, -4),
+    ];
+    let (d, out) = run(cfg(), &lost);
+    assert!(kinds(&out).contains(&FindingKind::LostWakeup), "{out:#?}");
+    let e = d.coverage().wait_ends;
+    assert_eq!((e.interrupted, e.total()), (1, 1), "{e:?}");
+
+    // Idle with no wake-up, but the waiter went on by itself.
+    let mut went_on = lost.clone();
+    went_on[4] = scan(S + 4_000, a, None);
+    went_on.push(exit(S + 5_000, a, Filesystem::Ext4, 0));
+    let (d, out) = run(cfg(), &went_on);
+    assert!(out.is_empty(), "{out:#?}");
+    let e = d.coverage().wait_ends;
+    assert_eq!((e.idle_unwoken, e.total()), (1, 1), "{e:?}");
+
+    // Still asleep when the stream ends.
+    let (d, out) = run(cfg(), &lost[..4]);
+    assert!(kinds(&out).contains(&FindingKind::LostWakeup), "{out:#?}");
+    let e = d.coverage().wait_ends;
+    assert_eq!((e.unfinished, e.total()), (1, 1), "{e:?}");
+}

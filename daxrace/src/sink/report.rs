@@ -2,7 +2,7 @@
 //! evidence, the coverage line, counts by hook and what was lost.
 use std::{collections::BTreeMap, fmt::Write as _};
 
-use crate::detect::{Coverage, DroppedState, Finding};
+use crate::detect::{Coverage, DroppedState, Finding, WaitEnds};
 
 /// Everything the report shows, gathered by the caller.
 pub struct RunSummary<'a> {
@@ -63,6 +63,15 @@ pub fn coverage_line(c: &Coverage, u: Unrecorded) -> String {
     )
 }
 
+/// How the waits ended (see [`WaitEnds`]): every wait should have been
+/// woken, found its page idle or been interrupted; the rest is named.
+pub fn wait_ends_line(e: &WaitEnds) -> String {
+    format!(
+        "waits ended: {} woken by a wake_up on their page, {} found their page idle, {} interrupted (signal), {} went on after their page went idle unwoken, {} with neither a wake_up nor their page seen idle, {} still waiting at the end",
+        e.woken, e.idle_at_start, e.interrupted, e.idle_unwoken, e.unexplained, e.unfinished
+    )
+}
+
 pub fn render(s: &RunSummary<'_>) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "daxrace report");
@@ -81,6 +90,9 @@ pub fn render(s: &RunSummary<'_>) -> String {
         }
     }
     let _ = writeln!(out, "{}", coverage_line(s.coverage, s.unrecorded));
+    if s.coverage.wait_ends.total() > 0 {
+        let _ = writeln!(out, "{}", wait_ends_line(&s.coverage.wait_ends));
+    }
     let hooks: Vec<String> = s
         .events_by_hook
         .iter()
@@ -165,6 +177,35 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("2 MiB"), "{text}");
+    }
+
+    #[test]
+    fn how_waits_ended_is_said_when_there_were_waits() {
+        assert!(!report(&BTreeMap::new(), &BTreeMap::new()).contains("waits ended"));
+        let coverage = Coverage {
+            waits: 5,
+            wait_ends: WaitEnds {
+                woken: 2,
+                idle_at_start: 1,
+                interrupted: 1,
+                unfinished: 1,
+                ..WaitEnds::default()
+            },
+            ..Coverage::default()
+        };
+        let text = render(&RunSummary {
+            findings: &[],
+            coverage: &coverage,
+            dropped: &DroppedState::default(),
+            events_by_hook: &BTreeMap::new(),
+            lost: &BTreeMap::new(),
+            decode_errors: 0,
+            unrecorded: Unrecorded::default(),
+        });
+        assert!(
+            text.contains("waits ended: 2 woken by a wake_up on their page, 1 found their page idle, 1 interrupted (signal), 0 went on after their page went idle unwoken, 0 with neither a wake_up nor their page seen idle, 1 still waiting at the end"),
+            "{text}"
+        );
     }
 
     #[test]

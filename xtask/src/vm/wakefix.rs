@@ -38,13 +38,13 @@ use super::{
 const GUEST_KO: &str = "/lib/modules/extra/daxrace_wake_fix.ko";
 /// The phases in order, with their runs per filesystem. The patch cannot
 /// be unloaded in between, so "no patch" comes first.
-const MODES: &[(&str, u32)] = &[("none", 1), ("fix", 2), ("fix0", 1)];
+const MODES: &[(&str, u32)] = &[("none", 2), ("fix", 3), ("fix0", 1)];
 const WORKLOAD_SECONDS: u64 = 8;
 const READERS: u32 = 4;
 const STALL_TIMEOUT_S: u64 = 3;
 /// Stalls after which the workload stops: two show the bug, more only cost time.
 const MAX_STALLS: u32 = 2;
-/// 8 runs of up to ~30 s each (attaching daxrace under TCG included).
+/// 12 runs of up to ~30 s each (attaching daxrace under TCG included).
 const BOOT_LIMIT: Duration = Duration::from_secs(900);
 /// The patch module's counters.
 const COUNTERS: &[&str] = &["calls", "pages", "devmap_pages"];
@@ -133,6 +133,20 @@ impl Run {
     }
     fn cov(&self, name: &str) -> u64 {
         self.footer["coverage"][name].as_u64().unwrap_or(0)
+    }
+    /// How the waits ended (daxrace's `wait_ends`): woken, idle at start,
+    /// interrupted, idle unwoken, neither, unfinished.
+    fn wait_ends(&self) -> [u64; 6] {
+        let e = &self.footer["coverage"]["wait_ends"];
+        [
+            "woken",
+            "idle_at_start",
+            "interrupted",
+            "idle_unwoken",
+            "unexplained",
+            "unfinished",
+        ]
+        .map(|k| e[k].as_u64().unwrap_or(0))
     }
     fn stalls(&self) -> usize {
         self.workload["stalls"].as_array().map_or(0, Vec::len)
@@ -321,17 +335,18 @@ fn secs_range(v: impl Iterator<Item = u64>) -> String {
             format!("{:.0} ms", ns as f64 / 1e6)
         }
     };
+    let (a, b) = (f(*a), f(*b));
     if a == b {
-        f(*a)
+        a
     } else {
-        format!("{}-{}", f(*a), f(*b))
+        format!("{a}-{b}")
     }
 }
 
 /// The A/B table: fs x mode over their runs (ranges where runs differ).
 fn table(r: &Report, fss: &[&str]) -> String {
     let mut s = String::from(
-        "  | fs | mode | runs | findings | waits (max) | stalls, exit | wake_up events | DAX refs released by the patch | lost events |\n  |---|---|---|---|---|---|---|---|---|\n",
+        "  | fs | mode | runs | findings | waits (max) | waits ended: woken / idle at start / interrupted / idle unwoken / neither / unfinished | stalls, exit | wake_up events | DAX refs released by the patch | lost events |\n  |---|---|---|---|---|---|---|---|---|---|\n",
     );
     for fs in fss {
         for (mode, _) in MODES {
@@ -365,11 +380,15 @@ fn table(r: &Report, fss: &[&str]) -> String {
             };
             let _ = writeln!(
                 s,
-                "  | {fs} | {} | {} | {findings} | {} ({}) | {}, exit {} | {} | {} | {} |",
+                "  | {fs} | {} | {} | {findings} | {} ({}) | {} | {}, exit {} | {} | {} | {} |",
                 mode_label(mode),
                 runs.len(),
                 range(runs.iter().map(|x| x.cov("waits"))),
                 secs_range(runs.iter().map(|x| x.cov("wait_ns_max"))),
+                (0..6)
+                    .map(|i| range(runs.iter().map(|x| x.wait_ends()[i])))
+                    .collect::<Vec<_>>()
+                    .join(" / "),
                 range(runs.iter().map(|x| x.stalls())),
                 range(runs.iter().map(|x| x.rc.unwrap_or(-1))),
                 range(runs.iter().map(|x| x.cov("wake_ups"))),
@@ -537,7 +556,7 @@ mod tests {
             format!("@@WF {p} pages 300"),
             format!("@@WF {p} devmap_pages 120"),
             format!(
-                r#"@@FOOT {p} {{"type":"footer","coverage":{{"waits":{},"wait_ns_max":{},"wake_ups":{},"busy_scans_with_page":9}},"lost_events":{{"bio_truncated":2,"ringbuf_full":0}}}}"#,
+                r#"@@FOOT {p} {{"type":"footer","coverage":{{"waits":{},"wait_ns_max":{},"wake_ups":{},"busy_scans_with_page":9,"wait_ends":{{"woken":{},"interrupted":{}}}}},"lost_events":{{"bio_truncated":2,"ringbuf_full":0}}}}"#,
                 if lost > 0 { 2 } else { 1400 },
                 if lost > 0 {
                     3_000_000_000u64
@@ -545,6 +564,8 @@ mod tests {
                     17_000_000
                 },
                 if lost > 0 { 0 } else { 2100 },
+                if lost > 0 { 0 } else { 1400 },
+                if lost > 0 { 2 } else { 0 },
             ),
             format!(
                 r#"@@WL {p} {{"workload":"pin-punch","stalls":[{}]}}"#,
@@ -601,12 +622,12 @@ mod tests {
         let t = table(&r, &["ext4"]);
         assert!(
             t.contains(
-                "| ext4 | no patch | 1 | 2 `lost_wakeup` | 2 (3.0 s) | 2, exit 3 | 0 | - | 2 |"
+                "| ext4 | no patch | 1 | 2 `lost_wakeup` | 2 (3.0 s) | 0 / 0 / 2 / 0 / 0 / 0 | 2, exit 3 | 0 | - | 2 |"
             ),
             "{t}"
         );
         assert!(
-            t.contains("| ext4 | fix=1 (put_page) | 1 | none | 1400 (17 ms) | 0, exit 0 | 2100 | 120 | 2 |"),
+            t.contains("| ext4 | fix=1 (put_page) | 1 | none | 1400 (17 ms) | 1400 / 0 / 0 / 0 / 0 / 0 | 0, exit 0 | 2100 | 120 | 2 |"),
             "{t}"
         );
     }
@@ -616,6 +637,7 @@ mod tests {
         assert_eq!(range([3, 1, 2].into_iter()), "1-3");
         assert_eq!(range([2, 2].into_iter()), "2");
         assert_eq!(range(std::iter::empty::<u64>()), "-");
+        assert_eq!(secs_range([23_100_000u64, 23_300_000].into_iter()), "23 ms");
         assert_eq!(
             secs_range([11_000_000u64, 3_000_000_000].into_iter()),
             "11 ms-3.0 s"
