@@ -85,11 +85,15 @@ pub struct WaitEnds {
     /// The page was idle when the wait started (the refcount the wait's
     /// hook read): the condition held, nothing had to wake the waiter.
     pub idle_at_start: u64,
-    /// The call returned an error right after: a signal got the waiter out.
+    /// The call returned an error right after: a signal got the waiter out
+    /// while its page was still busy.
     pub interrupted: u64,
     /// The page went idle during the wait with no wake-up, and the waiter
-    /// went on anyway (it re-checked the condition before sleeping); a
-    /// waiter that stays silent instead is a `lost_wakeup`.
+    /// went on anyway: it had not slept yet, or something else woke it. A
+    /// signal does: the wait re-checks its condition before it looks at
+    /// signals, so a stranded waiter (the 6.1 `lost_wakeup`, reported
+    /// once it stays silent past the grace period) that a signal wakes
+    /// finds its page idle and goes on without an error.
     pub idle_unwoken: u64,
     /// None of these: the waiter went on although daxrace saw neither a
     /// wake-up nor its page idle (a drop it did not see: lost events, or a

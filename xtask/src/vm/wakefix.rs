@@ -286,6 +286,21 @@ fn check_run(mode: &str, fs: &str, i: u32, run: &Run) -> Vec<String> {
                     run.rc
                 ));
             }
+            // Every wait accounted for: woken, page idle at its start, or
+            // interrupted. One that went on after its page went idle with no
+            // wake-up is the bug's signature; one with neither can only
+            // come from events daxrace did not get.
+            let [_, _, _, idle_unwoken, unexplained, unfinished] = run.wait_ends();
+            if idle_unwoken > 0 || unfinished > 0 {
+                f.push(format!(
+                    "{name}: with the fix, {idle_unwoken} waits went on after their page went idle with no wake-up, {unfinished} never ended"
+                ));
+            }
+            if unexplained > 0 && run.lost_events() == 0 {
+                f.push(format!(
+                    "{name}: {unexplained} waits ended with neither a wake-up nor their page seen idle, and no event was lost"
+                ));
+            }
             if run.cov("waits") == 0 || run.cov("wake_ups") == 0 {
                 f.push(format!(
                     "{name}: {} waits, {} wake_up events: the fix was not exercised",
@@ -295,6 +310,12 @@ fn check_run(mode: &str, fs: &str, i: u32, run: &Run) -> Vec<String> {
             }
         }
         _ => {
+            if run.wait_ends()[3] == 0 {
+                f.push(format!(
+                    "{name}: no wait went on after its page went idle with no wake-up (waits ended: {:?})",
+                    run.wait_ends()
+                ));
+            }
             if run.lost_wakeups() == 0 {
                 f.push(format!(
                     "{name}: no lost_wakeup (findings: {:?}): the bug did not show",
@@ -556,7 +577,7 @@ mod tests {
             format!("@@WF {p} pages 300"),
             format!("@@WF {p} devmap_pages 120"),
             format!(
-                r#"@@FOOT {p} {{"type":"footer","coverage":{{"waits":{},"wait_ns_max":{},"wake_ups":{},"busy_scans_with_page":9,"wait_ends":{{"woken":{},"interrupted":{}}}}},"lost_events":{{"bio_truncated":2,"ringbuf_full":0}}}}"#,
+                r#"@@FOOT {p} {{"type":"footer","coverage":{{"waits":{},"wait_ns_max":{},"wake_ups":{},"busy_scans_with_page":9,"wait_ends":{{"woken":{},"idle_unwoken":{}}}}},"lost_events":{{"bio_truncated":2,"ringbuf_full":0}}}}"#,
                 if lost > 0 { 2 } else { 1400 },
                 if lost > 0 {
                     3_000_000_000u64
@@ -615,14 +636,15 @@ mod tests {
         assert!(f[0].contains("WARNING"));
         // With the fix, a lost wake-up and a stall are failures.
         let f = check_run("fix", "xfs", 1, get("fix", "xfs"));
-        assert_eq!(f.len(), 3, "{f:?}");
+        assert_eq!(f.len(), 4, "{f:?}");
+        assert!(f[2].contains("2 waits went on after their page went idle with no wake-up"));
         // Without it, a clean run is one.
         let f = check_run("none", "ext4", 1, get("fix", "ext4"));
-        assert_eq!(f.len(), 2, "{f:?}");
+        assert_eq!(f.len(), 3, "{f:?}");
         let t = table(&r, &["ext4"]);
         assert!(
             t.contains(
-                "| ext4 | no patch | 1 | 2 `lost_wakeup` | 2 (3.0 s) | 0 / 0 / 2 / 0 / 0 / 0 | 2, exit 3 | 0 | - | 2 |"
+                "| ext4 | no patch | 1 | 2 `lost_wakeup` | 2 (3.0 s) | 0 / 0 / 0 / 2 / 0 / 0 | 2, exit 3 | 0 | - | 2 |"
             ),
             "{t}"
         );
