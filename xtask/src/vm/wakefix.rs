@@ -85,8 +85,8 @@ run() {{
     for (mode, runs) in MODES {
         match *mode {
             "fix" => {
-                s += r#"insmod /lib/modules/extra/daxrace_wake_fix.ko fix=1 2>/tmp/insmod.err
-echo "@@INS $? $(tr '\n' ' ' </tmp/insmod.err)"
+                let _ = writeln!(s, "insmod {GUEST_KO} fix=1 2>/tmp/insmod.err");
+                s += r#"echo "@@INS $? $(tr '\n' ' ' </tmp/insmod.err)"
 i=0; while [ "$(cat $LP/transition 2>/dev/null)" = 1 ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done
 echo "@@LPT $(cat $LP/transition 2>/dev/null || echo none) $(cat $LP/enabled 2>/dev/null || echo none)"
 "#
@@ -652,6 +652,19 @@ mod tests {
             t.contains("| ext4 | fix=1 (put_page) | 1 | none | 1400 (17 ms) | 1400 / 0 / 0 / 0 / 0 / 0 | 0, exit 0 | 2100 | 120 | 2 |"),
             "{t}"
         );
+    }
+
+    /// The patch's sources are where the test builds them from, and build
+    /// the module the guest script loads.
+    #[test]
+    fn wake_fix_sources_are_in_place() {
+        let src = crate::setup::workspace_root().join("xtask/kmod/wake_fix");
+        let kbuild = std::fs::read_to_string(src.join("Kbuild")).unwrap();
+        assert!(kbuild.contains("obj-m += daxrace_wake_fix.o"), "{kbuild}");
+        let c = std::fs::read_to_string(src.join("daxrace_wake_fix.c")).unwrap();
+        assert!(c.contains(".old_name = \"__bio_release_pages\""));
+        assert!(GUEST_KO.ends_with("/daxrace_wake_fix.ko"));
+        assert!(script(Fs::Both.list()).contains(&format!("insmod {GUEST_KO} fix=1")));
     }
 
     #[test]
