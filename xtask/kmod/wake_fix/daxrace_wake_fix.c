@@ -10,14 +10,15 @@
  * The bug: 6.1.y took two upstream changes to this function as stable
  * backports, 1b151e2435fc ("block: Remove special-casing of compound
  * pages") and 38b43539d64b ("block: Fix page refcounts for unaligned
- * buffers in __bio_release_pages()"). Upstream, they came after the
- * devmap refcount rework, where the last put of a DAX page wakes its
- * waiter from the folio free path; on 6.1 a DAX page's waiter is woken
- * only by put_devmap_managed_page() (in put_page() and in gup's unpin),
- * which the backported folio_put_refs() does not call. So direct I/O into
- * a DAX mapping drops its page references without the wake_up_var() that
- * ext4_break_layouts()/xfs_break_dax_layouts() sleep on, and a hole punch
- * or truncate sleeps until a signal.
+ * buffers in __bio_release_pages()"). Upstream, they came after direct
+ * I/O had moved to FOLL_PIN pins released with unpin_user_page(), which
+ * wakes the waiter of a DAX page; on 6.1 direct I/O takes plain references,
+ * and a DAX page's waiter is woken only by put_devmap_managed_page() (in
+ * put_page() and in gup's unpin), which the backported folio_put() and
+ * folio_put_refs() do not call. So direct I/O into a DAX mapping drops its
+ * page references without the wake_up_var() that ext4_break_layouts() and
+ * xfs_break_dax_layouts() sleep on, and a hole punch or truncate sleeps
+ * until a signal (see docs/lost-wakeup-6.1.md).
  *
  * The copy keeps 6.1.y's folio walk, the mark-dirty step and the page
  * count of each folio; fix=1 releases each of those references with
@@ -42,7 +43,7 @@
 
 #if LINUX_VERSION_CODE < KERNEL_VERSION(6, 1, 0) || LINUX_VERSION_CODE >= KERNEL_VERSION(6, 2, 0)
 /* The VM test reads this message from the build's output. */
-#error "daxrace_wake_fix is for 6.1 only: the lost wake-up is a 6.1.y bug (later kernels wake DAX waiters from the folio free path)"
+#error "daxrace_wake_fix is for 6.1 only: the lost wake-up is a 6.1.y bug (later kernels release direct I/O pages with unpin_user_page(), which wakes DAX waiters)"
 #endif
 
 static bool fix = true;

@@ -18,8 +18,9 @@
 //! - `fix=0`: the bug returns.
 //!
 //! Any kernel BUG, Oops or WARNING fails the test. On other series the bug
-//! does not exist (the devmap wake-up moved to the folio free path) and the
-//! patch is not built: the test says so and passes with that statement.
+//! does not exist (direct I/O pins with FOLL_PIN and is released through
+//! unpin_user_page(), which wakes the waiter) and the patch is not built:
+//! the test says so and passes with that statement.
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
@@ -432,7 +433,7 @@ pub fn wakefix_e2e(series: &str, show: bool) -> Result<String> {
     if !k.release.starts_with("6.1.") {
         // Said, not skipped silently: there is nothing to fix here.
         return Ok(format!(
-            "wakefix {series} ({}): NOT APPLICABLE: the lost wake-up is a 6.1-only bug (6.1.y's __bio_release_pages releases DAX pages with folio_put_refs, which skips put_devmap_managed_page; later kernels wake the waiter from the folio free path), so no fix to prove on this series",
+            "wakefix {series} ({}): NOT APPLICABLE: the lost wake-up is a 6.1-only bug (6.1.y's __bio_release_pages drops direct I/O's plain page references with folio_put_refs, which skips put_devmap_managed_page; later kernels pin direct I/O with FOLL_PIN and release it through unpin_user_page, which wakes the waiter), so there is no fix to prove on this series",
             k.release
         ));
     }
