@@ -57,6 +57,45 @@ pub struct Module {
     pub cached: bool,
 }
 
+impl Module {
+    /// "module NAME by COMPILER (cached | built in N s)", for a test's
+    /// header line.
+    pub fn provenance(&self) -> String {
+        format!(
+            "module {} by {} ({})",
+            self.name,
+            self.compiler,
+            if self.cached {
+                "cached".to_string()
+            } else {
+                format!("built in {:.1} s", self.time.as_secs_f64())
+            }
+        )
+    }
+}
+
+/// What went wrong loading a live patch in a guest, from insmod's (status,
+/// stderr) and the patch's sysfs (transition, enabled) once settled: a
+/// patch is in force when insmod succeeded and the transition ended with
+/// the patch enabled.
+pub fn live_patch_load_failures(
+    what: &str,
+    insmod: &Option<(i32, String)>,
+    transition: &Option<(String, String)>,
+) -> Vec<String> {
+    let mut failures = Vec::new();
+    match insmod {
+        Some((0, _)) => {}
+        other => failures.push(format!("insmod of {what}: {other:?}")),
+    }
+    if transition.as_ref().map(|(t, e)| (t.as_str(), e.as_str())) != Some(("0", "1")) {
+        failures.push(format!(
+            "{what}'s (transition, enabled) after loading: {transition:?}, want (0, 1)"
+        ));
+    }
+    failures
+}
+
 /// The compiler a kernel was built with, from `CONFIG_CC_VERSION_TEXT`.
 #[derive(Debug, PartialEq, Eq)]
 struct KernelCompiler {
@@ -470,6 +509,21 @@ fn ensure_chroot(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_live_patch_is_in_force_after_insmod_and_its_transition() {
+        let ok = (
+            Some((0, String::new())),
+            Some(("0".to_string(), "1".to_string())),
+        );
+        assert!(live_patch_load_failures("p", &ok.0, &ok.1).is_empty());
+        let refused = Some((1, "Invalid parameters".to_string()));
+        let stuck = Some(("1".to_string(), "1".to_string()));
+        let f = live_patch_load_failures("p", &refused, &stuck);
+        assert_eq!(f.len(), 2, "{f:?}");
+        assert!(f[0].starts_with("insmod of p") && f[1].contains("want (0, 1)"));
+        assert_eq!(live_patch_load_failures("p", &None, &None).len(), 2);
+    }
 
     #[test]
     fn compiler_from_the_config() {

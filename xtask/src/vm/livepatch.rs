@@ -587,17 +587,11 @@ pub fn livepatch_e2e(series: &str, show: bool) -> Result<String> {
         ))
     })?;
     println!(
-        "--- livepatch {series}: {} {} ({}), module {} by {} ({})",
+        "--- livepatch {series}: {} {} ({}), {}",
         k.pkg,
         k.version,
         k.release,
-        module.name,
-        module.compiler,
-        if module.cached {
-            "cached".to_string()
-        } else {
-            format!("built in {:.1} s", module.time.as_secs_f64())
-        }
+        module.provenance()
     );
     let mut failures = Vec::new();
     let binaries = guest_binaries()?;

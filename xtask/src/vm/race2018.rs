@@ -541,17 +541,11 @@ pub fn race2018_e2e(series: &str, show: bool) -> Result<String> {
         }
     };
     println!(
-        "--- race2018 {series}: {} {} ({}), module {} by {} ({})",
+        "--- race2018 {series}: {} {} ({}), {}",
         k.pkg,
         k.version,
         k.release,
-        module.name,
-        module.compiler,
-        if module.cached {
-            "cached".to_string()
-        } else {
-            format!("built in {:.1} s", module.time.as_secs_f64())
-        }
+        module.provenance()
     );
     let fss = Fs::Both.list();
     let t0 = Instant::now();
@@ -569,17 +563,7 @@ pub fn race2018_e2e(series: &str, show: bool) -> Result<String> {
         &[(GUEST_KO.to_string(), module.ko.clone())],
     )?;
     let r = parse(&out.output);
-    let mut failures = Vec::new();
-    match &r.insmod {
-        Some((0, _)) => {}
-        other => failures.push(format!("insmod of the fault patch: {other:?}")),
-    }
-    if r.transition != Some(("0".into(), "1".into())) {
-        failures.push(format!(
-            "the patch's (transition, enabled) after loading: {:?}, want (0, 1)",
-            r.transition
-        ));
-    }
+    let mut failures = kmod::live_patch_load_failures("the fault patch", &r.insmod, &r.transition);
     // The whole boot: nothing but the buggy phases' WARN.
     failures.extend(super::dmesg::unexpected_faults(
         &out.dmesg,

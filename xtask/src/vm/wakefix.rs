@@ -445,17 +445,11 @@ pub fn wakefix_e2e(series: &str, show: bool) -> Result<String> {
         ))
     })?;
     println!(
-        "--- wakefix {series}: {} {} ({}), module {} by {} ({})",
+        "--- wakefix {series}: {} {} ({}), {}",
         k.pkg,
         k.version,
         k.release,
-        module.name,
-        module.compiler,
-        if module.cached {
-            "cached".to_string()
-        } else {
-            format!("built in {:.1} s", module.time.as_secs_f64())
-        }
+        module.provenance()
     );
     let fss = Fs::Both.list();
     let t0 = Instant::now();
@@ -473,17 +467,8 @@ pub fn wakefix_e2e(series: &str, show: bool) -> Result<String> {
         &[(GUEST_KO.to_string(), module.ko.clone())],
     )?;
     let r = parse(&out.output);
-    let mut failures = Vec::new();
-    match &r.insmod {
-        Some((0, _)) => {}
-        other => failures.push(format!("insmod of the wake-fix patch: {other:?}")),
-    }
-    if r.transition != Some(("0".into(), "1".into())) {
-        failures.push(format!(
-            "the patch's (transition, enabled) after loading: {:?}, want (0, 1)",
-            r.transition
-        ));
-    }
+    let mut failures =
+        kmod::live_patch_load_failures("the wake-fix patch", &r.insmod, &r.transition);
     if r.fix0.as_deref() != Some("N") {
         failures.push(format!(
             "the patch's fix parameter after writing 0: {:?}, want N",
