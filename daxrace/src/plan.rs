@@ -723,6 +723,27 @@ impl HookStatus {
         }
     }
 
+    /// The attach kinds in use, as `fentry+fexit` (sorted, each once).
+    pub fn kinds(&self) -> String {
+        let kinds: std::collections::BTreeSet<&str> =
+            self.attached.iter().map(|a| a.kind.as_str()).collect();
+        kinds.into_iter().collect::<Vec<_>>().join("+")
+    }
+
+    /// What it attached to, as `ext4_break_layouts [ext4], ...` (sorted,
+    /// each once).
+    pub fn targets(&self) -> String {
+        let to: std::collections::BTreeSet<String> = self
+            .attached
+            .iter()
+            .map(|a| match &a.module {
+                Some(m) => format!("{} [{m}]", a.symbol),
+                None => a.symbol.clone(),
+            })
+            .collect();
+        to.into_iter().collect::<Vec<_>>().join(", ")
+    }
+
     /// Attached, or on standby: not a coverage gap.
     pub fn is_served(&self) -> bool {
         self.is_attached() || self.standby.is_some()
@@ -1031,6 +1052,22 @@ ffffffff81400700 T init_wait_var_entry
             standby: None,
             avoided: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_status_names_its_kinds_and_targets_once_each() {
+        let mut s = attached_to(HookId::BusyScan, "dax_layout_busy_page_range");
+        let mut exit = s.attached[0].clone();
+        exit.kind = Fexit;
+        let mut module = exit.clone();
+        module.symbol = "ext4_break_layouts".into();
+        module.module = Some("ext4".into());
+        s.attached.extend([exit, module]);
+        assert_eq!(s.kinds(), "fentry+fexit");
+        assert_eq!(
+            s.targets(),
+            "dax_layout_busy_page_range, ext4_break_layouts [ext4]"
+        );
     }
 
     #[test]

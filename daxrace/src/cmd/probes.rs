@@ -51,26 +51,13 @@ pub fn run(args: ProbesArgs) -> Result<i32> {
         } else {
             "MISSING"
         };
-        let to = s
-            .attached
-            .iter()
-            .map(|a| match &a.module {
-                Some(m) => format!("{} [{m}]", a.symbol),
-                None => a.symbol.clone(),
-            })
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect::<Vec<_>>()
-            .join(", ");
-        let how = s
-            .attached
-            .iter()
-            .map(|a| a.kind.as_str())
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect::<Vec<_>>()
-            .join("+");
-        println!("{:<20} {:<9} {:<44} {}", s.hook.as_str(), state, to, how);
+        println!(
+            "{:<20} {:<9} {:<44} {}",
+            s.hook.as_str(),
+            state,
+            s.targets(),
+            s.kinds()
+        );
         if let Some(why) = &s.standby {
             println!("{:<20}   why: {why}", "");
         }

@@ -159,26 +159,12 @@ async fn run_async(args: RunArgs) -> Result<i32> {
 /// [ext4]`), that it is on standby, or why it is missing; with the refusals
 /// of the flavours tried before the one that attached.
 fn hook_lines(statuses: &[daxrace::plan::HookStatus]) -> Vec<String> {
-    use std::collections::BTreeSet;
     statuses
         .iter()
         .map(|s| {
             let name = s.hook.as_str();
             if s.is_attached() {
-                let kinds: BTreeSet<&str> = s.attached.iter().map(|a| a.kind.as_str()).collect();
-                let to: BTreeSet<String> = s
-                    .attached
-                    .iter()
-                    .map(|a| match &a.module {
-                        Some(m) => format!("{} [{m}]", a.symbol),
-                        None => a.symbol.clone(),
-                    })
-                    .collect();
-                let mut line = format!(
-                    "hook {name}: {} on {}",
-                    kinds.into_iter().collect::<Vec<_>>().join("+"),
-                    to.into_iter().collect::<Vec<_>>().join(", ")
-                );
+                let mut line = format!("hook {name}: {} on {}", s.kinds(), s.targets());
                 if !s.errors.is_empty() {
                     line += &format!(" (not {})", s.errors.join("; "));
                 }
