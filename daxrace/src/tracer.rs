@@ -719,20 +719,13 @@ impl Tracer {
             .map_err(map_err)
     }
 
-    /// Runs the kernel skipped, over every program ever attached (a
-    /// program that moved off a function keeps its count).
+    /// Runs the kernel skipped, over every loaded program: one that moved
+    /// off a function stays loaded, so its count is kept and the running
+    /// total never goes back.
     fn recursion_misses(&self) -> u64 {
-        self.links
-            .keys()
-            .map(|(name, _)| *name)
-            .chain(
-                self.statuses
-                    .iter()
-                    .flat_map(|s| s.attached.iter().map(|a| a.program)),
-            )
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .filter_map(|name| self.ebpf.program(name)?.fd().ok())
+        self.ebpf
+            .programs()
+            .filter_map(|(_, p)| p.fd().ok())
             .filter_map(|fd| btf_objects::prog_recursion_misses(fd.as_fd()).ok())
             .sum()
     }
