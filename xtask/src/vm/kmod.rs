@@ -439,6 +439,62 @@ pub(super) fn ensure_mmdebstrap(what_for: &str) -> Result<()> {
     .with_context(|| format!("installing mmdebstrap ({what_for})"))
 }
 
+/// Creates `dir` as a minbase Debian `suite` tree with `packages`
+/// (mmdebstrap, installed on the host if missing, from the mirror of the
+/// private apt sources), without documentation or translations, for a
+/// guest rootfs or a build chroot. `extra` goes to mmdebstrap as is (apt
+/// options, a customize hook); `what_for` is said while it runs. Built
+/// beside `dir` and renamed into place, so a failed run leaves nothing.
+pub(super) fn create_debian_tree(
+    vm_cache: &Path,
+    suite: &str,
+    packages: &[&str],
+    dir: &Path,
+    extra: &[String],
+    what_for: &str,
+) -> Result<()> {
+    ensure_mmdebstrap(&format!("to create a {suite} tree {what_for}"))?;
+    let mirror = Apt::new(vm_cache)?.suite_line(suite)?;
+    let include = packages.join(",");
+    eprintln!(
+        "vm: creating a {suite} tree with {include} in {} {what_for}",
+        dir.display()
+    );
+    let tmp = dir.with_extension("tmp");
+    let _ = fs::remove_dir_all(&tmp);
+    let parent = dir.parent().unwrap_or(vm_cache);
+    fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    let out = super::run_with_timeout(
+        Command::new("mmdebstrap")
+            .args(["--variant=minbase", "--mode=root", "-q"])
+            .arg(format!("--include={include}"))
+            .arg("--aptopt=Acquire::Languages \"none\"")
+            // Documentation and translations only cost space and time.
+            .args([
+                "--dpkgopt=path-exclude=/usr/share/man/*",
+                "--dpkgopt=path-exclude=/usr/share/doc/*",
+                "--dpkgopt=path-exclude=/usr/share/locale/*",
+                "--dpkgopt=path-exclude=/usr/share/info/*",
+            ])
+            .args(extra)
+            .arg(suite)
+            .arg(&tmp)
+            .arg(&mirror),
+        MMDEBSTRAP_TIMEOUT,
+    )?;
+    if !out.status.success() {
+        let _ = fs::remove_dir_all(&tmp);
+        bail!(
+            "mmdebstrap {suite} with {include} failed ({}):\n{}",
+            out.status,
+            tail_lines(&String::from_utf8_lossy(&out.stderr), 30)
+        );
+    }
+    let _ = fs::remove_dir_all(dir);
+    fs::rename(&tmp, dir)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), dir.display()))
+}
+
 /// A cached minbase chroot of `suite` with `gcc` and what kbuild needs;
 /// created with mmdebstrap (installed on the host if missing) from the
 /// mirror of the private apt sources.
@@ -459,49 +515,18 @@ fn ensure_chroot(
         Some(h) => format!("the host runs {h}, and the kernel's kbuild tools need {suite}'s"),
         None => "the host's Debian release is unknown".to_string(),
     };
-    ensure_mmdebstrap(&format!("to create a {suite} chroot for kernel modules"))?;
-    let apt = Apt::new(vm_cache)?;
-    let mirror = apt.suite_line(suite)?;
-    let include = std::iter::once(gcc)
+    let packages: Vec<&str> = std::iter::once(gcc)
         .chain(CHROOT_PACKAGES.iter().copied())
-        .collect::<Vec<_>>()
-        .join(",");
-    eprintln!(
-        "vm: creating a {suite} chroot with {include} in {} to build modules for {release} ({why}; once, about a minute)",
-        dir.display()
-    );
-    let tmp = dir.with_extension("tmp");
-    let _ = fs::remove_dir_all(&tmp);
-    fs::create_dir_all(dir.parent().unwrap_or(vm_cache))
-        .with_context(|| format!("creating {}", vm_cache.join("chroots").display()))?;
-    let out = super::run_with_timeout(
-        Command::new("mmdebstrap")
-            .args(["--variant=minbase", "--mode=root", "-q"])
-            .arg(format!("--include={include}"))
-            .arg("--aptopt=Acquire::Languages \"none\"")
-            // Documentation and translations only cost space and time.
-            .args([
-                "--dpkgopt=path-exclude=/usr/share/man/*",
-                "--dpkgopt=path-exclude=/usr/share/doc/*",
-                "--dpkgopt=path-exclude=/usr/share/locale/*",
-            ])
-            .arg(suite)
-            .arg(&tmp)
-            .arg(&mirror),
-        MMDEBSTRAP_TIMEOUT,
+        .collect();
+    create_debian_tree(
+        vm_cache,
+        suite,
+        &packages,
+        &dir,
+        &[],
+        &format!("to build modules for {release} ({why}; once, about a minute)"),
     )?;
-    if !out.status.success() {
-        let _ = fs::remove_dir_all(&tmp);
-        bail!(
-            "mmdebstrap {suite} with {include} failed ({}):\n{}",
-            out.status,
-            tail_lines(&String::from_utf8_lossy(&out.stderr), 30)
-        );
-    }
-    let _ = fs::remove_dir_all(&dir);
-    fs::rename(&tmp, &dir)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), dir.display()))?;
-    fs::write(&marker, format!("{suite} {include}\n"))
+    fs::write(&marker, format!("{suite} {}\n", packages.join(",")))
         .with_context(|| format!("writing {}", marker.display()))?;
     Ok(dir)
 }

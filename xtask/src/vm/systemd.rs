@@ -29,7 +29,6 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
 use super::{
-    apt::Apt,
     guest::{self, Fs},
     initramfs::Cpio,
     kernel,
@@ -51,7 +50,6 @@ const ROOTFS_PACKAGES: &[&str] = &[
 ];
 /// Bumped when the rootfs recipe changes, so that a cached one is rebuilt.
 const ROOTFS_RECIPE: u32 = 1;
-const MMDEBSTRAP_TIMEOUT: Duration = Duration::from_secs(1200);
 /// Units that would compete for the serial console or wake up during the
 /// test (apt's and e2scrub's timers).
 const MASKED: &[&str] = &[
@@ -84,53 +82,24 @@ fn ensure_rootfs(vm_cache: &Path) -> Result<PathBuf> {
     if cpio.exists() {
         return Ok(cpio);
     }
-    super::kmod::ensure_mmdebstrap(&format!("to create the {SUITE} rootfs with systemd"))?;
-    let mirror = Apt::new(vm_cache)?.suite_line(SUITE)?;
-    let include = ROOTFS_PACKAGES.join(",");
-    eprintln!(
-        "vm: creating a {SUITE} rootfs with {include} in {} (once, a few minutes)",
-        dir.display()
-    );
-    let tmp = dir.with_extension("tmp");
-    let _ = fs::remove_dir_all(&tmp);
-    fs::create_dir_all(vm_cache.join("chroots"))
-        .with_context(|| format!("creating {}", vm_cache.join("chroots").display()))?;
     let masks = MASKED
         .iter()
         .map(|u| format!("ln -sf /dev/null \"$1/etc/systemd/system/{u}\""))
         .collect::<Vec<_>>()
         .join("; ");
-    let out = super::run_with_timeout(
-        Command::new("mmdebstrap")
-            .args(["--variant=minbase", "--mode=root", "-q"])
-            .arg(format!("--include={include}"))
-            .arg("--aptopt=Acquire::Languages \"none\"")
-            .arg("--aptopt=APT::Install-Recommends \"false\"")
-            .args([
-                "--dpkgopt=path-exclude=/usr/share/man/*",
-                "--dpkgopt=path-exclude=/usr/share/doc/*",
-                "--dpkgopt=path-exclude=/usr/share/locale/*",
-                "--dpkgopt=path-exclude=/usr/share/info/*",
-            ])
-            .arg(format!(
+    super::kmod::create_debian_tree(
+        vm_cache,
+        SUITE,
+        ROOTFS_PACKAGES,
+        &dir,
+        &[
+            "--aptopt=APT::Install-Recommends \"false\"".to_string(),
+            format!(
                 "--customize-hook={masks}; echo daxrace-vm > \"$1/etc/hostname\"; rm -rf \"$1\"/var/cache/apt/*.bin \"$1\"/var/cache/apt/archives/*.deb"
-            ))
-            .arg(SUITE)
-            .arg(&tmp)
-            .arg(&mirror),
-        MMDEBSTRAP_TIMEOUT,
+            ),
+        ],
+        "for the systemd test's guest (once, a few minutes)",
     )?;
-    if !out.status.success() {
-        let _ = fs::remove_dir_all(&tmp);
-        bail!(
-            "mmdebstrap {SUITE} with {include} failed ({}):\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let _ = fs::remove_dir_all(&dir);
-    fs::rename(&tmp, &dir)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), dir.display()))?;
     // busybox's cpio keeps owners, modes and symlinks as they are.
     let busybox = ["/usr/bin/busybox", "/bin/busybox"]
         .into_iter()
