@@ -278,9 +278,18 @@ pub enum Counter {
     /// only the first one's refcount is read (a pin on another unwatched
     /// page of the entry is not seen).
     PmdEntry = 15,
+    /// A range deletion (6.15+) whose walk of the file's entries stopped at
+    /// its step limit ([`RANGE_WALK_STEPS`]): the entries past that point
+    /// left the file unchecked for pins.
+    RangeWalkCut = 16,
 }
 
-pub const COUNTER_COUNT: u32 = 16;
+pub const COUNTER_COUNT: u32 = 17;
+
+/// Slots one range deletion's walk visits at most: every entry of a file of
+/// about a million 4 KiB entries (4 GiB), or 512 times that in 2 MiB
+/// entries. The kernel's own deletion walks the same slots.
+pub const RANGE_WALK_STEPS: u32 = 1 << 20;
 
 impl Counter {
     pub const ALL: [Counter; COUNTER_COUNT as usize] = [
@@ -300,15 +309,17 @@ impl Counter {
         Counter::FsOpQuiet,
         Counter::FileWatchFull,
         Counter::PmdEntry,
+        Counter::RangeWalkCut,
     ];
 
     /// Counters of records that never reached userspace (the rest count
     /// hook calls filtered in the kernel, or degraded but complete state).
-    pub const LOST: [Counter; 4] = [
+    pub const LOST: [Counter; 5] = [
         Counter::RingbufFull,
         Counter::TaskSlotCollision,
         Counter::WatchFull,
         Counter::BioTruncated,
+        Counter::RangeWalkCut,
     ];
 
     /// Metric label.
@@ -330,6 +341,7 @@ impl Counter {
             Counter::FsOpQuiet => "fs_op_quiet",
             Counter::FileWatchFull => "file_watch_full",
             Counter::PmdEntry => "pmd_entry",
+            Counter::RangeWalkCut => "range_walk_cut",
         }
     }
 }
@@ -388,6 +400,45 @@ impl DaxEntry {
             1
         };
         Some((value >> Self::SHIFT, pages))
+    }
+}
+
+/// The page cache's xarray encoding (include/linux/xarray.h), as far as the
+/// range-deletion walk needs it: a node pointer carries tag 2 in its low
+/// bits, a value entry (every DAX entry) tag 1; a node's slot `s` covers the
+/// indexes from `base + (s << shift)`, `1 << shift` of them.
+pub struct XaEntry;
+
+impl XaEntry {
+    /// Slots per node (`XA_CHUNK_SIZE` with `CONFIG_BASE_SMALL` off).
+    pub const SLOTS: u32 = 64;
+
+    /// The node an entry points to; `None` for values, sibling and retry
+    /// entries (internal entries up to 4096, as `xa_is_node()` tells them).
+    #[inline(always)]
+    pub const fn node(entry: u64) -> Option<u64> {
+        if entry & 3 == 2 && entry > 4096 {
+            Some(entry - 2)
+        } else {
+            None
+        }
+    }
+
+    /// The first and last index slot `slot` of a node covers; `None` when
+    /// the slot lies past the last index a `pgoff_t` can hold (only the
+    /// slots of a top node of shift 60 can).
+    #[inline(always)]
+    pub const fn slot_span(base: u64, shift: u32, slot: u32) -> Option<(u64, u64)> {
+        let shift = shift & 63;
+        if slot as u64 > u64::MAX >> shift {
+            return None;
+        }
+        let start = match base.checked_add((slot as u64) << shift) {
+            Some(s) => s,
+            None => return None,
+        };
+        let width = (1u64 << shift) - 1;
+        Some((start, start.saturating_add(width)))
     }
 }
 
@@ -492,8 +543,13 @@ pub struct KernelConfig {
     /// Offset of the page's index in its file (`index`, `__folio_index`
     /// from 6.16) in `struct page`: a range deletion names indexes, not pages.
     pub page_index: u32,
-    /// Keeps the struct free of padding (it is copied as bytes).
-    pub reserved: u32,
+    /// Offset of the page cache's root entry (`i_pages.xa_head`) in
+    /// `struct address_space`: a range deletion walks the file's entries
+    /// from there (6.15+, see [`XaEntry`]).
+    pub mapping_xa_head: u32,
+    /// Offsets of `shift` and `slots` in `struct xa_node`.
+    pub xa_node_shift: u32,
+    pub xa_node_slots: u32,
     /// Address of the kernel variable `vmemmap_base` (0: use the default base).
     pub vmemmap_base_addr: u64,
     /// Used when `vmemmap_base_addr` is 0.
@@ -523,7 +579,9 @@ impl KernelConfig {
         wait_on_refcount: 1,
         record_every_fs_op: 0,
         page_index: 32,
-        reserved: 0,
+        mapping_xa_head: 16,
+        xa_node_shift: 0,
+        xa_node_slots: 40,
         vmemmap_base_addr: 0,
         vmemmap_default: 0xffff_ea00_0000_0000,
     };
@@ -541,6 +599,30 @@ mod user {
 mod tests {
 
     #[test]
+    fn xarray_slots_cover_their_indexes() {
+        // A leaf (shift 0) holds one index per slot; a node of shift 6
+        // above it 64 per slot.
+        assert_eq!(XaEntry::slot_span(128, 0, 5), Some((133, 133)));
+        assert_eq!(XaEntry::slot_span(0, 6, 3), Some((192, 255)));
+        assert_eq!(XaEntry::slot_span(4096, 6, 63), Some((8128, 8191)));
+        // A top node of shift 60: slots 0..=15 cover every pgoff_t.
+        assert_eq!(XaEntry::slot_span(0, 60, 15), Some((15 << 60, u64::MAX)));
+        assert_eq!(XaEntry::slot_span(0, 60, 16), None);
+    }
+
+    #[test]
+    fn xarray_nodes_are_told_from_values_and_siblings() {
+        assert_eq!(
+            XaEntry::node(0xffff_8880_0123_4002),
+            Some(0xffff_8880_0123_4000)
+        );
+        // xa_mk_value(pfn << 4) and a sibling entry (xa_mk_sibling(3)).
+        assert_eq!(XaEntry::node((0x48410 << 4 << 1) | 1), None);
+        assert_eq!(XaEntry::node((3 << 2) | 2), None);
+        assert_eq!(XaEntry::node(0), None);
+    }
+
+    #[test]
     fn a_duration_lands_in_the_bucket_of_its_bit_length() {
         let bit_len = |v: u64| 64 - v.leading_zeros();
         let fixed = [0u64, 1, 2, 3, 4, 7, 8, 999, 1000, 1024, u64::MAX];
@@ -556,7 +638,7 @@ mod tests {
     fn record_has_no_implicit_padding() {
         // 2+2+4+8+4+4+16+4+4+8*5+4+4+8+8
         assert_eq!(Record::SIZE, 112);
-        assert_eq!(core::mem::size_of::<KernelConfig>(), 20 * 4 + 16);
+        assert_eq!(core::mem::size_of::<KernelConfig>(), 22 * 4 + 16);
     }
 
     #[test]

@@ -72,6 +72,9 @@ config_fields!(
     wait_on_refcount: u32,
     record_every_fs_op: u32,
     page_index: u32,
+    mapping_xa_head: u32,
+    xa_node_shift: u32,
+    xa_node_slots: u32,
     vmemmap_base_addr: u64,
     vmemmap_default: u64,
 );

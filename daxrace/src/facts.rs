@@ -161,6 +161,11 @@ impl KernelFacts {
                 .unwrap_or(d.bio_vec_size),
             // Renamed in 6.16 ("mm: rename page->index to page->__folio_index").
             page_index: offset_of_any(btf, "page", &["index", "__folio_index"], d.page_index, w),
+            // `i_pages` is an embedded `struct xarray`.
+            mapping_xa_head: offset(btf, "address_space", "i_pages", 8, w)
+                + offset(btf, "xarray", "xa_head", 8, w),
+            xa_node_shift: offset(btf, "xa_node", "shift", d.xa_node_shift, w),
+            xa_node_slots: offset(btf, "xa_node", "slots", d.xa_node_slots, w),
             ..d
         };
         // Since "fs/dax: properly refcount fs dax pages" (v6.15) an idle fsdax
