@@ -6,9 +6,10 @@
  * against ground truth counted here and against the kernel's own WARN in
  * dax_disassociate_entry().
  *
- * It replaces ext4_break_layouts() (object ext4) and
- * xfs_break_dax_layouts() (object xfs) with copies of the kernel's own
- * code (fs/ext4/inode.c, fs/xfs/xfs_file.c of 6.1 and 6.12) in which:
+ * Before 6.15 it replaces ext4_break_layouts() (object ext4) and
+ * xfs_break_dax_layouts() (object xfs), from 6.15 dax_break_layout()
+ * (object vmlinux), with copies of the kernel's own code (fs/ext4/inode.c,
+ * fs/xfs/xfs_file.c of 6.1 and 6.12; fs/dax.c of 6.15+) in which:
  *
  * - mode=buggy brings back the 2018 loop: `retry` is set only when the
  *   wait actually slept, so a busy page that went idle before the wait's
@@ -30,7 +31,8 @@
  * page), early_exits (a break that returned 0 although its last scan
  * returned a page), pinned_at_return (pages of the broken range, which on
  * these kernels is the whole file, above the idle refcount when the break
- * returned 0; counted in the patched function, after its last scan) and
+ * returned 0; counted in the patched function, after its last scan; from
+ * 6.15 the range the break was asked for, before it deletes it) and
  * pinned_pages (the latest of those pages, one per line). Writing 1 to
  * reset zeroes them all.
  *
@@ -56,20 +58,28 @@
 #include <linux/wait_bit.h>
 #include <linux/xarray.h>
 
-#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 15, 0)
 /*
- * 6.15 moved the loop into fs/dax.c (dax_break_layout() with
- * wait_page_idle(), idle refcount 0) and dropped the WARN in
- * dax_disassociate_entry(): a patch of that loop (object vmlinux) is not
- * written yet. The VM test reads this message from the build's output.
+ * 6.15 ("fs/dax: properly refcount fs dax pages") moved the loop out of
+ * ext4 and xfs into fs/dax.c: dax_break_layout() scans, waits with
+ * wait_page_idle() on the page itself for refcount 0, and, once a scan
+ * comes back clean, deletes the range's entries (dax_delete_mapping_range())
+ * itself. dax_disassociate_entry() still WARNs on a truncated page above
+ * idle (Debian's 7.3: "WARNING: fs/dax.c:452 at
+ * dax_disassociate_entry.isra.0+0x9c/0xc0").
  */
-#error "daxrace_fault_patch covers kernels before 6.15 only: 6.15+ breaks layouts in fs/dax.c (dax_break_layout/wait_page_idle), not patched yet"
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 15, 0)
+#define FAULT_GENERIC_BREAK 1
+/* An idle fsdax folio has refcount 0, kept on its head page. */
+#define FAULT_IDLE_REFCOUNT 0
+#define FAULT_PER_PAGE_REFS 0
+#else
+#define FAULT_GENERIC_BREAK 0
+/* A DAX page is idle at refcount 1, each page of a 2 MiB entry its own. */
+#define FAULT_IDLE_REFCOUNT 1
+#define FAULT_PER_PAGE_REFS 1
 #endif
 
-/* A DAX page is idle at refcount 1 before 6.15. */
-#define FAULT_IDLE_REFCOUNT 1
-
-/* fs/dax.c's entry encoding (6.1 and 6.12): value entries, pfn above 4 flag bits. */
+/* fs/dax.c's entry encoding (6.1 to 7.x): value entries, pfn above 4 flag bits. */
 #define FAULT_DAX_SHIFT 4
 #define FAULT_DAX_PMD (1UL << 1)
 #define FAULT_DAX_ZERO_PAGE (1UL << 2)
@@ -220,19 +230,22 @@ MODULE_PARM_DESC(reset, "write anything: zero every counter and forget the pinne
 /* ---- ground truth --------------------------------------------------------- */
 
 /*
- * Counts (and keeps) the pages of the file still above idle: called when a
- * break returns 0, under the invalidate lock the break holds, so no page
- * of the file can be faulted in and pinned anew meanwhile. The walk reads
- * the DAX entries as dax_layout_busy_page_range() does, without unmapping
- * or locking them, so that it changes nothing daxrace could observe.
+ * Counts (and keeps) the pages of the broken range [first, last] still
+ * above idle: called when a break returns 0 (from 6.15, just before it
+ * deletes the range), under the invalidate lock the break holds, so no
+ * page of the file can be faulted in and pinned anew meanwhile. The walk
+ * reads the DAX entries as dax_layout_busy_page_range() does, without
+ * unmapping or locking them, so that it changes nothing daxrace could
+ * observe.
  */
-static void count_pinned_at_return(struct inode *inode, const char *fs, bool early)
+static void count_pinned_at_return(struct inode *inode, const char *fs, bool early,
+				   pgoff_t first, pgoff_t last)
 {
-	XA_STATE(xas, &inode->i_mapping->i_pages, 0);
+	XA_STATE(xas, &inode->i_mapping->i_pages, first);
 	void *entry;
 
 	rcu_read_lock();
-	xas_for_each(&xas, entry, ULONG_MAX) {
+	xas_for_each(&xas, entry, last) {
 		unsigned long v, pfn, n, i;
 
 		if (xas_retry(&xas, entry))
@@ -243,7 +256,7 @@ static void count_pinned_at_return(struct inode *inode, const char *fs, bool ear
 		if (v & (FAULT_DAX_ZERO_PAGE | FAULT_DAX_EMPTY))
 			continue;
 		pfn = v >> FAULT_DAX_SHIFT;
-		n = (v & FAULT_DAX_PMD) ? PTRS_PER_PMD : 1;
+		n = (v & FAULT_DAX_PMD) && FAULT_PER_PAGE_REFS ? PTRS_PER_PMD : 1;
 		for (i = 0; i < n; i++) {
 			int rc = page_ref_count(pfn_to_page(pfn + i));
 			struct pinned_page *p;
@@ -303,6 +316,7 @@ static void widen_window(struct page *page)
 		atomic64_inc(&idle_in_window);
 }
 
+#if !FAULT_GENERIC_BREAK
 /*
  * One scan and wait; returns the page the scan returned (NULL: clean) and
  * in *error the wait's result, in *slept whether the wait slept.
@@ -343,7 +357,7 @@ static int fault_ext4_break_layouts(struct inode *inode)
 	do {
 		page = scan_and_wait(inode, &error, &slept);
 		if (!page) {
-			count_pinned_at_return(inode, "ext4", false);
+			count_pinned_at_return(inode, "ext4", false, 0, ULONG_MAX);
 			return 0;
 		}
 		/* fixed: rescan after every wait; buggy: only after one that slept */
@@ -352,7 +366,7 @@ static int fault_ext4_break_layouts(struct inode *inode)
 	if (error == 0) {
 		/* Only the buggy loop gets here: it returns 0 on a busy scan. */
 		atomic64_inc(&early_exits);
-		count_pinned_at_return(inode, "ext4", true);
+		count_pinned_at_return(inode, "ext4", true, 0, ULONG_MAX);
 	}
 	return error;
 }
@@ -375,14 +389,14 @@ static int fault_xfs_break_dax_layouts(struct inode *inode, bool *retry)
 	page = scan_and_wait(inode, &error, &slept);
 	if (!page) {
 		/* The caller's loop ends here unless a lease break asks again. */
-		count_pinned_at_return(inode, "xfs", false);
+		count_pinned_at_return(inode, "xfs", false, 0, ULONG_MAX);
 		return 0;
 	}
 	if (!buggy || slept)
 		*retry = true;
 	if (error == 0 && !*retry) {
 		atomic64_inc(&early_exits);
-		count_pinned_at_return(inode, "xfs", true);
+		count_pinned_at_return(inode, "xfs", true, 0, ULONG_MAX);
 	}
 	return error;
 }
@@ -416,6 +430,83 @@ static struct klp_object fault_objs[] = {
 	},
 	{}
 };
+#else
+/*
+ * dax_break_layout() (fs/dax.c, 6.15+), called by ext4_break_layouts() and
+ * xfs_break_dax_layouts() for the whole file (and by fuse, which keeps the
+ * kernel's loop and its own wait command here). mode=buggy brings back the
+ * 2018 loop as above; a break that leaves it with a busy scan and no error
+ * believes the range idle and deletes it, as the kernel does after a clean
+ * scan: the truncation meets whatever is still pinned.
+ */
+static int fault_dax_break_layout(struct inode *inode, loff_t start, loff_t end,
+				  void (cb)(struct inode *))
+{
+	const char *fs = inode->i_sb->s_type->name;
+	bool ours = !strcmp(fs, "ext4") || !strcmp(fs, "xfs");
+	bool buggy = ours && READ_ONCE(fault_mode) == FAULT_BUGGY;
+	pgoff_t first = start >> PAGE_SHIFT;
+	pgoff_t last = end == LLONG_MAX ? ULONG_MAX : end >> PAGE_SHIFT;
+	struct page *page;
+	bool slept;
+	int error = 0;
+
+	if (!dax_mapping(inode->i_mapping))
+		return 0;
+	if (ours)
+		atomic64_inc(&calls);
+
+	do {
+		slept = false;
+		page = dax_layout_busy_page_range(inode->i_mapping, start, end);
+		if (!page)
+			break;
+		if (!cb) {
+			/* NOWAIT (xfs with two inodes locked): the caller retries. */
+			error = -ERESTARTSYS;
+			break;
+		}
+		if (ours) {
+			atomic64_inc(&busy_scans);
+			widen_window(page);
+		}
+		error = ___wait_var_event(page, page_ref_count(page) == FAULT_IDLE_REFCOUNT,
+				TASK_INTERRUPTIBLE, 0, 0,
+				ours ? fault_wait_dax_page(inode, &slept) : cb(inode));
+		if (slept)
+			atomic64_inc(&waits_slept);
+		/* fixed: rescan after every wait; buggy: only after one that slept */
+	} while (error == 0 && (!buggy || slept));
+
+	if (!page) {
+		if (ours)
+			count_pinned_at_return(inode, fs, false, first, last);
+		dax_delete_mapping_range(inode->i_mapping, start, end);
+	} else if (error == 0) {
+		/* Only the buggy loop gets here: it returns 0 on a busy scan. */
+		atomic64_inc(&early_exits);
+		count_pinned_at_return(inode, fs, true, first, last);
+		dax_delete_mapping_range(inode->i_mapping, start, end);
+	}
+	return error;
+}
+
+static struct klp_func vmlinux_funcs[] = {
+	{
+		.old_name = "dax_break_layout",
+		.new_func = fault_dax_break_layout,
+	},
+	{}
+};
+
+/* fs/dax.c is built in: the patch applies to vmlinux (name NULL). */
+static struct klp_object fault_objs[] = {
+	{
+		.funcs = vmlinux_funcs,
+	},
+	{}
+};
+#endif
 
 static struct klp_patch fault_patch = {
 	.mod = THIS_MODULE,

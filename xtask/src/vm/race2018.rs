@@ -52,10 +52,11 @@ const ROUNDS: u32 = 4;
 /// attaching daxrace four times.
 const BOOT_LIMIT: Duration = Duration::from_secs(900);
 /// The kernel's WARN on a truncated page above idle, as 6.1 and 6.12 log it
-/// (`WARNING: CPU: 0 PID: 229 at fs/dax.c:390 dax_disassociate_entry+0x86/0xb0`):
-/// the one kernel fault a buggy phase expects.
-const TRUNCATION_WARN: &str = "at fs/dax.c:";
-const TRUNCATION_WARN_FUNCTION: &str = " dax_disassociate_entry+";
+/// (`WARNING: CPU: 0 PID: 229 at fs/dax.c:390 dax_disassociate_entry+0x86/0xb0`)
+/// and 7.3 (`WARNING: fs/dax.c:452 at dax_disassociate_entry.isra.0+0x9c/0xc0,
+/// CPU#0: ...`): the one kernel fault a buggy phase expects.
+const TRUNCATION_WARN: &str = "fs/dax.c:";
+const TRUNCATION_WARN_FUNCTION: &str = " dax_disassociate_entry";
 /// The patch module's counters, in the order they are printed.
 const COUNTERS: &[&str] = &[
     "calls",
@@ -297,7 +298,7 @@ fn is_truncation_warn(line: &str) -> bool {
         && line.contains(TRUNCATION_WARN_FUNCTION)
 }
 
-/// What the kernel may log on this series in a phase of this mode.
+/// What the kernel may log in a phase of this mode.
 fn expected_faults(mode: &str) -> &'static [&'static str] {
     if mode == "buggy" {
         &[TRUNCATION_WARN_FUNCTION]
@@ -421,6 +422,11 @@ fn check_phase(series: &str, fs: &str, mode: &str, p: &Phase) -> Vec<String> {
             extra.join(", ")
         ));
     }
+    if p.counter("pinned_at_return") <= 0 {
+        f.push(format!(
+            "{name}: no break of the 2018 loop returned with a page of its range still pinned: the truncation never met a pin"
+        ));
+    }
     if !p.warned() {
         f.push(format!(
             "{name}: the kernel did not WARN in dax_disassociate_entry (its WARN_ON_ONCE was cleared before the phase)"
@@ -524,22 +530,12 @@ fn table(series: &str, r: &Report) -> String {
 pub fn race2018_e2e(series: &str, show: bool) -> Result<String> {
     let k = kernel::fetch(series)?;
     let src = crate::setup::workspace_root().join("xtask/kmod/fault_patch");
-    let module = match kmod::build(&k, &src) {
-        Ok(m) => m,
-        Err(e) if format!("{e:#}").contains("covers kernels before 6.15 only") => {
-            // Said, not skipped: the patch does not exist for this loop yet.
-            return Ok(format!(
-                "race2018 {series} ({}): NOT COVERED: the fault patch has no 6.15+ version (the loop moved to fs/dax.c: dax_break_layout/wait_page_idle)",
-                k.release
-            ));
-        }
-        Err(e) => {
-            return Err(e.context(format!(
-                "race2018 {series}: cannot build the fault patch for {}",
-                k.release
-            )))
-        }
-    };
+    let module = kmod::build(&k, &src).map_err(|e| {
+        e.context(format!(
+            "race2018 {series}: cannot build the fault patch for {}",
+            k.release
+        ))
+    })?;
     println!(
         "--- race2018 {series}: {} {} ({}), {}",
         k.pkg,
@@ -567,7 +563,7 @@ pub fn race2018_e2e(series: &str, show: bool) -> Result<String> {
     // The whole boot: nothing but the buggy phases' WARN.
     failures.extend(super::dmesg::unexpected_faults(
         &out.dmesg,
-        &[TRUNCATION_WARN_FUNCTION],
+        expected_faults("buggy"),
     ));
     for fs in fss {
         for mode in MODES {
@@ -704,6 +700,29 @@ mod tests {
         assert!(f[0].contains("1 break_without_clean_scan") && f[0].contains("2 early exits"));
         assert!(f[1].contains("pfn 0x48418"));
         assert!(f[2].contains("pfn 0x50000"));
+    }
+
+    /// 7.x words the WARN differently and warns in the `.isra` clone;
+    /// without any WARN, or with no page pinned at a return, the phase fails.
+    #[test]
+    fn buggy_phase_warn_formats_and_no_pin() {
+        let mut out = buggy_phase_lines(2, "0x48418");
+        out.retain(|l| !l.starts_with("@@KMSG"));
+        let r = parse(&out);
+        let p = &r.phases[&("ext4".to_string(), "buggy".to_string())];
+        let f = check_phase("6.12", "ext4", "buggy", p);
+        assert!(f.len() == 1 && f[0].contains("did not WARN"), "{f:?}");
+        out.push("@@KMSG ext4 buggy [   56.646175] WARNING: fs/dax.c:452 at dax_disassociate_entry.isra.0+0x9c/0xc0, CPU#0: daxrace-workloa/208".into());
+        let r = parse(&out);
+        let p = &r.phases[&("ext4".to_string(), "buggy".to_string())];
+        assert!(check_phase("newest", "ext4", "buggy", p).is_empty());
+        out.retain(|l| !l.starts_with("@@FPP") && !l.contains("truncate_while_pinned"));
+        out.retain(|l| !l.contains("pinned_at_return"));
+        out.push("@@FP ext4 buggy pinned_at_return 0".into());
+        let r = parse(&out);
+        let p = &r.phases[&("ext4".to_string(), "buggy".to_string())];
+        let f = check_phase("newest", "ext4", "buggy", p);
+        assert!(f.iter().any(|l| l.contains("never met a pin")), "{f:?}");
     }
 
     /// xfs gave the file the same block in two rounds: the page is pinned
