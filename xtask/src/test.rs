@@ -10,6 +10,10 @@ pub struct TestArgs {
     /// Skip the VM tests (quick local runs; CI runs everything).
     #[arg(long)]
     pub no_vm: bool,
+    /// Also run the pin-and-punch VM checks on 6.16, 6.17, 6.18, 7.2 and
+    /// experimental's release candidate (beside 6.1, 6.12 and the newest).
+    #[arg(long, conflicts_with = "no_vm")]
+    pub all_kernels: bool,
 }
 
 /// Steps passed so far, for the closing summary line.
@@ -60,7 +64,10 @@ pub fn run(args: TestArgs) -> Result<()> {
         println!("==> VM tests skipped (--no-vm)");
     } else {
         step("release build for the VM", setup::build_release)?;
-        step("VM tests on every supported kernel series", vm::test_all)?;
+        let all = args.all_kernels;
+        step("VM tests on every supported kernel series", || {
+            vm::test_all(all)
+        })?;
     }
     println!("==> all tests passed in {:.0}s", t.elapsed().as_secs_f64());
     println!(

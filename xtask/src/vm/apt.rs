@@ -13,21 +13,83 @@ use std::{
 use anyhow::{bail, Context, Result};
 
 /// Suites searched for kernels, by the kind of mirror that carries them.
-/// bookworm (6.1), bookworm-backports and trixie (6.12), trixie-backports and
-/// sid (the newest: 6.18, 7.x). Security suites carry the newest builds of
-/// the stable series (6.1 updates land in bookworm-security first).
+/// bookworm (6.1), bookworm-backports and trixie (6.12), trixie-backports
+/// (6.16 to 7.3), forky and sid (7.2, 7.3), experimental (the next release
+/// candidate). Security suites carry the newest builds of the stable series
+/// (6.1 updates land in bookworm-security first).
 const MAIN_SUITES: &[&str] = &[
     "bookworm",
     "bookworm-backports",
     "trixie",
     "trixie-backports",
+    "forky",
     "sid",
+    "experimental",
 ];
 const SECURITY_SUITES: &[&str] = &["bookworm-security", "trixie-security"];
 const DEFAULT_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 /// Package lists younger than this are reused without asking the mirror.
 const LISTS_MAX_AGE: Duration = Duration::from_secs(12 * 3600);
 const APT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// What `--kernel` names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KernelSpec {
+    /// The newest build `linux-image-amd64` points to (not a release candidate).
+    Newest,
+    /// experimental's release candidate (`~rc` in its version).
+    ReleaseCandidate,
+    /// A series, major.minor: its newest released build.
+    Series(String),
+    /// One image package, e.g. `linux-image-6.16.12+deb13-amd64`.
+    Image(String),
+    /// One package version, e.g. `6.16.12-1~bpo13+1`.
+    Version(String),
+}
+
+impl KernelSpec {
+    pub const HELP: &'static str = "--kernel takes a series (6.1, 6.12, 6.16, 7.3 ...), newest, rc (experimental's release candidate), an image package (linux-image-6.16.12+deb13-amd64) or a package version (6.16.12-1~bpo13+1)";
+
+    pub fn parse(s: &str) -> Result<KernelSpec> {
+        let numeric = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+        let parts: Vec<&str> = s.split('.').collect();
+        Ok(match s {
+            "newest" => KernelSpec::Newest,
+            "rc" => KernelSpec::ReleaseCandidate,
+            _ if s.starts_with("linux-image-") => KernelSpec::Image(s.to_string()),
+            _ if parts.len() == 2 && parts.iter().all(|p| numeric(p)) => {
+                KernelSpec::Series(s.to_string())
+            }
+            _ if s.starts_with(|c: char| c.is_ascii_digit())
+                && s.contains(['-', '~'])
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b".+-~:".contains(&b)) =>
+            {
+                KernelSpec::Version(s.to_string())
+            }
+            _ => bail!("unknown kernel {s:?}: {}", Self::HELP),
+        })
+    }
+}
+
+impl std::fmt::Display for KernelSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KernelSpec::Newest => f.write_str("newest"),
+            KernelSpec::ReleaseCandidate => f.write_str("rc"),
+            KernelSpec::Series(s) | KernelSpec::Image(s) | KernelSpec::Version(s) => f.write_str(s),
+        }
+    }
+}
+
+/// One series on the mirror: its newest build, and whether it can boot.
+#[derive(Debug)]
+pub struct MirrorSeries {
+    pub series: String,
+    /// (image package, version)
+    pub build: Option<(String, String)>,
+    pub bootable: std::result::Result<KernelPkg, String>,
+}
 
 /// One kernel build: the image package and what must be downloaded with it.
 #[derive(Debug, Clone)]
@@ -147,11 +209,22 @@ impl Apt {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// The newest kernel of `series` ("6.1", "6.12", "newest", or any
-    /// major.minor that a `linux-image-amd64` in the searched suites points
-    /// to). Resolved from the meta package so that a build that is no longer
-    /// published is replaced by the newest one of its series.
-    pub fn resolve(&self, series: &str) -> Result<KernelPkg> {
+    /// The kernel `--kernel` names (see [`KernelSpec`]), with every package
+    /// it needs to boot; an error that says what is missing when the mirror
+    /// has the image but not its modules.
+    pub fn resolve(&self, spec: &str) -> Result<KernelPkg> {
+        let spec = KernelSpec::parse(spec)?;
+        let (image, version) = match &spec {
+            KernelSpec::Newest => self.newest_meta()?,
+            other => self.newest_image(other)?,
+        };
+        self.complete(image, version)
+    }
+
+    /// The newest build `linux-image-amd64` points to in the searched suites
+    /// (experimental's release candidates aside): a build that is no longer
+    /// published is replaced by the newest one.
+    fn newest_meta(&self) -> Result<(String, String)> {
         let text = self.show("linux-image-amd64")?;
         let mut best: Option<(String, String)> = None; // (meta version, image name)
         for stanza in text.split("\n\n") {
@@ -166,7 +239,7 @@ impl Apt {
             else {
                 continue;
             };
-            if series != "newest" && !image_in_series(&image, series) {
+            if is_prerelease(&version) {
                 continue;
             }
             if best
@@ -178,29 +251,154 @@ impl Apt {
         }
         let Some((version, image)) = best else {
             bail!(
-                "no Debian kernel of series {series} in {}: supported series are 6.1, 6.12 and newest",
+                "no linux-image-amd64 in {}: check the machine's Debian mirror",
                 MAIN_SUITES.join(", ")
             );
         };
-        // The image package's own version equals the meta package's; its
-        // Depends name the split-out parts (7.x).
-        let img = self.show(&format!("{image}={version}"))?;
-        let abi = image.trim_start_matches("linux-image-");
-        let mut packages = vec![image.clone()];
-        if let Some(depends) = field(img.split("\n\n").next().unwrap_or(""), "Depends") {
-            for d in dep_names(&depends) {
-                if (d.starts_with("linux-binary-") || d.starts_with("linux-modules-"))
-                    && d.ends_with(abi)
-                {
-                    packages.push(d);
-                }
-            }
+        Ok((image, version))
+    }
+
+    /// Every amd64 kernel image package of the standard flavour in the
+    /// searched suites (not -rt, -cloud, debug symbols or unsigned builds).
+    fn image_names(&self) -> Result<Vec<String>> {
+        let out = super::run_with_timeout(
+            Command::new("apt-cache")
+                .args(self.opts())
+                .args(["pkgnames", "linux-image-"]),
+            APT_TIMEOUT,
+        )?;
+        let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|n| is_standard_image(n))
+            .map(String::from)
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// Every published (package, version, suite) of `names`.
+    fn madison(&self, names: &[String]) -> Result<Vec<(String, String, String)>> {
+        if names.is_empty() {
+            return Ok(Vec::new());
         }
+        let out = super::run_with_timeout(
+            Command::new("apt-cache")
+                .args(self.opts())
+                .arg("madison")
+                .args(names),
+            APT_TIMEOUT,
+        )?;
+        Ok(parse_madison(&String::from_utf8_lossy(&out.stdout)))
+    }
+
+    /// The newest image build that `spec` (not `Newest`) names.
+    fn newest_image(&self, spec: &KernelSpec) -> Result<(String, String)> {
+        let names: Vec<String> = self
+            .image_names()?
+            .into_iter()
+            .filter(|n| match spec {
+                KernelSpec::Series(s) => image_in_series(n, s),
+                KernelSpec::Image(i) => n == i,
+                _ => true,
+            })
+            .collect();
+        let builds = self.madison(&names)?;
+        let best = builds
+            .into_iter()
+            .filter(|(_, v, _)| match spec {
+                KernelSpec::ReleaseCandidate => is_prerelease(v),
+                KernelSpec::Version(want) => v == want,
+                KernelSpec::Series(_) => !is_prerelease(v),
+                _ => true,
+            })
+            .max_by(|a, b| compare_versions(&a.1, &b.1));
+        match best {
+            Some((image, version, _)) => Ok((image, version)),
+            None => bail!(
+                "no Debian kernel matches --kernel {spec} in {}: {}",
+                MAIN_SUITES.join(", "),
+                KernelSpec::HELP
+            ),
+        }
+    }
+
+    /// The packages one image build needs to boot: the image, and from 7.x
+    /// the split-out kernel binary and modules (ext4, xfs and nd_pmem are
+    /// modules); its `linux-base` (the kernel config, from 6.18) when the
+    /// mirror has it. Fails, naming them, when required parts are missing.
+    fn complete(&self, image: String, version: String) -> Result<KernelPkg> {
+        let img = self.show(&format!("{image}={version}"))?;
+        let depends = field(img.split("\n\n").next().unwrap_or(""), "Depends").unwrap_or_default();
+        let abi = image.trim_start_matches("linux-image-");
+        let parts: Vec<String> = dep_names(&depends)
+            .into_iter()
+            .filter(|d| {
+                (d.starts_with("linux-binary-")
+                    || d.starts_with("linux-modules-")
+                    || d.starts_with("linux-base-"))
+                    && d.ends_with(abi)
+            })
+            .collect();
+        let published = self.madison(&parts)?;
+        let has = |p: &str| published.iter().any(|(n, v, _)| n == p && *v == version);
+        let missing: Vec<&String> = parts
+            .iter()
+            .filter(|p| !p.starts_with("linux-base-") && !has(p))
+            .collect();
+        if !missing.is_empty() {
+            bail!(
+                "{image} {version} cannot boot from this mirror: {} not published (the kernel's modules, ext4, xfs and nd_pmem among them, are there)",
+                missing
+                    .iter()
+                    .map(|m| m.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" and ")
+            );
+        }
+        let mut packages = vec![image.clone()];
+        packages.extend(parts.into_iter().filter(|p| has(p)));
         Ok(KernelPkg {
             image,
             version,
             packages,
         })
+    }
+
+    /// Every series (major.minor) with a standard amd64 image on the
+    /// mirror, each with its newest build or why it cannot boot.
+    pub fn mirror_series(&self) -> Result<Vec<MirrorSeries>> {
+        let names = self.image_names()?;
+        let mut series: Vec<String> = names
+            .iter()
+            .filter_map(|n| series_of(n))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        series.sort_by(|a, b| compare_versions(a, b));
+        let mut out = Vec::new();
+        for s in series.into_iter().chain(["rc".to_string()]) {
+            let build = match KernelSpec::parse(&s).and_then(|k| self.newest_image(&k)) {
+                Ok(b) => b,
+                Err(_) if s == "rc" => continue,
+                Err(e) => {
+                    out.push(MirrorSeries {
+                        series: s,
+                        build: None,
+                        bootable: Err(format!("{e:#}")),
+                    });
+                    continue;
+                }
+            };
+            let bootable = self
+                .complete(build.0.clone(), build.1.clone())
+                .map_err(|e| format!("{e:#}"));
+            out.push(MirrorSeries {
+                series: s,
+                build: Some(build),
+                bootable,
+            });
+        }
+        Ok(out)
     }
 
     /// `resolve`, remembered until the package lists change (each resolve
@@ -318,6 +516,52 @@ fn suite_line(list: &str, suite: &str) -> Option<String> {
             rest.split_whitespace().nth(1) == Some(suite)
         })
         .map(String::from)
+}
+
+/// Experimental's builds: release candidates (`7.3~rc7-1~exp1`).
+fn is_prerelease(version: &str) -> bool {
+    version.contains("~rc") || version.contains("~exp")
+}
+
+/// A standard-flavour amd64 image: `linux-image-<abi>-amd64`, not the
+/// meta package, -rt, -cloud, debug symbols or an unsigned build.
+fn is_standard_image(name: &str) -> bool {
+    name.strip_prefix("linux-image-")
+        .and_then(|r| r.strip_suffix("-amd64"))
+        .is_some_and(|abi| {
+            abi.starts_with(|c: char| c.is_ascii_digit())
+                && !["-rt", "-cloud", "-dbg", "unsigned"]
+                    .iter()
+                    .any(|f| abi.contains(f))
+        })
+}
+
+/// The series (major.minor) of an image package name.
+fn series_of(image: &str) -> Option<String> {
+    let abi = image.strip_prefix("linux-image-")?;
+    let mut it = abi.split(['.', '-', '+']);
+    let (major, minor) = (it.next()?, it.next()?);
+    let numeric = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
+    (numeric(major) && numeric(minor)).then(|| format!("{major}.{minor}"))
+}
+
+/// `apt-cache madison` lines: `pkg | version | uri suite/main amd64 Packages`.
+fn parse_madison(text: &str) -> Vec<(String, String, String)> {
+    text.lines()
+        .filter_map(|l| {
+            let mut cols = l.split('|').map(str::trim);
+            let (pkg, version, source) = (cols.next()?, cols.next()?, cols.next()?);
+            if !source.ends_with("Packages") {
+                return None; // a Sources line
+            }
+            let suite = source
+                .split_whitespace()
+                .nth(1)
+                .and_then(|s| s.split('/').next())
+                .unwrap_or("");
+            Some((pkg.to_string(), version.to_string(), suite.to_string()))
+        })
+        .collect()
 }
 
 fn image_in_series(image: &str, series: &str) -> bool {
@@ -613,6 +857,72 @@ mod tests {
             Some("deb http://m/debian-security trixie-security main")
         );
         assert_eq!(suite_line(list, "sid"), None);
+    }
+
+    #[test]
+    fn kernel_specs() {
+        assert_eq!(KernelSpec::parse("newest").unwrap(), KernelSpec::Newest);
+        assert_eq!(
+            KernelSpec::parse("rc").unwrap(),
+            KernelSpec::ReleaseCandidate
+        );
+        assert_eq!(
+            KernelSpec::parse("6.16").unwrap(),
+            KernelSpec::Series("6.16".into())
+        );
+        assert_eq!(
+            KernelSpec::parse("6.16.12-1~bpo13+1").unwrap(),
+            KernelSpec::Version("6.16.12-1~bpo13+1".into())
+        );
+        assert_eq!(
+            KernelSpec::parse("linux-image-7.3-amd64").unwrap(),
+            KernelSpec::Image("linux-image-7.3-amd64".into())
+        );
+        for bad in ["", "6", "six.one", "6.1.2", "6.1 && rm", "../x"] {
+            let e = KernelSpec::parse(bad).unwrap_err().to_string();
+            assert!(e.contains("--kernel takes"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn image_names_and_series() {
+        assert!(is_standard_image("linux-image-6.16.12+deb13-amd64"));
+        assert!(is_standard_image("linux-image-7.3-amd64"));
+        assert!(is_standard_image("linux-image-6.1.0-57-amd64"));
+        for other in [
+            "linux-image-amd64",
+            "linux-image-6.1.0-57-rt-amd64",
+            "linux-image-7.3.4+deb13-cloud-amd64",
+            "linux-image-6.1.0-57-amd64-dbg",
+            "linux-image-6.1.0-57-amd64-unsigned",
+            "linux-image-6.1.0-57-arm64",
+        ] {
+            assert!(!is_standard_image(other), "{other}");
+        }
+        assert_eq!(
+            series_of("linux-image-6.1.0-57-amd64").as_deref(),
+            Some("6.1")
+        );
+        assert_eq!(
+            series_of("linux-image-6.16.12+deb13-amd64").as_deref(),
+            Some("6.16")
+        );
+        assert_eq!(series_of("linux-image-7.3-amd64").as_deref(), Some("7.3"));
+        assert!(is_prerelease("7.3~rc7-1~exp1"));
+        assert!(!is_prerelease("7.3.4-1~bpo13+1"));
+    }
+
+    #[test]
+    fn madison_lines() {
+        let text = " linux-image-7.3-amd64 | 7.3~rc7-1~exp1 | http://m/debian experimental/main amd64 Packages\n  linux | 7.3~rc7-1~exp1 | http://m/debian experimental/main Sources\n";
+        assert_eq!(
+            parse_madison(text),
+            vec![(
+                "linux-image-7.3-amd64".to_string(),
+                "7.3~rc7-1~exp1".to_string(),
+                "experimental".to_string()
+            )]
+        );
     }
 
     #[test]

@@ -613,6 +613,7 @@ pub(crate) mod tests {
             modules: vec![PathBuf::from("/m/nd_pmem.ko"), PathBuf::from("/m/brd.ko")],
             net_modules: vec![PathBuf::from("/m/virtio_net.ko")],
             fetch_time: Duration::ZERO,
+            config: None,
         };
         let spec = Spec {
             kernel: &k,

@@ -54,6 +54,53 @@ pub struct Kernel {
     pub net_modules: Vec<PathBuf>,
     /// Time spent fetching and preparing (zero when cached).
     pub fetch_time: Duration,
+    /// The kernel's config (`/boot/config-*`, in `linux-base` from 6.18),
+    /// when the mirror has it.
+    pub config: Option<PathBuf>,
+}
+
+/// The config options the DAX machinery and the tests depend on.
+pub const DAX_CONFIG: &[&str] = &[
+    "CONFIG_FS_DAX",
+    "CONFIG_FS_DAX_PMD",
+    "CONFIG_ZONE_DEVICE",
+    "CONFIG_LIVEPATCH",
+    "CONFIG_DEBUG_VM",
+];
+
+impl Kernel {
+    /// [`DAX_CONFIG`] as the kernel's config sets them (`FS_DAX=y`,
+    /// `DEBUG_VM unset`), or why they are unknown.
+    pub fn dax_config(&self) -> String {
+        let Some(text) = self
+            .config
+            .as_ref()
+            .and_then(|p| fs::read_to_string(p).ok())
+        else {
+            return "config not published for this build (no /boot/config in its packages)"
+                .to_string();
+        };
+        dax_config_of(&text)
+    }
+}
+
+fn dax_config_of(config: &str) -> String {
+    DAX_CONFIG
+        .iter()
+        .map(|opt| {
+            let short = opt.trim_start_matches("CONFIG_");
+            let set = config.lines().find_map(|l| {
+                l.strip_prefix(opt)
+                    .and_then(|r| r.strip_prefix('='))
+                    .map(str::to_string)
+            });
+            match set {
+                Some(v) => format!("{short}={v}"),
+                None => format!("{short} unset"),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// `<workspace>/target/vm-cache`, or `$DAXRACE_VM_CACHE` (e.g. a CI cache
@@ -91,9 +138,13 @@ pub fn fetch(series: &str) -> Result<Kernel> {
     let mut dir = cache
         .join("kernels")
         .join(format!("{}_{}", pkg.image, pkg.version));
-    // A kernel prepared before NET_MODULES existed lacks net-order: prepare
-    // it again (one download) rather than boot guests without a network.
-    if !prepared(&dir) {
+    // A kernel prepared before NET_MODULES existed lacks net-order, one
+    // prepared before linux-base was fetched its config: prepare it again
+    // (one download) rather than boot guests without a network.
+    let lacks_config = |dir: &Path, pkg: &KernelPkg| {
+        pkg.packages.iter().any(|p| p.starts_with("linux-base-")) && !dir.join("config").exists()
+    };
+    if !prepared(&dir) || lacks_config(&dir, &pkg) {
         let tmp = cache
             .join("tmp")
             .join(format!("{}-{}", pkg.image, std::process::id()));
@@ -114,7 +165,7 @@ pub fn fetch(series: &str) -> Result<Kernel> {
             }
             Err(e) => return Err(e),
         };
-        if !prepared(&dir) {
+        if !prepared(&dir) || lacks_config(&dir, &pkg) {
             eprintln!("vm: preparing {} {}", pkg.image, pkg.version);
             prepare(&pkg, &debs, &tmp.join("root"), &dir)
                 .with_context(|| format!("preparing {} {}", pkg.image, pkg.version))?;
@@ -209,6 +260,7 @@ fn load(dir: &Path) -> Result<Kernel> {
         modules: list("order"),
         net_modules: list("net-order"),
         fetch_time: Duration::ZERO,
+        config: Some(dir.join("config")).filter(|p| p.exists()),
     })
 }
 
@@ -397,4 +449,18 @@ fn extract_vmlinux(bz: &[u8]) -> Result<Vec<u8>> {
         bail!("{tool} gave {} bytes, expected an ELF of {size}", elf.len());
     }
     Ok(elf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dax_config_lines() {
+        let cfg = "CONFIG_FS_DAX=y\nCONFIG_FS_DAX_PMD=y\nCONFIG_ZONE_DEVICE=y\n# CONFIG_DEBUG_VM is not set\nCONFIG_LIVEPATCH=y\n";
+        assert_eq!(
+            dax_config_of(cfg),
+            "FS_DAX=y FS_DAX_PMD=y ZONE_DEVICE=y LIVEPATCH=y DEBUG_VM unset"
+        );
+    }
 }

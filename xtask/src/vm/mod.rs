@@ -30,15 +30,25 @@ pub use guest::Fs;
 
 #[derive(clap::Args)]
 pub struct VmArgs {
-    /// Kernel series: 6.1 (bookworm), 6.12 (trixie, bookworm-backports),
-    /// newest (trixie-backports, sid), or another major.minor Debian ships.
-    /// (default: newest; with --test: every supported series).
+    /// Kernel: a series, 6.1 (bookworm), 6.12 (trixie, bookworm-backports),
+    /// 6.16 to 7.3 (trixie-backports, forky, sid), newest, rc
+    /// (experimental's release candidate), or one build by image package
+    /// (linux-image-6.16.12+deb13-amd64) or package version
+    /// (6.16.12-1~bpo13+1). Default: newest; with --test: every tested series.
     #[arg(long)]
     pub kernel: Option<String>,
     /// Run the VM tests (what `cargo xtask test` runs after its other steps)
     /// instead of a command.
     #[arg(long, conflicts_with = "cmd")]
     pub test: bool,
+    /// List the Debian kernel series on the mirror, the newest build of
+    /// each and whether it can boot here (and why not), then exit.
+    #[arg(long, conflicts_with_all = ["cmd", "test"])]
+    pub list_kernels: bool,
+    /// With --test: also the pin-and-punch checks on 6.16, 6.17, 6.18, 7.2
+    /// and experimental's release candidate (`cargo xtask test --all-kernels`).
+    #[arg(long, requires = "test")]
+    pub all_kernels: bool,
     /// Run only the end-to-end test in which a Prometheus server on the
     /// host scrapes `daxrace run` in the guest (default kernel: newest).
     #[arg(long, conflicts_with_all = ["cmd", "test"])]
@@ -107,10 +117,14 @@ pub(crate) fn guest_binaries() -> Vec<std::path::PathBuf> {
 }
 
 pub fn run(args: VmArgs) -> Result<i32> {
+    if args.list_kernels {
+        tests::print_mirror_series();
+        return Ok(0);
+    }
     if args.test {
         match &args.kernel {
             Some(k) => tests::test_series(&[k.as_str()])?,
-            None => tests::test_all()?,
+            None => tests::test_all(args.all_kernels)?,
         }
         return Ok(0);
     }
@@ -189,9 +203,10 @@ pub fn demo(args: DemoArgs) -> Result<()> {
     tests::demo(&args)
 }
 
-/// Runs the VM tests on every supported kernel series.
-pub fn test_all() -> Result<()> {
-    tests::test_all()
+/// Runs the VM tests on every supported kernel series (`all_kernels`: and
+/// the pin-and-punch checks on the extra ones).
+pub fn test_all(all_kernels: bool) -> Result<()> {
+    tests::test_all(all_kernels)
 }
 
 /// Runs a host command to completion with a time limit, capturing its output.

@@ -20,8 +20,15 @@ use super::{
     kernel,
 };
 
-/// Series tested by `cargo xtask test` (see KERNELS.md).
+/// Series tested by `cargo xtask test`: Debian 12's kernel (the live lost
+/// wake-up), Debian 13's, and the newest (the 6.15 rework and later). Every
+/// VM test runs on these.
 pub const SERIES: &[&str] = &["6.1", "6.12", "newest"];
+
+/// Series `cargo xtask test --all-kernels` adds, with the pin-and-punch
+/// checks only: the trixie-backports and forky builds between 6.12 and the
+/// newest, and experimental's release candidate.
+pub const EXTRA_SERIES: &[&str] = &["6.16", "6.17", "6.18", "7.2", "rc"];
 
 /// The DAX symbols of the KERNELS.md table, reported per kernel (a clone
 /// such as `.isra.0` counts under its base name).
@@ -535,6 +542,7 @@ fn check_daxrace(
 fn run_series(series: &str) -> Result<SeriesResult> {
     let k = kernel::fetch(series)?;
     println!("--- {series}: {} {} ({})", k.pkg, k.version, k.release);
+    println!("--- {series}: config: {}", k.dax_config());
     let fss = Fs::Both.list();
     let mut script = witness_setup();
     script += "snap start\n";
@@ -666,13 +674,68 @@ pub fn run_guest_test(name: &str, series: Option<&str>, show: bool) -> Result<()
     Ok(())
 }
 
-/// Runs the VM tests on every supported series; one boot per series with
+/// Runs the VM tests on every supported series (and the pin-and-punch
+/// checks on [`EXTRA_SERIES`] with `all_kernels`); one boot per series with
 /// both filesystems.
-pub fn test_all() -> Result<()> {
-    test_series(SERIES)
+pub fn test_all(all_kernels: bool) -> Result<()> {
+    print_mirror_series();
+    let mut series = SERIES.to_vec();
+    if all_kernels {
+        series.extend(EXTRA_SERIES);
+    }
+    test_series_with(&series, SERIES)
 }
 
+/// Which series the mirror has, and why those that cannot boot cannot: a
+/// new series shows up here the day its packages are complete. Informative:
+/// the mirror's state is not the project's to fail on (a tested series
+/// that cannot boot fails its own test).
+pub fn print_mirror_series() {
+    let listed = kernel::cache_dir();
+    let apt = match super::apt::Apt::new(&listed).and_then(|a| {
+        if !a.has_lists() {
+            a.update()?;
+        }
+        a.mirror_series()
+    }) {
+        Ok(s) => s,
+        Err(e) => {
+            println!("--- mirror: cannot list the Debian kernels: {e:#}");
+            return;
+        }
+    };
+    println!("--- mirror: Debian amd64 kernel series (newest build each; tested: {} always, {} with --all-kernels)", SERIES.join(" "), EXTRA_SERIES.join(" "));
+    for m in apt {
+        let build = m
+            .build
+            .as_ref()
+            .map(|(i, v)| format!("{i} {v}"))
+            .unwrap_or_else(|| "-".into());
+        match m.bootable {
+            Ok(k) => println!(
+                "  {:<6} {build}: bootable ({})",
+                m.series,
+                k.packages.join(" ")
+            ),
+            Err(why) => println!("  {:<6} {build}: CANNOT BOOT: {why}", m.series),
+        }
+    }
+}
+
+/// The VM tests on `series`: the guest tests on those of them that are
+/// in [`SERIES`], the pin-and-punch checks on all.
 pub fn test_series(series: &[&str]) -> Result<()> {
+    let guest: Vec<&str> = series
+        .iter()
+        .copied()
+        .filter(|s| SERIES.contains(s))
+        .collect();
+    test_series_with(series, &guest)
+}
+
+/// The pin-and-punch checks on `series`, the guest tests ([`GUEST_TESTS`])
+/// on `guest_series`.
+fn test_series_with(series: &[&str], guest_series: &[&str]) -> Result<()> {
     let t0 = Instant::now();
     let mut results = Vec::new();
     let mut errors = Vec::new();
@@ -779,7 +842,7 @@ pub fn test_series(series: &[&str]) -> Result<()> {
         }
     }
     for (name, test) in GUEST_TESTS {
-        for s in series {
+        for s in guest_series {
             match test(s, false) {
                 Ok(r) => println!("  {r}"),
                 Err(e) => {
