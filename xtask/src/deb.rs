@@ -179,7 +179,7 @@ License: MIT or Apache-2.0
 Files: vendor/aya/*
 Copyright: The Aya contributors
 License: MIT or Apache-2.0
-Comment: aya 0.14.0 with two additions (vendor/aya/PATCHES.md).
+Comment: aya 0.14.0 with one patch, vendor/aya.patch (vendor/aya/PATCHES.md).
 
 License: MIT
 {MIT_TEXT}

@@ -171,25 +171,6 @@ impl<'a> EbpfLoader<'a> {
         }
     }
 
-    /// Creates a loader that does not read the kernel's BTF.
-    ///
-    /// daxrace patch: [`EbpfLoader::new`] parses `/sys/kernel/btf/vmlinux`
-    /// for CO-RE relocations before anything else; an object without CO-RE
-    /// relocations pays that parse (a fifth of start-up under emulation) for
-    /// nothing. Set [`EbpfLoader::btf`] to relocate after all.
-    pub fn without_kernel_btf() -> Self {
-        Self {
-            btf: None,
-            default_map_pin_directory: None,
-            globals: HashMap::new(),
-            max_entries: HashMap::new(),
-            map_pin_path_by_name: HashMap::new(),
-            extensions: HashSet::new(),
-            verifier_log_level: VerifierLogLevel::default(),
-            allow_unsupported_maps: false,
-        }
-    }
-
     /// Sets the target [BTF](Btf) info.
     ///
     /// The loader defaults to loading `BTF` info using [`Btf::from_sys_fs`].
