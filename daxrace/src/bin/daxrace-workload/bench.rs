@@ -8,7 +8,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use daxrace::{
+use daxrace::kernel::{
     btf::{Btf, VMLINUX_BTF},
     btf_objects::kernel_btf_name,
 };
