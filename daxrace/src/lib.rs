@@ -1,21 +1,18 @@
 //! daxrace: a race detector and tracer for filesystem DAX on persistent memory.
 //!
-//! Data flows one way: kernel hooks (`daxrace-ebpf`) -> ring buffer ->
-//! [`decode`] -> [`detect`] (pure) -> sinks. The probe plan ([`plan`]) is the
-//! only place that knows how kernels differ.
-pub mod btf;
-pub mod btf_objects;
+//! Data flows one way, and the modules follow it: [`kernel`] (what the running
+//! kernel has) -> [`load`] (load and attach the kernel hooks, `daxrace-ebpf`)
+//! -> [`source`] (ring buffer, or a recorded trace) -> [`decode`] ->
+//! [`detect`] (pure) -> [`sink`]s, joined by [`pipeline`]. [`event`] and
+//! [`trace_file`] are the vocabulary they share. The probe plan ([`plan`]) is
+//! the only place that knows how kernels differ.
 pub mod decode;
 pub mod detect;
 pub mod event;
-pub mod facts;
-pub mod kallsyms;
-pub mod ksym;
-pub mod patched;
+pub mod kernel;
+pub mod load;
 pub mod pipeline;
 pub mod plan;
-pub mod privs;
 pub mod sink;
 pub mod source;
 pub mod trace_file;
-pub mod tracer;

@@ -1,29 +1,20 @@
 //! decode -> detect -> sinks, the same for live tracing and replay. Events go
-//! in batches; findings come out to whichever sinks are configured.
-use std::{
-    collections::BTreeMap,
-    io::Write,
-    sync::{Arc, Mutex},
-};
+//! in batches; each event, and each finding the detector establishes, goes to
+//! every sink in order.
+use std::collections::BTreeMap;
 
 use crate::{
     detect::{Detector, DetectorConfig, Finding, FindingKind},
     event::Event,
-    sink::metrics::Metrics,
-    trace_file::{TraceFileError, TraceLine, TraceWriter},
+    sink::{
+        summary::{render, RunSummary, Unrecorded},
+        Sink,
+    },
+    trace_file::{Footer, TraceFileError},
 };
 
-/// Where events and findings go.
-#[derive(Default)]
-pub struct Sinks {
-    /// Print each event as a human line (stdout).
-    pub print_events: bool,
-    /// Print each finding as it happens (stderr, so stdout stays the
-    /// command's under `trace`).
-    pub print_findings: bool,
-    pub json: Option<TraceWriter>,
-    pub metrics: Option<Arc<Mutex<Metrics>>>,
-}
+/// Where events and findings go (see [`crate::sink`]).
+pub type Sinks = Vec<Box<dyn Sink>>;
 
 pub struct Pipeline {
     pub detector: Detector,
@@ -49,30 +40,14 @@ impl Pipeline {
     }
 
     pub fn feed(&mut self, batch: &[Event]) -> Result<(), TraceFileError> {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let metrics = self.sinks.metrics.clone();
-        let mut metrics = metrics.as_ref().map(|m| m.lock().expect("metrics lock"));
-        let stdout = std::io::stdout();
-        let mut stdout = self.sinks.print_events.then(|| stdout.lock());
         for ev in batch {
             self.events += 1;
             *self.events_by_hook.entry(ev.hook.as_str()).or_default() += 1;
-            if let Some(m) = metrics.as_deref_mut() {
-                m.observe_event(ev);
-            }
-            if let Some(out) = stdout.as_mut() {
-                let _ = writeln!(out, "{ev}");
-            }
-            if let Some(j) = self.sinks.json.as_mut() {
-                j.write_event(ev)?;
+            for sink in &mut self.sinks {
+                sink.event(ev)?;
             }
             self.detector.observe(ev, &mut self.scratch);
-            if !self.scratch.is_empty() {
-                drop(stdout.take());
-                self.emit(metrics.as_deref())?;
-            }
+            self.emit()?;
         }
         Ok(())
     }
@@ -80,34 +55,27 @@ impl Pipeline {
     /// Time passed with no events (live only): waiters may now be stranded.
     pub fn tick(&mut self, now_ns: u64) -> Result<(), TraceFileError> {
         self.detector.advance(now_ns, &mut self.scratch);
-        self.emit_locked()
+        self.emit()
     }
 
     /// End of stream: report what is still open.
     pub fn finish(&mut self) -> Result<(), TraceFileError> {
         self.detector.finish(&mut self.scratch);
-        self.emit_locked()
+        self.emit()
     }
 
-    fn emit_locked(&mut self) -> Result<(), TraceFileError> {
-        if self.scratch.is_empty() {
-            return Ok(());
+    /// Closes every sink with the footer (after [`Pipeline::finish`]).
+    pub fn close(&mut self, footer: &Footer) -> Result<(), TraceFileError> {
+        for sink in &mut self.sinks {
+            sink.close(footer)?;
         }
-        let metrics = self.sinks.metrics.clone();
-        let guard = metrics.as_ref().map(|m| m.lock().expect("metrics lock"));
-        self.emit(guard.as_deref())
+        Ok(())
     }
 
-    fn emit(&mut self, metrics: Option<&Metrics>) -> Result<(), TraceFileError> {
+    fn emit(&mut self) -> Result<(), TraceFileError> {
         for f in self.scratch.drain(..) {
-            if self.sinks.print_findings {
-                eprintln!("daxrace: FINDING {}", f.summary());
-            }
-            if let Some(m) = metrics {
-                m.observe_finding(&f);
-            }
-            if let Some(j) = self.sinks.json.as_mut() {
-                j.write(&TraceLine::Finding(Box::new(f.clone())))?;
+            for sink in &mut self.sinks {
+                sink.finding(&f)?;
             }
             self.findings.push(f);
         }
@@ -119,9 +87,9 @@ impl Pipeline {
         &self,
         lost: &BTreeMap<String, u64>,
         decode_errors: u64,
-        unrecorded: crate::sink::report::Unrecorded,
+        unrecorded: Unrecorded,
     ) -> String {
-        crate::sink::report::render(&crate::sink::report::RunSummary {
+        render(&RunSummary {
             findings: &self.findings,
             coverage: self.detector.coverage(),
             dropped: &self.detector.dropped(),

@@ -10,12 +10,10 @@
 //! One object per line. The header comes first; events and findings follow in
 //! the order they happened; the footer (counters, coverage) closes a complete
 //! trace. A trace without a footer was cut short (the tracer was killed).
-use std::{
-    collections::BTreeMap,
-    fs::File,
-    io::{BufRead, BufReader, BufWriter, Write},
-    path::{Path, PathBuf},
-};
+//!
+//! This module is the format; [`crate::sink::json_lines`] writes it and
+//! [`crate::source::trace_reader`] reads it back.
+use std::{collections::BTreeMap, path::PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -89,142 +87,4 @@ pub enum TraceFileError {
     },
     #[error("{path}: empty file, not a daxrace trace")]
     Empty { path: PathBuf },
-}
-
-/// Writes trace lines, buffered.
-pub struct TraceWriter {
-    out: BufWriter<File>,
-    path: PathBuf,
-}
-
-impl TraceWriter {
-    pub fn create(path: &Path) -> Result<TraceWriter, TraceFileError> {
-        let f = File::create(path).map_err(|source| TraceFileError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Ok(TraceWriter {
-            out: BufWriter::with_capacity(1 << 16, f),
-            path: path.to_path_buf(),
-        })
-    }
-
-    fn io(&self, source: std::io::Error) -> TraceFileError {
-        TraceFileError::Io {
-            path: self.path.clone(),
-            source,
-        }
-    }
-
-    pub fn write(&mut self, line: &TraceLine) -> Result<(), TraceFileError> {
-        serde_json::to_writer(&mut self.out, line)
-            .map_err(|e| self.io(std::io::Error::other(e)))?;
-        self.out.write_all(b"\n").map_err(|e| self.io(e))
-    }
-
-    /// Writes an event without cloning it into a [`TraceLine`].
-    pub fn write_event(&mut self, ev: &Event) -> Result<(), TraceFileError> {
-        #[derive(Serialize)]
-        struct Tagged<'a> {
-            #[serde(rename = "type")]
-            ty: &'static str,
-            #[serde(flatten)]
-            ev: &'a Event,
-        }
-        serde_json::to_writer(&mut self.out, &Tagged { ty: "event", ev })
-            .map_err(|e| self.io(std::io::Error::other(e)))?;
-        self.out.write_all(b"\n").map_err(|e| self.io(e))
-    }
-
-    pub fn flush(&mut self) -> Result<(), TraceFileError> {
-        self.out.flush().map_err(|e| self.io(e))
-    }
-}
-
-/// A trace read back: the header, then lines as they come.
-pub struct TraceReader {
-    lines: std::io::Lines<BufReader<File>>,
-    path: PathBuf,
-    line_no: u64,
-    pub header: Header,
-}
-
-impl TraceReader {
-    pub fn open(path: &Path) -> Result<TraceReader, TraceFileError> {
-        let f = File::open(path).map_err(|source| TraceFileError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let mut lines = BufReader::new(f).lines();
-        let first = match lines.next() {
-            None => {
-                return Err(TraceFileError::Empty {
-                    path: path.to_path_buf(),
-                })
-            }
-            Some(l) => l.map_err(|source| TraceFileError::Io {
-                path: path.to_path_buf(),
-                source,
-            })?,
-        };
-        let malformed = |what: String| TraceFileError::Malformed {
-            path: path.to_path_buf(),
-            line: 1,
-            what,
-        };
-        let header = match serde_json::from_str::<TraceLine>(&first) {
-            Ok(TraceLine::Header(h)) => *h,
-            Ok(_) => return Err(malformed("the first line must be the trace header".into())),
-            Err(e) => return Err(malformed(format!("not a daxrace trace header: {e}"))),
-        };
-        if header.format != FORMAT {
-            return Err(malformed(format!(
-                "format is `{}`, not `{FORMAT}`",
-                header.format
-            )));
-        }
-        if header.version != VERSION {
-            return Err(malformed(format!(
-                "trace format version {} is not supported (this daxrace reads version {VERSION})",
-                header.version
-            )));
-        }
-        Ok(TraceReader {
-            lines,
-            path: path.to_path_buf(),
-            line_no: 1,
-            header,
-        })
-    }
-
-    /// The next line, or `None` at the end of the file.
-    pub fn next_line(&mut self) -> Option<Result<TraceLine, TraceFileError>> {
-        loop {
-            let raw = self.lines.next()?;
-            self.line_no += 1;
-            let raw = match raw {
-                Ok(r) => r,
-                Err(source) => {
-                    return Some(Err(TraceFileError::Io {
-                        path: self.path.clone(),
-                        source,
-                    }))
-                }
-            };
-            if raw.trim().is_empty() {
-                continue;
-            }
-            return Some(serde_json::from_str::<TraceLine>(&raw).map_err(|e| {
-                TraceFileError::Malformed {
-                    path: self.path.clone(),
-                    line: self.line_no,
-                    what: e.to_string(),
-                }
-            }));
-        }
-    }
-
-    pub fn line_no(&self) -> u64 {
-        self.line_no
-    }
 }

@@ -3,7 +3,7 @@
 //! refusing an unprivileged user, a busy port and an unknown hook.
 use std::{io::Write, net::TcpListener, process::Command};
 
-use daxrace::{decode, trace_file::TraceReader};
+use daxrace::{decode, source::trace_reader::TraceReader};
 use daxrace_common::Record;
 use proptest::prelude::*;
 

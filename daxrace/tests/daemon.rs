@@ -124,7 +124,7 @@ fn the_daemon_serves_drops_capabilities_and_detaches_on_every_stop() {
             .map(|v| u64::from_str_radix(v.trim(), 16).expect("hex"))
             .expect("CapEff line");
         assert_eq!(
-            cap_eff & !daxrace::privs::KEPT,
+            cap_eff & !daxrace::load::privs::KEPT,
             0,
             "capabilities beyond BPF/PERFMON/SYSLOG were kept: {cap_eff:#x}"
         );

@@ -20,10 +20,10 @@ use std::{
 use daxrace::{
     detect::{DetectorConfig, FindingKind},
     event::{Comm, Event, EventBody, Filesystem, HookName, PageRef, Task},
-    pipeline::{Pipeline, Sinks},
+    load::tracer::KernelCounters,
+    pipeline::Pipeline,
     plan::{AttachKind, AttachedProgram, HookStatus, HOOKS},
     sink::metrics::{Metrics, METRIC_NAMES},
-    tracer::KernelCounters,
 };
 use daxrace_common::HookId;
 use serde_json::Value as Json;
@@ -125,10 +125,7 @@ fn fed_metrics() -> Metrics {
     let metrics = Arc::new(Mutex::new(Metrics::new("6.1.0-test")));
     let mut pipeline = Pipeline::new(
         DetectorConfig::with_idle_refcount(1),
-        Sinks {
-            metrics: Some(metrics.clone()),
-            ..Sinks::default()
-        },
+        vec![Box::new(metrics.clone())],
     );
     pipeline
         .feed(&racy_truncation())
@@ -1277,7 +1274,7 @@ fn the_systemd_unit_verifies_and_keeps_its_hardening() {
     assert!(caps.contains("CAP_BPF") && caps.contains("CAP_PERFMON"));
     // CAP_SYS_ADMIN is there for attaching only: the daemon drops what
     // privs::KEPT does not name, and the unit must not rely on more.
-    let kept = daxrace::privs::names(daxrace::privs::KEPT);
+    let kept = daxrace::load::privs::names(daxrace::load::privs::KEPT);
     for cap in &caps {
         assert!(
             kept.contains(cap) || *cap == "CAP_SYS_ADMIN",

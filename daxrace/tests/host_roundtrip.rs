@@ -13,7 +13,7 @@ use std::{
 use daxrace::{
     decode,
     event::{EventBody, FileOp},
-    tracer::{FsOpRecording, Tracer, TracerOptions},
+    load::tracer::{FsOpRecording, Tracer, TracerOptions},
 };
 use daxrace_common::{Counter, HookId};
 

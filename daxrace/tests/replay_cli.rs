@@ -9,7 +9,8 @@ use std::{path::Path, process::Command};
 
 use daxrace::{
     detect::{Detector, FindingKind},
-    trace_file::{Footer, Header, TraceLine, TraceWriter, FORMAT, VERSION},
+    sink::json_lines::TraceWriter,
+    trace_file::{Footer, Header, TraceLine, FORMAT, VERSION},
 };
 use model::{BreakShape, ModelConfig, Variant};
 

@@ -11,11 +11,11 @@ use std::{
 use anyhow::{Context, Result};
 use daxrace::{
     detect::DetectorConfig,
+    load::tracer::{KernelCounters, Tracer},
     pipeline::{Pipeline, Sinks},
-    sink::metrics::Metrics,
-    source::LiveSource,
-    trace_file::{Footer, Header, TraceLine, TraceWriter, FORMAT, VERSION},
-    tracer::{KernelCounters, Tracer},
+    sink::{json_lines::TraceWriter, metrics::Metrics, terminal::Terminal},
+    source::ring::LiveSource,
+    trace_file::{Footer, Header, TraceLine, FORMAT, VERSION},
 };
 use daxrace_common::Counter;
 
@@ -60,13 +60,18 @@ pub fn sinks(
     metrics: Option<Arc<Mutex<Metrics>>>,
     command: Option<Vec<String>>,
 ) -> Result<Sinks> {
-    let mut sinks = Sinks {
-        print_events,
-        print_findings: true,
-        json: json.map(TraceWriter::create).transpose()?,
-        metrics,
-    };
-    write_header(&mut sinks, header(tracer, command))?;
+    let mut sinks: Sinks = vec![Box::new(Terminal {
+        events: print_events,
+        findings: true,
+    })];
+    if let Some(m) = metrics {
+        sinks.push(Box::new(m));
+    }
+    if let Some(path) = json {
+        let mut writer = TraceWriter::create(path)?;
+        writer.write(&TraceLine::Header(Box::new(header(tracer, command))))?;
+        sinks.push(Box::new(writer));
+    }
     Ok(sinks)
 }
 
@@ -157,7 +162,7 @@ pub fn lost_events(k: &KernelCounters) -> BTreeMap<String, u64> {
         .iter()
         .map(|&c| (c.as_str().to_string(), k.get(c)))
         .chain([(
-            daxrace::tracer::RECURSION_MISSES.to_string(),
+            daxrace::load::tracer::RECURSION_MISSES.to_string(),
             k.recursion_misses,
         )])
         .collect()
@@ -336,20 +341,4 @@ fn refresh_metrics(
     m.set_decode_errors(source.decode_errors.iter());
     m.set_detector_dropped(&pipeline.detector.dropped());
     m.set_program_stats(&tracer.program_stats());
-}
-
-/// Writes the header line when a JSON sink is configured.
-pub fn write_header(sinks: &mut Sinks, header: Header) -> Result<()> {
-    if let Some(j) = sinks.json.as_mut() {
-        j.write(&TraceLine::Header(Box::new(header)))?;
-    }
-    Ok(())
-}
-
-pub fn write_footer(sinks: &mut Sinks, footer: Footer) -> Result<()> {
-    if let Some(j) = sinks.json.as_mut() {
-        j.write(&TraceLine::Footer(Box::new(footer)))?;
-        j.flush()?;
-    }
-    Ok(())
 }

@@ -7,8 +7,8 @@ pub mod run;
 pub mod trace;
 
 use daxrace::{
+    load::tracer::{FsOpRecording, SymbolSource, Tracer, TracerOptions},
     plan::AttachPreference,
-    tracer::{FsOpRecording, SymbolSource, Tracer, TracerOptions},
 };
 
 /// Exit code for daxrace's own errors (bad input, cannot attach).
@@ -68,7 +68,7 @@ pub struct AttachArgs {
     #[arg(long)]
     pub strict: bool,
     /// Ring buffer size in KiB: a power of two from 4 to 1048576.
-    #[arg(long, default_value_t = 4096, value_parser = daxrace::source::parse_ring_buffer_kib)]
+    #[arg(long, default_value_t = 4096, value_parser = daxrace::source::ring::parse_ring_buffer_kib)]
     pub ring_buffer_kib: u32,
     /// Attach only these logical hooks (comma-separated names as `daxrace
     /// probes` prints them); default: all.

@@ -1,6 +1,6 @@
 //! `daxrace probes`: the plan for this kernel and what attached.
 use anyhow::{Context, Result};
-use daxrace::tracer::Tracer;
+use daxrace::load::tracer::Tracer;
 
 use super::{print_warnings, AttachArgs};
 

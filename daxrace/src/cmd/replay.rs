@@ -4,9 +4,10 @@ use std::{collections::BTreeMap, path::PathBuf};
 use anyhow::{bail, Result};
 use daxrace::{
     detect::Finding,
-    pipeline::{Pipeline, Sinks},
-    sink::report::Unrecorded,
-    trace_file::{TraceLine, TraceReader},
+    pipeline::Pipeline,
+    sink::{summary::Unrecorded, terminal::Terminal},
+    source::trace_reader::TraceReader,
+    trace_file::TraceLine,
 };
 
 use super::{live::DetectArgs, FailOn};
@@ -42,12 +43,10 @@ pub fn run(args: ReplayArgs) -> Result<i32> {
     let cfg = args.detect.config(h.idle_refcount, h.pin_bias);
     let mut pipeline = Pipeline::new(
         cfg,
-        Sinks {
-            print_events: args.events,
-            print_findings: false,
-            json: None,
-            metrics: None,
-        },
+        vec![Box::new(Terminal {
+            events: args.events,
+            findings: false,
+        })],
     );
     let mut recorded = Vec::new();
     let mut footer = None;

@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use daxrace::sink::{
     http::{Health, MetricsServer},
     metrics::Metrics,
-    report::Unrecorded,
+    summary::Unrecorded,
 };
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -76,11 +76,11 @@ async fn run_async(args: RunArgs) -> Result<i32> {
     if !args.keep_caps {
         // After attaching, a compromised daemon should not be root in all
         // but name; what remains is what attaching a late module's hooks needs.
-        let left = daxrace::privs::drop_capabilities(daxrace::privs::KEPT)
+        let left = daxrace::load::privs::drop_capabilities(daxrace::load::privs::KEPT)
             .context("cannot drop capabilities (use --keep-caps to run without dropping)")?;
         eprintln!(
             "daxrace: capabilities after attaching: {}",
-            daxrace::privs::names(left)
+            daxrace::load::privs::names(left)
         );
     }
     let metrics = Arc::new(Mutex::new(Metrics::new(&tracer.kernel_release)));
@@ -139,7 +139,7 @@ async fn run_async(args: RunArgs) -> Result<i32> {
     let footer = live::footer(&pipeline, &source, &counters, None);
     let lost: u64 = footer.lost_events.values().sum();
     let unrecorded = Unrecorded::from_counters(&footer.kernel_counters);
-    live::write_footer(&mut pipeline.sinks, footer)?;
+    pipeline.close(&footer)?;
     eprintln!(
         "daxrace: stopped: {} events, {} findings, {lost} lost events, {} decode errors, peak RSS {} KiB",
         pipeline.events,
@@ -149,7 +149,7 @@ async fn run_async(args: RunArgs) -> Result<i32> {
     );
     eprintln!(
         "daxrace: {}",
-        daxrace::sink::report::coverage_line(pipeline.detector.coverage(), unrecorded)
+        daxrace::sink::summary::coverage_line(pipeline.detector.coverage(), unrecorded)
     );
     live::print_program_stats(&tracer);
     Ok(0)

@@ -6,7 +6,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use daxrace::{detect::FindingKind, pipeline::Pipeline, sink::report::Unrecorded};
+use daxrace::{detect::FindingKind, pipeline::Pipeline, sink::summary::Unrecorded};
 use tokio::signal::unix::{signal, SignalKind};
 
 use super::{
@@ -87,7 +87,7 @@ async fn run_async(args: TraceArgs) -> Result<i32> {
     let footer = live::footer(&pipeline, &source, &counters, Some(code));
     let lost = footer.lost_events.clone();
     let unrecorded = Unrecorded::from_counters(&footer.kernel_counters);
-    live::write_footer(&mut pipeline.sinks, footer)?;
+    pipeline.close(&footer)?;
     eprint!(
         "{}",
         pipeline.report(&lost, source.decode_errors.values().sum(), unrecorded)

@@ -1,7 +1,7 @@
 //! Edge cases of the detector: refcount models, expiry, bounds, duplicates,
 //! the xfs retry loop, nesting, inference, and the finding format.
 use super::*;
-use crate::event::{Comm, Task};
+use crate::event::{Comm, Filesystem, PageRef, Task};
 
 const MS: u64 = 1_000_000;
 const S: u64 = 1_000_000_000;

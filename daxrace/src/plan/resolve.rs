@@ -8,9 +8,9 @@ use daxrace_common::HookId;
 use daxrace_plan::{AttachKind::*, Flavour, HookSpec, HOOKS, WRAPPER_MAX_BYTES};
 
 use crate::{
-    btf::{Btf, FuncIds},
-    kallsyms::Kallsyms,
-    patched::PatchedFunctions,
+    kernel::btf::{Btf, FuncIds},
+    kernel::kallsyms::Kallsyms,
+    kernel::patched::PatchedFunctions,
 };
 
 /// `--attach`: which flavour to use for kernel functions.
@@ -57,7 +57,7 @@ pub struct KernelView<'a> {
     /// (absent: no fentry/fexit there).
     pub modules: &'a HashMap<String, FuncIds>,
     /// Functions a live patch (or another IPMODIFY ftrace user) reroutes:
-    /// no BPF trampoline goes there ([`crate::patched`]).
+    /// no BPF trampoline goes there ([`crate::kernel::patched`]).
     pub patched: &'a PatchedFunctions,
 }
 
@@ -185,7 +185,7 @@ fn resolve_hook(spec: &HookSpec, view: &KernelView<'_>, pref: AttachPreference) 
 }
 
 /// Why a function gets no fentry/fexit, as `daxrace probes` says it.
-pub fn trampoline_avoided(function: &str, by: Option<&crate::patched::Modifier>) -> String {
+pub fn trampoline_avoided(function: &str, by: Option<&crate::kernel::patched::Modifier>) -> String {
     format!(
         "no fentry/fexit on {function}: modified by {} (a BPF trampoline there would bypass it); kprobes instead",
         by.map_or("ftrace IPMODIFY", |m| m.by.as_str())

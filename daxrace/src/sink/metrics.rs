@@ -13,11 +13,13 @@ use prometheus::{
     TextEncoder,
 };
 
+use super::Sink;
 use crate::{
     detect::{DroppedState, Finding},
     event::{Event, EventBody, Filesystem},
+    load::tracer::BreakStats,
     plan::HookStatus,
-    tracer::BreakStats,
+    trace_file::TraceFileError,
 };
 
 /// Every metric name the daemon exports (dashboards and alert rules are
@@ -328,7 +330,7 @@ impl Metrics {
         // anything happens (Prometheus' advice on missing series): dashboards
         // and rate() work from the first scrape.
         m.lost_events
-            .with_label_values(&[crate::tracer::RECURSION_MISSES]);
+            .with_label_values(&[crate::load::tracer::RECURSION_MISSES]);
         for c in Counter::ALL {
             if !Counter::LOST.contains(&c) && c != Counter::ScanQuiet {
                 m.kernel_filtered.with_label_values(&[c.as_str()]);
@@ -396,7 +398,7 @@ impl Metrics {
     }
 
     /// Running totals of the kernel's counters, read from the per-CPU map.
-    pub fn set_kernel_counters(&mut self, values: &crate::tracer::KernelCounters) {
+    pub fn set_kernel_counters(&mut self, values: &crate::load::tracer::KernelCounters) {
         for c in Counter::ALL {
             let now = values.get(c);
             let prev = &mut self.kernel_seen[c as usize];
@@ -423,7 +425,7 @@ impl Metrics {
         self.recursion_misses_seen = values.recursion_misses;
         if delta > 0 {
             self.lost_events
-                .with_label_values(&[crate::tracer::RECURSION_MISSES])
+                .with_label_values(&[crate::load::tracer::RECURSION_MISSES])
                 .inc_by(delta);
         }
     }
@@ -499,6 +501,19 @@ fn dropped_totals(d: &DroppedState) -> [(&'static str, u64); 5] {
     ]
 }
 
+/// The pipeline feeds the registry the HTTP server reads.
+impl Sink for Arc<Mutex<Metrics>> {
+    fn event(&mut self, ev: &Event) -> Result<(), TraceFileError> {
+        self.lock().expect("metrics lock").observe_event(ev);
+        Ok(())
+    }
+
+    fn finding(&mut self, finding: &Finding) -> Result<(), TraceFileError> {
+        self.lock().expect("metrics lock").observe_finding(finding);
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -520,7 +535,7 @@ mod tests {
         zero(
             "daxrace_lost_events_total",
             "reason",
-            crate::tracer::RECURSION_MISSES,
+            crate::load::tracer::RECURSION_MISSES,
         );
         for c in Counter::ALL {
             if !Counter::LOST.contains(&c) && c != Counter::ScanQuiet {

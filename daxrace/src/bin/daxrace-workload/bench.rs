@@ -8,7 +8,8 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use daxrace::{
+use daxrace::kernel::{
+    bpf_sys::{self, BPF_OBJ_GET_INFO_BY_FD, BPF_PROG_GET_FD_BY_ID, BPF_TASK_FD_QUERY},
     btf::{Btf, VMLINUX_BTF},
     btf_objects::kernel_btf_name,
 };
@@ -83,8 +84,6 @@ struct TaskFdQuery {
     probe_addr: u64,
 }
 
-const BPF_TASK_FD_QUERY: libc::c_long = 20;
-
 /// Program id -> where it is attached (`kprobe:sym`, `kretprobe:sym`,
 /// `tracepoint:name`, `raw_tracepoint:name`, `fentry:func`...), read the way
 /// `bpftool perf` and `bpftool link` do: BPF_TASK_FD_QUERY on perf-event
@@ -108,15 +107,8 @@ fn attachments(pid: u32) -> Result<BTreeMap<u32, Vec<String>>> {
         };
         // SAFETY: the attribute and the name buffer outlive the call; the
         // kernel writes at most buf_len bytes into buf.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_TASK_FD_QUERY,
-                &mut q as *mut TaskFdQuery,
-                std::mem::size_of::<TaskFdQuery>(),
-            )
-        };
-        if r == 0 {
+        let r = unsafe { bpf_sys::bpf(BPF_TASK_FD_QUERY, &mut q) };
+        if r.is_ok() {
             let len = buf.iter().position(|b| *b == 0).unwrap_or(0);
             let name = String::from_utf8_lossy(&buf[..len]).into_owned();
             let kind = match q.fd_type {
@@ -209,8 +201,6 @@ struct GetInfo {
     info: u64,
 }
 
-const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
-const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 /// `struct bpf_prog_info` up to `attach_btf_id` (8-byte aligned), and the
 /// offsets of `attach_btf_obj_id` and `attach_btf_id` in it (uapi bpf.h).
 const PROG_INFO_LEN: usize = 232;
@@ -227,17 +217,7 @@ fn prog_attach_btf(prog_id: u32) -> Option<(u32, u32)> {
         open_flags: 0,
     };
     // SAFETY: a valid attribute for this command, of the size passed.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_GET_FD_BY_ID,
-            &mut a as *mut GetFdById,
-            std::mem::size_of::<GetFdById>(),
-        )
-    };
-    if fd < 0 {
-        return None;
-    }
+    let fd = unsafe { bpf_sys::bpf(BPF_PROG_GET_FD_BY_ID, &mut a) }.ok()?;
     // SAFETY: the kernel just returned this descriptor to us.
     let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
     let mut info = [0u8; PROG_INFO_LEN];
@@ -247,15 +227,7 @@ fn prog_attach_btf(prog_id: u32) -> Option<(u32, u32)> {
         info: info.as_mut_ptr() as u64,
     };
     // SAFETY: the kernel writes at most info_len bytes into `info`.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET_INFO_BY_FD,
-            &mut g as *mut GetInfo,
-            std::mem::size_of::<GetInfo>(),
-        )
-    };
-    if r != 0 {
+    if unsafe { bpf_sys::bpf(BPF_OBJ_GET_INFO_BY_FD, &mut g) }.is_err() {
         return None;
     }
     let id = u32_at(&info, ATTACH_BTF_ID_OFF)?;

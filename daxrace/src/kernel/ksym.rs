@@ -12,15 +12,14 @@ use std::{
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
 };
 
-use crate::{
+use super::{
+    bpf_sys::{self, BPF_PROG_LOAD, BPF_PROG_TEST_RUN},
     btf::Btf,
     facts,
     kallsyms::{Kallsyms, KernelSymbol},
-    plan,
 };
+use crate::plan;
 
-const BPF_PROG_LOAD: libc::c_long = 5;
-const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_PROG_TYPE_SYSCALL: u32 = 31;
 const BPF_F_SLEEPABLE: u32 = 1 << 4;
 const BPF_FUNC_PROBE_READ_KERNEL: i32 = 113;
@@ -133,19 +132,7 @@ fn bpf(cmd: libc::c_long, attr: &mut [u64; 16]) -> io::Result<libc::c_long> {
     // SAFETY: `attr` is a zeroed bpf_attr of the size passed; the kernel
     // reads and writes only within it and the buffers it points to, which
     // outlive the call.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr.as_mut_ptr(),
-            std::mem::size_of_val(attr) as libc::c_uint,
-        )
-    };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r)
-    }
+    unsafe { bpf_sys::bpf(cmd, attr) }
 }
 
 /// The loaded lookup program.
@@ -331,14 +318,14 @@ mod tests {
 
     #[test]
     fn looks_up_the_running_kernels_symbols() {
-        crate::tracer::check_privileges()
+        crate::load::privs::check_privileges()
             .expect("this test needs root (it loads a BPF program): run the tests as root");
         // Every kernel these tests run on (5.16+, no lockdown) takes the
         // program; a refusal is a defect, not a reason to skip.
         let l = SymbolLookup::load()
             .unwrap_or_else(|e| panic!("the symbol lookup program was refused: {e}"));
         // The same addresses /proc/kallsyms lists.
-        let listed = crate::kallsyms::Kallsyms::read(&["_stext", "wake_up_var"])
+        let listed = crate::kernel::kallsyms::Kallsyms::read(&["_stext", "wake_up_var"])
             .expect("kallsyms readable as root");
         for name in ["_stext", "wake_up_var"] {
             let want = listed.get(name).map(|s| s.addr);

@@ -3,7 +3,7 @@
 use daxrace_common::KernelConfig;
 use serde::Serialize;
 
-use crate::{btf::Btf, kallsyms::Kallsyms};
+use super::{btf::Btf, kallsyms::Kallsyms};
 
 /// The facts, and how each was obtained (for the trace header and `probes`).
 #[derive(Clone, Debug, Serialize)]

@@ -1,7 +1,10 @@
-//! Least privilege: once the probes are attached, the daemon keeps only the
+//! Privileges: whether this process may load and attach at all, and least
+//! privilege after: once the probes are attached, the daemon keeps only the
 //! capabilities tracing still needs (attaching hooks of a module loaded
 //! later) and drops the rest from its effective, permitted and bounding sets.
 use std::io;
+
+use super::tracer::TraceError;
 
 pub const CAP_SYSLOG: u32 = 34;
 pub const CAP_PERFMON: u32 = 38;
@@ -39,6 +42,32 @@ pub fn names(caps: u64) -> String {
         "none".into()
     } else {
         out.join(" ")
+    }
+}
+
+/// CapEff bits from /proc/self/status.
+fn effective_caps() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Whether this process may load and attach: root, or CAP_BPF with
+/// CAP_PERFMON.
+pub fn check_privileges() -> Result<(), TraceError> {
+    const CAP_SYS_ADMIN: u64 = 1 << 21;
+    const CAP_PERFMON: u64 = 1 << 38;
+    const CAP_BPF: u64 = 1 << 39;
+    let caps = effective_caps();
+    if caps & CAP_SYS_ADMIN != 0 || (caps & CAP_BPF != 0 && caps & CAP_PERFMON != 0) {
+        Ok(())
+    } else {
+        Err(TraceError::NotPrivileged)
     }
 }
 

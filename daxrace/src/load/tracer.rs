@@ -15,14 +15,17 @@ use daxrace_common::{
     BreakStat, Counter, BREAK_STATS_MAP, COUNTERS_MAP, COUNTER_COUNT, EVENTS_MAP,
 };
 
+use super::privs::check_privileges;
 use crate::{
-    btf::{Btf, FuncIds},
-    btf_objects,
     event::HookName,
-    facts::KernelFacts,
-    kallsyms::Kallsyms,
-    ksym,
-    patched::{PatchedFunctions, LIVEPATCH_DIR},
+    kernel::{
+        btf::{Btf, FuncIds},
+        btf_objects,
+        facts::KernelFacts,
+        kallsyms::Kallsyms,
+        ksym,
+        patched::{PatchedFunctions, LIVEPATCH_DIR},
+    },
     plan::{
         self, AttachKind, AttachPreference, AttachedProgram, HookStatus, KernelView, PlannedAttach,
     },
@@ -205,30 +208,6 @@ impl std::fmt::Display for KernelChange {
     }
 }
 
-/// CapEff bits from /proc/self/status.
-fn effective_caps() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("CapEff:"))
-                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        })
-        .unwrap_or(0)
-}
-
-pub fn check_privileges() -> Result<(), TraceError> {
-    const CAP_SYS_ADMIN: u64 = 1 << 21;
-    const CAP_PERFMON: u64 = 1 << 38;
-    const CAP_BPF: u64 = 1 << 39;
-    let caps = effective_caps();
-    if caps & CAP_SYS_ADMIN != 0 || (caps & CAP_BPF != 0 && caps & CAP_PERFMON != 0) {
-        Ok(())
-    } else {
-        Err(TraceError::NotPrivileged)
-    }
-}
-
 /// The kernel's BTF, indexed for the functions and tracepoints the plan names.
 fn read_btf() -> Option<Btf> {
     let mut btf = Btf::from_kernel().ok()?;
@@ -271,7 +250,7 @@ fn read_symbols(
             Ok(None) => log::debug!("a cloned function needs the full symbol list"),
             Err(e) => log::debug!(
                 "no symbol lookups here ({e}): reading {}",
-                crate::kallsyms::KALLSYMS
+                crate::kernel::kallsyms::KALLSYMS
             ),
         }
     }
@@ -282,7 +261,7 @@ fn read_symbols(
 /// The symbols the plan and the facts need, from /proc/kallsyms.
 fn read_kallsyms() -> std::io::Result<Kallsyms> {
     let wanted: Vec<&str> = plan::symbols()
-        .chain(crate::facts::SYMBOLS.iter().copied())
+        .chain(crate::kernel::facts::SYMBOLS.iter().copied())
         .collect();
     Kallsyms::read(&wanted)
 }

@@ -7,7 +7,7 @@ use std::{
     path::Path,
 };
 
-use crate::kallsyms::NamePrefixes;
+use super::kallsyms::NamePrefixes;
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
@@ -104,7 +104,7 @@ fn sections(b: &[u8]) -> Result<(&[u8], &[u8]), BtfError> {
 /// kernel in one go where `bpf(2)` allows, else read from
 /// `/sys/kernel/btf/<name>`.
 fn kernel_bytes(name: &str) -> Result<Vec<u8>, BtfError> {
-    crate::btf_objects::kernel_btf_bytes(name).or_else(|e| {
+    super::btf_objects::kernel_btf_bytes(name).or_else(|e| {
         log::debug!("BTF of {name} through bpf(2): {e}; reading sysfs");
         let path = format!("/sys/kernel/btf/{name}");
         std::fs::read(&path).map_err(|source| BtfError::Read { path, source })
@@ -610,7 +610,8 @@ mod tests {
     #[test]
     fn reads_the_running_kernel_when_it_has_btf() {
         // Every kernel daxrace targets has BTF; this machine's does too. The
-        // offsets are stable on x86_64 from 4.18 to 6.18 (KERNELS.md).
+        // offsets are stable on x86_64 from 4.18 to 6.18 (docs/kernels.md,
+        // on the layout of struct page).
         let btf = Btf::from_file(VMLINUX_BTF)
             .unwrap_or_else(|e| panic!("this kernel must expose BTF for daxrace: {e}"));
         assert_eq!(btf.member_offset("page", "_refcount"), Some(52));

@@ -7,9 +7,7 @@ use std::{
     os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
 };
 
-const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
-const BPF_BTF_GET_FD_BY_ID: libc::c_long = 19;
-const BPF_BTF_GET_NEXT_ID: libc::c_long = 23;
+use super::bpf_sys::{BPF_BTF_GET_FD_BY_ID, BPF_BTF_GET_NEXT_ID, BPF_OBJ_GET_INFO_BY_FD};
 
 /// `union bpf_attr`, as large as any command here needs; unused bytes zero.
 #[repr(C, align(8))]
@@ -35,19 +33,7 @@ impl Attr {
 fn bpf(cmd: libc::c_long, attr: &mut Attr) -> io::Result<libc::c_long> {
     // SAFETY: `attr` is a zero-padded bpf_attr of the size passed; the
     // kernel reads and writes only within it (and the buffers it points to).
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr.0.as_mut_ptr(),
-            std::mem::size_of::<Attr>() as libc::c_uint,
-        )
-    };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r)
-    }
+    unsafe { super::bpf_sys::bpf(cmd, attr) }
 }
 
 /// `struct bpf_btf_info`: the fields read here.
@@ -198,7 +184,7 @@ mod tests {
 
     #[test]
     fn vmlinux_btf_is_found_and_a_missing_module_is_named() {
-        crate::tracer::check_privileges()
+        crate::load::privs::check_privileges()
             .expect("this test needs root (BPF_BTF_GET_NEXT_ID): run the tests as root");
         // vmlinux's own BTF object is named "vmlinux" and is a kernel BTF.
         assert!(module_btf_fd("vmlinux").is_ok());
