@@ -12,8 +12,7 @@
 //! - [`config`]: the kernel facts handed to the programs ([`KernelConfig`]);
 //! - [`dax`]: the kernel's encodings the programs decode (DAX and xarray
 //!   entries, bvecs, pfns);
-//! - [`slots`]: how the programs' tables are indexed, and a task's claim
-//!   on its slot.
+//! - [`slots`]: how the programs' tables are indexed.
 //!
 //! Everything the kernel side calls is `#[inline(always)]` and calls no BPF
 //! helper, so the host's unit tests here cover the same code the programs run.

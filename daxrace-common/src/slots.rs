@@ -1,8 +1,7 @@
 //! How the kernel programs' tables are indexed. Every table is an array
 //! indexed directly (by a task's tid, a page's address, a file's mapping or
 //! a 2 MiB block's number), never a hash map; a slot names its owner, and a
-//! lookup that finds another owner finds nothing. These are the indexes,
-//! and the rule by which a task claims its slot for a call that can nest.
+//! lookup that finds another owner finds nothing. These are the indexes.
 
 /// How long a watched page counts as fresh after its last event.
 pub const WATCH_FRESH_NS: u64 = 10_000_000_000;
@@ -64,36 +63,6 @@ pub const fn block_slot(pfn: u64) -> u32 {
     (pfn >> crate::DaxEntry::PMD_ORDER) as u32 & (BLOCK_SLOTS - 1)
 }
 
-/// Takes task `tid`'s slot (`owner`, `depth`) for a call's entry; false
-/// when the entry is the one nesting the hook allows (`nested`: depth
-/// becomes 2). The same task entering again otherwise means its state is
-/// stale (a missed return: attached between entry and return, or a
-/// kretprobe instance ran out): start afresh rather than hide every later
-/// call as "nested". A slot another task holds is taken, and
-/// `collided` is called (the programs count it).
-#[inline(always)]
-pub fn claim(
-    tid: u32,
-    owner: &mut u32,
-    depth: &mut u32,
-    nested: bool,
-    collided: impl FnOnce(),
-) -> bool {
-    if *depth != 0 {
-        if *owner == tid {
-            if nested && *depth == 1 {
-                *depth = 2;
-                return false;
-            }
-        } else {
-            collided();
-        }
-    }
-    *owner = tid;
-    *depth = 1;
-    true
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,31 +108,5 @@ mod tests {
         }
         let worst = per_slot.iter().max().copied().unwrap_or(0);
         assert!(worst <= 4, "{worst} files in one slot");
-    }
-
-    #[test]
-    fn a_task_claims_its_slot_and_nests_once() {
-        let (mut owner, mut depth, mut collisions) = (0, 0, 0);
-        let mut claim_for =
-            |tid, nested| claim(tid, &mut owner, &mut depth, nested, || collisions += 1);
-        // A fresh slot.
-        assert!(claim_for(10, false));
-        // The one allowed nesting (the generic break inside ext4's): not
-        // a new call.
-        assert!(!claim_for(10, true));
-        // Deeper, or a non-nesting entry again: stale state, start afresh.
-        assert!(claim_for(10, true));
-        assert!(claim_for(10, false));
-        // Another task's call in progress: taken, and counted.
-        assert!(claim_for(16394, false));
-        assert_eq!((owner, depth), (16394, 1));
-        assert_eq!(collisions, 1);
-    }
-
-    #[test]
-    fn a_free_slot_is_claimed_without_a_collision() {
-        let (mut owner, mut depth, mut collisions) = (77, 0, 0);
-        assert!(claim(5, &mut owner, &mut depth, true, || collisions += 1));
-        assert_eq!((owner, depth, collisions), (5, 1, 0));
     }
 }

@@ -11,10 +11,10 @@ use aya_ebpf::{
     maps::{Array, PerCpuArray},
     programs::{FExitContext, ProbeContext, RetProbeContext},
 };
-use daxrace_common::{bvec_pages, Counter, DaxEntry, HookId, RecordKind};
+use daxrace_common::{bvec_pages, dax, slots::TASK_SLOTS, Counter, HookId, RecordKind};
 
 use super::{
-    state::{fill_page, pfn_of, task_slot, tid, LoopCallback, TASK_SLOTS},
+    state::{fill_page, pfn_of, task_slot, tid, LoopCallback},
     watch::{any_watched, block_maybe_watched, watched},
 };
 use crate::emit::{config, count, count_add, new_record, read_at, submit};
@@ -185,16 +185,10 @@ extern "C" fn page_step(i: u32, ctx: *mut c_void) -> i64 {
 extern "C" fn block_step(i: u32, ctx: *mut c_void) -> i64 {
     // SAFETY: bpf_loop passes back the pointer given to it below.
     let w = unsafe { &*(ctx as *const BvecWalk) };
-    let block_first = ((w.pfn >> DaxEntry::PMD_ORDER) + i as u64) << DaxEntry::PMD_ORDER;
-    let lo = if block_first > w.pfn {
-        block_first
-    } else {
-        w.pfn
+    let Some((lo, hi)) = dax::block_run(w.pfn, w.pages, i) else {
+        return 0;
     };
-    let block_end = block_first + DaxEntry::PMD_PAGES;
-    let end = w.pfn + w.pages;
-    let hi = if block_end < end { block_end } else { end };
-    if hi <= lo || !block_maybe_watched(lo) {
+    if !block_maybe_watched(lo) {
         return 0;
     }
     let mut run = PageRun {
@@ -251,7 +245,7 @@ extern "C" fn bvec_step(i: u32, ctx: *mut c_void) -> i64 {
         return 0;
     }
     let pfn = pfn_of(cfg, first);
-    let blocks = ((pfn + npages - 1) >> DaxEntry::PMD_ORDER) - (pfn >> DaxEntry::PMD_ORDER) + 1;
+    let blocks = dax::bvec_blocks(pfn, npages);
     let mut bw = BvecWalk {
         first,
         pfn,

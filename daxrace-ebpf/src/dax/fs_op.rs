@@ -2,9 +2,9 @@
 //! task, and recorded only just before a break of that task meets a busy
 //! page, which is when they say what the break was for.
 use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::map, maps::Array};
-use daxrace_common::{Counter, HookId, RecordKind};
+use daxrace_common::{slots::TASK_SLOTS, Counter, HookId, RecordKind};
 
-use super::state::{task_slot, tid, TASK_SLOTS};
+use super::state::{task_slot, tid};
 use crate::emit::{config, count, fill_inode, new_record, submit};
 
 /// A task's last ext4 operation, until a busy break in the same task

@@ -11,13 +11,13 @@ use aya_ebpf::{
     programs::{FEntryContext, ProbeContext},
 };
 use daxrace_common::{
-    Counter, DaxEntry, HookId, RecordKind, XaEntry, PAGE_SHIFT, RANGE_WALK_STEPS,
+    dax, slots::PAGES_PER_FILE, Counter, DaxEntry, HookId, RecordKind, XaEntry, RANGE_WALK_STEPS,
 };
 
 use super::{
-    state::{fill_page, scalar_arg, LoopCallback, LLONG_MAX},
+    state::{fill_page, scalar_arg, LoopCallback},
     truncate::send_disassociated,
-    watch::{clear_pages, file_slot, watch_in, PAGES_PER_FILE},
+    watch::{clear_pages, file_slot, watch_in},
 };
 use crate::emit::{config, count, new_record, read_at, read_page, submit, vmemmap};
 
@@ -40,12 +40,7 @@ fn delete_range(mapping: u64, start: i64, end: i64) -> u32 {
     if mapping == 0 {
         return 0;
     }
-    let first = (start.max(0) as u64) >> PAGE_SHIFT;
-    let last = if end == LLONG_MAX {
-        u64::MAX
-    } else {
-        (end.max(0) as u64) >> PAGE_SHIFT
-    };
+    let (first, last) = dax::range_indexes(start, end);
     walk_range_entries(mapping, first, last);
     let Some(f) = file_slot(mapping) else {
         return 0;

@@ -6,14 +6,11 @@ use aya_ebpf::{
     maps::Array,
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
 };
-use daxrace_common::{Counter, HookId, RecordKind};
+use daxrace_common::{slots::TASK_SLOTS, Counter, HookId, RecordKind};
 
 use super::{
     breaks::break_recorded,
-    state::{
-        claim, fill_from_mapping, fill_owner, fill_page, task_slot, tid, BREAKS, LLONG_MAX,
-        TASK_SLOTS,
-    },
+    state::{claim, fill_from_mapping, fill_owner, fill_page, task_slot, tid, BREAKS, LLONG_MAX},
     watch::watch,
 };
 use crate::emit::{config, count, new_record, submit};

@@ -16,7 +16,11 @@ use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid, macros::map, maps::Array, programs::FEntryContext,
     EbpfContext,
 };
-use daxrace_common::{Counter, Record};
+use daxrace_common::{
+    dax,
+    slots::{self, TASK_SLOTS},
+    Counter, Record,
+};
 
 use crate::emit::{count, fill_inode, read_at, read_page, vmemmap, Cfg};
 
@@ -27,8 +31,6 @@ use crate::emit::{count, fill_inode, read_at, read_page, vmemmap, Cfg};
 // A slot names its owner (tid or page); a lookup that finds another owner
 // finds nothing, and taking over a slot another task is using is counted.
 
-/// Slots of the per-task tables (a power of two: `tid % TASK_SLOTS`).
-pub(super) const TASK_SLOTS: u32 = 16384;
 /// A break-layouts call in progress on one task. Nothing is recorded until a
 /// busy scan inside it finds a page: xfs_break_layouts() runs on every plain
 /// write, and most calls find nothing (they are summed in `BREAK_STATS`).
@@ -88,19 +90,14 @@ pub(super) fn tid() -> u32 {
 pub(super) fn task_slot<T>(map: &Array<T>, tid: u32) -> Option<&mut T> {
     // SAFETY: an array map value, valid for this program run; a racing
     // writer can only be another task sharing the slot, which is counted.
-    map.get_ptr_mut(tid & (TASK_SLOTS - 1))
+    map.get_ptr_mut(slots::task_slot(tid))
         .map(|p| unsafe { &mut *p })
 }
 
-/// The frame number of `page`. Wrapping: the hint below needs the same
-/// number for a page wherever it is computed, not a checked one.
+/// The frame number of `page` ([`dax::pfn_of`]).
 #[inline(always)]
 pub(super) fn pfn_of(cfg: Cfg, page: u64) -> u64 {
-    // checked: a plain `/` leaves a panic path with no exit, which the
-    // verifier refuses.
-    page.wrapping_sub(vmemmap(cfg))
-        .checked_div(cfg.page_struct_size() as u64)
-        .unwrap_or(0)
+    dax::pfn_of(page, vmemmap(cfg), cfg.page_struct_size() as u64)
 }
 
 /// Fills the page fields: pfn, refcount and page->mapping, and returns the
@@ -144,6 +141,11 @@ pub(super) fn fill_from_mapping(r: &mut Record, cfg: Cfg, mapping: u64) {
 /// entry and return, or a kretprobe instance ran out): start afresh rather
 /// than hide every later call as "nested". A slot another task holds is
 /// taken, and counted.
+///
+/// Not in `daxrace_common::slots` with the other pure slot arithmetic:
+/// written there with a callback for the count, it compiled to different
+/// break and scan programs (2 instructions fewer in some), which only the
+/// VM tests' verifiers could clear.
 #[inline(always)]
 pub(super) fn claim(tid: u32, owner: &mut u32, depth: &mut u32, nested: bool) -> bool {
     if *depth != 0 {

@@ -4,24 +4,13 @@
 //! multi-page walks skip blocks never watched, and the per-file lists the
 //! 6.15+ range deletion needs.
 use aya_ebpf::{macros::map, maps::Array};
-use daxrace_common::{Counter, DaxEntry, WATCH_FRESH_NS};
+use daxrace_common::{
+    slots::{self, BLOCK_SLOTS, FILE_SLOTS, PAGES_PER_FILE, WATCH_SLOTS},
+    Counter, WATCH_FRESH_NS,
+};
 
 use super::state::PAGE_MAPPING_DAX_COW;
 use crate::emit::count;
-
-/// Slots of the watched-page table (a power of two).
-const WATCH_SLOTS: u32 = 16384;
-/// Slots of the watched-files table (a power of two).
-const FILE_SLOTS: u32 = 1024;
-/// Watched pages one file's slot remembers, one place per pfn modulo this;
-/// a page taking the place of another still watched counts
-/// `FileWatchFull`. A busy scan watches one page per call, and the break
-/// waits for it before the next, so a file has few at once.
-pub(super) const PAGES_PER_FILE: usize = 4;
-
-/// Slots of the watched-blocks hint (a power of two): one per 2 MiB block
-/// of physical memory, modulo this (32 GiB before two blocks share one).
-const BLOCK_SLOTS: u32 = 16384;
 
 /// A watched page, its own file (`page->mapping` when the busy scan found
 /// it: not a file for a page shared by several) and its index there.
@@ -71,10 +60,9 @@ static WATCHED_FILES: Array<FileSlot> = Array::with_max_entries(FILE_SLOTS, 0);
 
 #[inline(always)]
 fn watch_slot(page: u64) -> Option<&'static mut WatchSlot> {
-    // struct page is 64 bytes: consecutive pages take consecutive slots.
     // SAFETY: as task_slot.
     WATCHED
-        .get_ptr_mut(((page >> 6) as u32) & (WATCH_SLOTS - 1))
+        .get_ptr_mut(slots::watch_slot(page))
         .map(|p| unsafe { &mut *p })
 }
 
@@ -93,7 +81,7 @@ pub(super) fn any_watched() -> bool {
 
 #[inline(always)]
 fn block_slot(pfn: u64) -> u32 {
-    (pfn >> DaxEntry::PMD_ORDER) as u32 & (BLOCK_SLOTS - 1)
+    slots::block_slot(pfn)
 }
 
 /// Whether a page of the 2 MiB block of `pfn` may be watched.
@@ -114,11 +102,10 @@ fn mark_block_watched(pfn: u64) {
 
 #[inline(always)]
 pub(super) fn file_slot(mapping: u64) -> Option<&'static mut FileSlot> {
-    // Mappings are embedded in slab-allocated inodes: a multiplicative hash
-    // spreads their addresses over the slots.
-    let slot = (mapping.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 54) as u32 & (FILE_SLOTS - 1);
     // SAFETY: as task_slot.
-    WATCHED_FILES.get_ptr_mut(slot).map(|p| unsafe { &mut *p })
+    WATCHED_FILES
+        .get_ptr_mut(slots::file_slot(mapping))
+        .map(|p| unsafe { &mut *p })
 }
 
 /// Starts watching `page` (frame `pfn`), found
@@ -159,9 +146,8 @@ fn watch_in_file(page: u64, mapping: u64) {
         f.mapping = mapping;
         clear_pages(&mut f.pages);
     }
-    // By pfn: the pages a file has busy at once are mostly neighbours, and
-    // one place per page keeps this (and the verifier's walk) short.
-    let at = ((page >> 6) as usize) & (PAGES_PER_FILE - 1);
+    // One place per page keeps this (and the verifier's walk) short.
+    let at = slots::file_place(page);
     let old = f.pages[at];
     if old != 0 && old != page && watch_in(old, mapping).is_some() {
         count(Counter::FileWatchFull);
