@@ -52,7 +52,7 @@ pub struct KernelConfig {
 }
 
 impl KernelConfig {
-    /// Offsets seen on x86_64 from 4.18 to 6.18 (KERNELS.md); used only when
+    /// Offsets seen on x86_64 from 4.18 to 6.18 (docs/kernels.md); used only when
     /// BTF is missing, and then with a warning.
     pub const X86_64_DEFAULTS: KernelConfig = KernelConfig {
         page_refcount: 52,

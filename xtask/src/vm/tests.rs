@@ -20,10 +20,10 @@ use super::{
     kernel,
 };
 
-/// Series tested by `cargo xtask test` (see KERNELS.md).
+/// Series tested by `cargo xtask test` (see docs/kernels.md).
 pub const SERIES: &[&str] = &["6.1", "6.12", "newest"];
 
-/// The DAX symbols of the KERNELS.md table, reported per kernel (a clone
+/// The DAX symbols of the docs/kernels.md table, reported per kernel (a clone
 /// such as `.isra.0` counts under its base name).
 const DAX_SYMBOLS: &[&str] = &[
     "ext4_break_layouts",
@@ -420,8 +420,8 @@ fn coverage_truncations(trace_output: &[String]) -> Option<u64> {
 }
 
 /// What daxrace must report on each series: Debian's 6.1 releases
-/// direct-I/O pages without waking break-layouts waiters (KERNELS.md, "A
-/// live bug"), so its trace must show lost wake-ups; later kernels are clean.
+/// direct-I/O pages without waking break-layouts waiters (docs/kernels.md, "The
+/// 6.1 lost wake-up"), so its trace must show lost wake-ups; later kernels are clean.
 pub(super) fn expects_lost_wakeup(series: &str) -> bool {
     series == "6.1"
 }
