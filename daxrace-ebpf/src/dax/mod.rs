@@ -25,8 +25,7 @@
 //! - [`range`]: range deletion (6.15+) and its walk of the file's entries.
 //!
 //! Kernel facts behind each stage: `docs/kernels.md`.
-// In the order of the stages (the order of the items in the generated code
-// follows it: see the comparison in `docs/toolchain.md`).
+// In the order of the stages.
 mod bio;
 mod breaks;
 mod fs_op;
