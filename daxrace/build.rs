@@ -1,6 +1,6 @@
 //! Builds the eBPF object (`daxrace-ebpf`) with Debian's cargo and rustc, which
 //! ship a prebuilt `core` for bpfel-unknown-none (rustup's toolchains here
-//! cannot build one: see shared/TOOLCHAIN.md), and links it with bpf-linker.
+//! cannot build one: see docs/toolchain.md), and links it with bpf-linker.
 use std::{
     env,
     path::{Path, PathBuf},

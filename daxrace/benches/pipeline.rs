@@ -1,6 +1,6 @@
 //! Throughput of the userspace pipeline on one core: ring-buffer bytes ->
 //! `decode` -> `Detector::observe`, on a generated stream shaped like the
-//! traced workloads (KERNELS.md): mostly truncation-side records
+//! traced workloads (docs/kernels.md): mostly truncation-side records
 //! (`dax_disassociate_entry`, `dax_delete_mapping_entry`) and page puts on
 //! pages nobody watches, with break-layouts calls now and then that find a
 //! pinned page, wait for it, and see it released and woken.

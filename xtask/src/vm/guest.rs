@@ -307,7 +307,7 @@ pub fn boot_initrd(spec: &Spec, initrd: &Path, extra_mem_mib: u64) -> Result<Out
 /// How QEMU runs the guest's CPU.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Accel {
-    /// Emulated (what works on these machines: VM.md).
+    /// Emulated (what works on these machines: docs/toolchain.md).
     #[default]
     Tcg,
     /// Hardware virtualisation, on a host where /dev/kvm works: times come

@@ -22,7 +22,7 @@ use super::{
 
 /// Series tested by `cargo xtask test`: Debian 12's kernel (the live lost
 /// wake-up), Debian 13's, and the newest (the 6.15 rework and later). Every
-/// VM test runs on these.
+/// VM test runs on these (docs/kernels.md).
 pub const SERIES: &[&str] = &["6.1", "6.12", "newest"];
 
 /// Series `cargo xtask test --all-kernels` adds, with the pin-and-punch
@@ -30,7 +30,7 @@ pub const SERIES: &[&str] = &["6.1", "6.12", "newest"];
 /// newest, and experimental's release candidate.
 pub const EXTRA_SERIES: &[&str] = &["6.16", "6.17", "6.18", "7.2", "rc"];
 
-/// The DAX symbols of the KERNELS.md table, reported per kernel (a clone
+/// The DAX symbols of the docs/kernels.md table, reported per kernel (a clone
 /// such as `.isra.0` counts under its base name).
 const DAX_SYMBOLS: &[&str] = &[
     "ext4_break_layouts",
@@ -452,8 +452,8 @@ fn coverage_truncations(trace_output: &[String]) -> Option<u64> {
 }
 
 /// What daxrace must report on each series: Debian's 6.1 releases
-/// direct-I/O pages without waking break-layouts waiters (KERNELS.md, "A
-/// live bug"), so its trace must show lost wake-ups; later kernels are clean.
+/// direct-I/O pages without waking break-layouts waiters (docs/kernels.md, "The
+/// 6.1 lost wake-up"), so its trace must show lost wake-ups; later kernels are clean.
 pub(super) fn expects_lost_wakeup(series: &str) -> bool {
     series == "6.1"
 }

@@ -1,5 +1,5 @@
 //! `daxrace-workload`: workloads that drive filesystem DAX into the
-//! break-layouts path (KERNELS.md): direct I/O reads from a non-DAX file that
+//! break-layouts path (docs/kernels.md, "The 2018 race"): direct I/O reads from a non-DAX file that
 //! holds written data, into a MAP_SHARED mapping of a DAX file, pin DAX pages
 //! through get_user_pages while other threads punch holes, zero, collapse,
 //! insert and truncate that file.

@@ -6,7 +6,7 @@
 //!
 //! If the breaker is still asleep well after the read returned (the pin is
 //! gone), the wake-up was lost: the watchdog reports it as a stall and
-//! interrupts it (Debian 6.1, see KERNELS.md).
+//! interrupts it (Debian 6.1, see docs/kernels.md, "The 6.1 lost wake-up").
 use std::{
     fs::{File, OpenOptions},
     os::{

@@ -1,0 +1,277 @@
+//! Range deletion (6.15+): `dax_delete_mapping_range(mapping, start, end)`,
+//! one call per deleted range. The file's watched pages in the range are
+//! reported from the per-file lists, and the file's xarray entries in the
+//! range are walked (`bpf_loop`, depth first) for unwatched pages above idle.
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    helpers::bpf_loop,
+    macros::{fentry, kprobe, map},
+    maps::PerCpuArray,
+    programs::{FEntryContext, ProbeContext},
+};
+use daxrace_common::{
+    dax, slots::PAGES_PER_FILE, Counter, DaxEntry, HookId, RecordKind, XaEntry, RANGE_WALK_STEPS,
+};
+
+use super::{
+    state::{fill_page, scalar_arg, LoopCallback},
+    truncate::send_disassociated,
+    watch::{clear_pages, file_slot, watch_in},
+};
+use crate::emit::{config, count, new_record, read_at, read_page, submit, vmemmap};
+
+/// `dax_delete_mapping_range(mapping, start, end)` (6.15+): every entry of
+/// the byte range `[start, end]` leaves the file, each through
+/// `dax_disassociate_entry(entry, mapping, true)`. Where that is an `.isra`
+/// clone (no BTF, so a kprobe trap per entry, and on every page fault that
+/// fills a hole too) this one call per range stands for it: the watched
+/// pages of the file that lie in the range are reported as truncated, with
+/// their refcount. It runs after the break found every page of the range
+/// idle, so a refcount above idle here is a pin taken behind its back.
+///
+/// The watched pages are not all: a page pinned behind the break's back, or
+/// left pinned by a break that returned early (the 2018 race), was never
+/// returned by a scan. So the file's entries in the range are walked too,
+/// and every unwatched page above idle is reported as a truncated page,
+/// as the per-entry hook does before 6.15.
+#[inline(always)]
+fn delete_range(mapping: u64, start: i64, end: i64) -> u32 {
+    if mapping == 0 {
+        return 0;
+    }
+    let (first, last) = dax::range_indexes(start, end);
+    walk_range_entries(mapping, first, last);
+    let Some(f) = file_slot(mapping) else {
+        return 0;
+    };
+    if f.mapping != mapping {
+        count(Counter::DisassociateQuiet);
+        return 0;
+    }
+    let Some(ended) = RANGE_ENDED.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's slot, only this program run uses it.
+    let ended = unsafe { &mut *ended };
+    clear_pages(&mut ended.pages);
+    // Nothing but memory changes from one page to the next, so that the
+    // verifier's paths through the pages converge instead of multiplying.
+    for i in 0..PAGES_PER_FILE {
+        let page = f.pages[i];
+        if page == 0 {
+            continue;
+        }
+        if let Some(w) = watch_in(page, mapping) {
+            if w.index < first || w.index > last {
+                continue;
+            }
+            w.page = 0;
+            ended.pages[i] = page;
+        }
+        // Ended here, or no longer watched for this file: forget it.
+        f.pages[i] = 0;
+    }
+    if f.pages.iter().all(|&p| p == 0) {
+        f.mapping = 0;
+    }
+    // The records come from a loop callback: one record path for the
+    // verifier to check, not one per page.
+    let mut walk = mapping;
+    // SAFETY: helper call with a callback and a pointer to our stack.
+    unsafe {
+        bpf_loop(
+            PAGES_PER_FILE as u32,
+            range_report_step as LoopCallback as *mut c_void,
+            &mut walk as *mut u64 as *mut c_void,
+            0,
+        )
+    };
+    0
+}
+
+/// The watched pages one range deletion ended (0: none in that place). In
+/// a per-CPU map, not on the stack, for the reason `RELEASE_FOUND` is.
+#[repr(C)]
+struct RangeEnded {
+    pages: [u64; PAGES_PER_FILE],
+}
+
+#[map]
+static RANGE_ENDED: PerCpuArray<RangeEnded> = PerCpuArray::with_max_entries(1, 0);
+
+/// Reports one ended page as the disassociation would. The file is not
+/// named again: the busy scan that watched the page did.
+extern "C" fn range_report_step(i: u32, ctx: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop passes back the pointer given to it above.
+    let mapping = unsafe { *(ctx as *const u64) };
+    let Some(ended) = RANGE_ENDED.get_ptr(0) else {
+        return 1;
+    };
+    // SAFETY: this CPU's slot, filled by the program that runs this loop.
+    let page = unsafe { (*ended).pages[i as usize & (PAGES_PER_FILE - 1)] };
+    if page != 0 {
+        let cfg = config();
+        let mut r = new_record(RecordKind::Disassociate, HookId::Disassociate);
+        fill_page(&mut r, cfg, page);
+        r.mapping = mapping;
+        r.op = 1;
+        submit(&r);
+    }
+    0
+}
+
+/// Levels of the page cache's xarray the walk descends (6 bits of index
+/// each: 48 bits, far more pages than any file has).
+const XA_LEVELS: usize = 8;
+
+/// Where the walk of one range deletion is: per level, the node, the first
+/// index it covers, its shift, and the next slot to visit. In a per-CPU map
+/// (the loop callback indexes it by level, which stack memory would not
+/// allow), for one program run at a time on this CPU.
+#[repr(C)]
+struct RangeWalk {
+    node: [u64; XA_LEVELS],
+    base: [u64; XA_LEVELS],
+    shift: [u32; XA_LEVELS],
+    next: [u32; XA_LEVELS],
+    /// Levels in use; 0 when the walk is over.
+    depth: u32,
+    _pad: u32,
+    first: u64,
+    last: u64,
+    mapping: u64,
+}
+
+#[map]
+static RANGE_WALK: PerCpuArray<RangeWalk> = PerCpuArray::with_max_entries(1, 0);
+
+/// Reports every unwatched page of `mapping`'s entries in `[first, last]`
+/// that is above the idle refcount (the watched ones are reported by the
+/// caller). One slot per loop step, depth first, skipping subtrees outside
+/// the range; a walk that needs more than [`RANGE_WALK_STEPS`] steps is
+/// counted as cut.
+#[inline(never)]
+fn walk_range_entries(mapping: u64, first: u64, last: u64) {
+    let cfg = config();
+    let head = read_at::<u64>(mapping, cfg.mapping_xa_head());
+    if head == 0 {
+        return;
+    }
+    let Some(node) = XaEntry::node(head) else {
+        // A file of one entry keeps it in the root, at index 0.
+        if first == 0 {
+            check_range_entry(head, mapping);
+        }
+        return;
+    };
+    let Some(w) = RANGE_WALK.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's slot, only this program run uses it.
+    let w = unsafe { &mut *w };
+    w.node[0] = node;
+    w.base[0] = 0;
+    w.shift[0] = read_at::<u8>(node, cfg.xa_node_shift()) as u32;
+    w.next[0] = 0;
+    w.depth = 1;
+    w.first = first;
+    w.last = last;
+    w.mapping = mapping;
+    // SAFETY: helper call with a callback; the callback finds its state in
+    // the map above, not through the context pointer.
+    unsafe {
+        bpf_loop(
+            RANGE_WALK_STEPS,
+            range_walk_step as LoopCallback as *mut c_void,
+            core::ptr::null_mut(),
+            0,
+        )
+    };
+    if w.depth != 0 {
+        count(Counter::RangeWalkCut);
+    }
+}
+
+extern "C" fn range_walk_step(_i: u32, _ctx: *mut c_void) -> i64 {
+    let Some(w) = RANGE_WALK.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: this CPU's slot, filled by the program that runs this loop.
+    let w = unsafe { &mut *w };
+    if w.depth == 0 || w.depth as usize > XA_LEVELS {
+        w.depth = 0;
+        return 1;
+    }
+    let level = (w.depth as usize - 1) & (XA_LEVELS - 1);
+    let slot = w.next[level];
+    if slot >= XaEntry::SLOTS {
+        w.depth -= 1;
+        return 0;
+    }
+    w.next[level] = slot + 1;
+    let Some((start, end)) = XaEntry::slot_span(w.base[level], w.shift[level], slot) else {
+        w.depth -= 1;
+        return 0;
+    };
+    if start > w.last {
+        // The node's later slots lie further still.
+        w.depth -= 1;
+        return 0;
+    }
+    if end < w.first {
+        return 0;
+    }
+    let cfg = config();
+    let entry = read_at::<u64>(w.node[level], cfg.xa_node_slots() + slot * 8);
+    if let Some(node) = XaEntry::node(entry) {
+        if w.depth as usize >= XA_LEVELS {
+            return 0; // deeper than any file: not a page cache
+        }
+        let down = w.depth as usize & (XA_LEVELS - 1);
+        w.node[down] = node;
+        w.base[down] = start;
+        w.shift[down] = read_at::<u8>(node, cfg.xa_node_shift()) as u32;
+        w.next[down] = 0;
+        w.depth += 1;
+        return 0;
+    }
+    check_range_entry(entry, w.mapping);
+    0
+}
+
+/// One entry of a deleted range: its page is reported when it is above idle
+/// and no watch of this file will report it. A subprogram, so that the loop
+/// callback stays short for the verifier.
+#[inline(never)]
+fn check_range_entry(entry: u64, mapping: u64) {
+    let Some((pfn, _)) = DaxEntry::pfns(entry) else {
+        return; // not a DAX page: empty, zero page, sibling or retry entry
+    };
+    let cfg = config();
+    let page = vmemmap(cfg) + pfn * cfg.page_struct_size() as u64;
+    if watch_in(page, mapping).is_some() {
+        return;
+    }
+    let f = read_page(cfg, page);
+    if f.refcount > cfg.idle_refcount() as i32 {
+        send_disassociated(page, pfn, &f, mapping, true);
+    } else {
+        count(Counter::DisassociateQuiet);
+    }
+}
+
+#[kprobe]
+pub fn kp_delete_range(ctx: ProbeContext) -> u32 {
+    delete_range(
+        ctx.arg::<u64>(0).unwrap_or(0),
+        ctx.arg::<i64>(1).unwrap_or(0),
+        ctx.arg::<i64>(2).unwrap_or(0),
+    )
+}
+
+#[fentry]
+pub fn fe_delete_range(ctx: FEntryContext) -> u32 {
+    // The mapping is hashed: it must be a plain number (see scalar_arg).
+    delete_range(scalar_arg(&ctx, 0), ctx.arg::<i64>(1), ctx.arg::<i64>(2))
+}
