@@ -21,16 +21,28 @@ fn assert_root() {
     );
 }
 
-/// A command that logs each SIGINT it gets to `log` and exits after ~6 s.
+/// A command that logs each SIGINT it gets to `log` and exits after ~6 s;
+/// it creates `<log>.ready` once its trap is set.
 fn counting_command(log: &std::path::Path) -> Vec<String> {
     vec![
         "sh".into(),
         "-c".into(),
         format!(
-            "trap 'echo INT >> {}' INT; i=0; while [ $i -lt 60 ]; do sleep 0.1; i=$((i+1)); done",
+            "trap 'echo INT >> {0}' INT; : > {0}.ready; i=0; while [ $i -lt 60 ]; do sleep 0.1; i=$((i+1)); done",
             log.display()
         ),
     ]
+}
+
+/// Waits until the command's trap is set: a signal sent before would kill
+/// it instead of being counted, however loaded the machine is.
+fn wait_trap_set(log: &std::path::Path) {
+    let ready = log.with_extension("ready");
+    let give_up = Instant::now() + Duration::from_secs(120);
+    while !ready.exists() {
+        assert!(Instant::now() < give_up, "the command never set its trap");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Waits for daxrace's "hooks attached" line on `stderr`, then collects
@@ -50,10 +62,7 @@ fn wait_attached(
             break;
         }
     }
-    let rest = std::thread::spawn(move || lines.map_while(Result::ok).collect());
-    // The command starts right after the line: let its trap be set.
-    std::thread::sleep(Duration::from_millis(500));
-    rest
+    std::thread::spawn(move || lines.map_while(Result::ok).collect())
 }
 
 fn forwarded(stderr: &[String]) -> bool {
@@ -85,6 +94,7 @@ fn a_kill_aimed_at_daxrace_is_forwarded_once() {
         .spawn()
         .expect("start daxrace trace");
     let stderr = wait_attached(child.stderr.take().expect("stderr"));
+    wait_trap_set(&log);
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     child.wait().expect("wait");
@@ -133,6 +143,7 @@ fn a_terminal_ctrl_c_is_not_forwarded_a_second_time() {
     // SAFETY: the slave is the child's now; the master stays ours.
     unsafe { libc::close(slave) };
     let stderr = wait_attached(child.stderr.take().expect("stderr"));
+    wait_trap_set(&log);
     // Ctrl-C typed on the terminal: the line discipline signals the whole
     // foreground process group (daxrace and its command) with SI_KERNEL.
     // SAFETY: the master is an open descriptor we own.

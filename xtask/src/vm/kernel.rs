@@ -77,8 +77,7 @@ impl Kernel {
             .as_ref()
             .and_then(|p| fs::read_to_string(p).ok())
         else {
-            return "config not published for this build (no /boot/config in its packages)"
-                .to_string();
+            return "config not published for this build (no config in its packages)".to_string();
         };
         dax_config_of(&text)
     }
@@ -305,13 +304,17 @@ fn prepare(pkg: &KernelPkg, debs: &[PathBuf], root: &Path, dir: &Path) -> Result
             "bzImage"
         }
     };
-    if let Some(cfg) = fs::read_dir(root.join("boot"))
+    // /boot/config-<release> in the image before 7.x; linux-base puts it
+    // beside the modules (lib/modules/<release>/config).
+    let config = fs::read_dir(root.join("boot"))
         .into_iter()
         .flatten()
         .flatten()
         .find(|e| e.file_name().to_string_lossy().starts_with("config-"))
-    {
-        fs::copy(cfg.path(), dir.join("config"))?;
+        .map(|e| e.path())
+        .or_else(|| Some(lib_mods.join(&release).join("config")).filter(|p| p.is_file()));
+    if let Some(cfg) = config {
+        fs::copy(cfg, dir.join("config"))?;
     }
 
     super::check(Command::new("depmod").arg("-b").arg(root).arg(&release))?;
