@@ -34,6 +34,18 @@ fn counting_command(log: &std::path::Path) -> Vec<String> {
     ]
 }
 
+/// Gives the child SIGINT's default action: started from a background job
+/// of a non-interactive shell (a CI runner's `cmd &`), the test inherits
+/// SIGINT ignored, the command would inherit it too, and a shell cannot
+/// trap a signal ignored on entry.
+fn sigint_default() -> std::io::Result<()> {
+    // SAFETY: async-signal-safe; called between fork and exec.
+    if unsafe { libc::signal(libc::SIGINT, libc::SIG_DFL) } == libc::SIG_ERR {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Waits until the command's trap is set: a signal sent before would kill
 /// it instead of being counted, however loaded the machine is.
 fn wait_trap_set(log: &std::path::Path) {
@@ -82,7 +94,8 @@ fn a_kill_aimed_at_daxrace_is_forwarded_once() {
     assert_root();
     let dir = tempfile::tempdir().expect("tempdir");
     let log = dir.path().join("ints");
-    let mut child = Command::new(DAXRACE)
+    let mut child = Command::new(DAXRACE);
+    child
         .env("RUST_LOG", "daxrace=debug")
         .arg("trace")
         .arg("--")
@@ -90,7 +103,9 @@ fn a_kill_aimed_at_daxrace_is_forwarded_once() {
         .stderr(Stdio::piped())
         // Its own process group, as a daemon's child would be: a kill of
         // daxrace's pid reaches daxrace only.
-        .process_group(0)
+        .process_group(0);
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    let mut child = unsafe { child.pre_exec(sigint_default) }
         .spawn()
         .expect("start daxrace trace");
     let stderr = wait_attached(child.stderr.take().expect("stderr"));
@@ -136,7 +151,7 @@ fn a_terminal_ctrl_c_is_not_forwarded_a_second_time() {
             if libc::setsid() < 0 || libc::ioctl(slave, libc::TIOCSCTTY, 0) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            Ok(())
+            sigint_default()
         });
     }
     let mut child = cmd.spawn().expect("start daxrace trace on a terminal");
