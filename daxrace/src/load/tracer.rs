@@ -819,12 +819,39 @@ fn short_error(e: &aya::programs::ProgramError) -> String {
             .into();
     }
     let first = s.split(". Verifier output").next().unwrap_or(&s);
-    first.chars().take(200).collect()
+    let first: String = first.chars().take(200).collect();
+    match too_old_for(&s) {
+        Some(why) => format!("{first}: {why}"),
+        None => first,
+    }
+}
+
+/// What a verifier refusal means when the kernel predates what the program
+/// uses: a helper it does not know (`invalid func unknown#N`), or a helper
+/// callback (`bpf_loop`'s), which kernels before 5.13 count wrongly
+/// against the object's function info. Measured on Debian 11's 5.10.
+fn too_old_for(verifier: &str) -> Option<&'static str> {
+    if verifier.contains("func_info doesn't match number of subprogs")
+        || verifier.contains("invalid func unknown#")
+    {
+        Some("this kernel is older than the program: it needs bpf_loop and its callbacks (Linux 5.17 or later)")
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kernel_too_old_for_a_program_is_named() {
+        // Debian 11's 5.10, loading the truncation hook (bpf_loop callbacks).
+        let log = "the BPF_PROG_LOAD syscall returned Invalid argument (os error 22). Verifier output: number of funcs in func_info doesn't match number of subprogs";
+        assert!(too_old_for(log).is_some_and(|w| w.contains("5.17")));
+        assert!(too_old_for("4: (85) call unknown#184\ninvalid func unknown#184").is_some());
+        assert_eq!(too_old_for("R1 invalid mem access 'scalar'"), None);
+    }
 
     #[test]
     fn a_hook_that_cannot_come_back_says_how_to_get_it() {

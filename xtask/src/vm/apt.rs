@@ -13,11 +13,13 @@ use std::{
 use anyhow::{bail, Context, Result};
 
 /// Suites searched for kernels, by the kind of mirror that carries them.
-/// bookworm (6.1), bookworm-backports and trixie (6.12), trixie-backports
+/// bullseye (5.10: older than every hook needs, booted to show what daxrace
+/// says there), bookworm (6.1), bookworm-backports and trixie (6.12), trixie-backports
 /// (6.16 to 7.3), forky and sid (7.2, 7.3), experimental (the next release
 /// candidate). Security suites carry the newest builds of the stable series
 /// (6.1 updates land in bookworm-security first).
 const MAIN_SUITES: &[&str] = &[
+    "bullseye",
     "bookworm",
     "bookworm-backports",
     "trixie",
@@ -26,7 +28,7 @@ const MAIN_SUITES: &[&str] = &[
     "sid",
     "experimental",
 ];
-const SECURITY_SUITES: &[&str] = &["bookworm-security", "trixie-security"];
+const SECURITY_SUITES: &[&str] = &["bullseye-security", "bookworm-security", "trixie-security"];
 const DEFAULT_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 /// Package lists younger than this are reused without asking the mirror.
 const LISTS_MAX_AGE: Duration = Duration::from_secs(12 * 3600);

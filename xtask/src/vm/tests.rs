@@ -30,6 +30,103 @@ pub const SERIES: &[&str] = &["6.1", "6.12", "newest"];
 /// newest, and experimental's release candidate.
 pub const EXTRA_SERIES: &[&str] = &["6.16", "6.17", "6.18", "7.2", "rc"];
 
+/// The Debian kernel below what every hook needs (bullseye's 5.10: no
+/// bpf_loop, no helper callbacks): `--all-kernels` boots it to check what
+/// daxrace says there.
+pub const OLD_SERIES: &str = "5.10";
+
+/// `daxrace probes` on [`OLD_SERIES`]: it attaches what the kernel can and
+/// names the kernel as too old for the rest (never a bare EINVAL), and the
+/// kernel logs no fault.
+pub fn old_kernel_check() -> Result<String> {
+    let k = kernel::fetch(OLD_SERIES)?;
+    let script = r#"daxrace probes --json > /tmp/p.json 2>/tmp/p.err
+echo "@@RC $?"
+echo "@@PROBESJSON $(tr -d '\n' < /tmp/p.json)"
+sed 's/^/@@ERR /' /tmp/p.err
+"#;
+    let out = guest::boot(
+        &guest::Spec {
+            kernel: &k,
+            fs: Fs::Both,
+            script: script.to_string(),
+            timeout: Duration::from_secs(300),
+            verbose: false,
+            stream: false,
+            forward: None,
+        },
+        &super::guest_binaries(),
+    )?;
+    let rc = out
+        .output
+        .iter()
+        .find_map(|l| l.strip_prefix("@@RC "))
+        .and_then(|v| v.trim().parse::<i32>().ok());
+    let probes: Value = out
+        .output
+        .iter()
+        .find_map(|l| l.strip_prefix("@@PROBESJSON "))
+        .and_then(|j| serde_json::from_str(j).ok())
+        .unwrap_or(Value::Null);
+    let (summary, mut failures) = judge_old_kernel(rc, &probes);
+    failures.extend(super::dmesg::unexpected_faults(&out.dmesg, &[]));
+    let summary = format!(
+        "old kernel {OLD_SERIES} ({} {}): {summary}",
+        k.pkg, k.version
+    );
+    if failures.is_empty() {
+        Ok(summary)
+    } else {
+        bail!("{summary}\n  {}", failures.join("\n  "))
+    }
+}
+
+/// The verdict on `daxrace probes --json` from a kernel older than every
+/// hook needs: (summary, failures).
+fn judge_old_kernel(rc: Option<i32>, probes: &Value) -> (String, Vec<String>) {
+    let mut failures = Vec::new();
+    if rc != Some(0) {
+        failures.push(format!("daxrace probes exited {rc:?}"));
+    }
+    let hooks = probes["hooks"].as_array().cloned().unwrap_or_default();
+    let mut attached = Vec::new();
+    let mut too_old = Vec::new();
+    for h in &hooks {
+        let name = h["hook"].as_str().unwrap_or("?").to_string();
+        if h["attached"].as_array().is_some_and(|a| !a.is_empty()) || h["standby"].is_string() {
+            attached.push(name);
+            continue;
+        }
+        let errors: Vec<&str> = h["errors"]
+            .as_array()
+            .map(|e| e.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        if errors.iter().any(|e| e.contains("older than the program")) {
+            too_old.push(name);
+        } else if !errors.iter().all(|e| e.starts_with("no candidate")) {
+            failures.push(format!(
+                "hook {name} did not attach and daxrace does not say why in the kernel's terms: {}",
+                errors.join("; ")
+            ));
+        }
+    }
+    if attached.is_empty() {
+        failures.push("no hook attached".into());
+    }
+    if too_old.is_empty() {
+        failures.push("no hook was named as needing a newer kernel".into());
+    }
+    (
+        format!(
+            "{} of {} hooks attached; too old for: {}",
+            attached.len(),
+            hooks.len(),
+            too_old.join(" ")
+        ),
+        failures,
+    )
+}
+
 /// The DAX symbols of the docs/kernels.md table, reported per kernel (a clone
 /// such as `.isra.0` counts under its base name).
 const DAX_SYMBOLS: &[&str] = &[
@@ -708,7 +805,12 @@ pub fn test_all(all_kernels: bool) -> Result<()> {
     if all_kernels {
         series.extend(EXTRA_SERIES);
     }
-    test_series_with(&series, SERIES)
+    test_series_with(&series, SERIES)?;
+    if all_kernels {
+        let r = old_kernel_check()?;
+        println!("  {r}");
+    }
+    Ok(())
 }
 
 /// Which series the mirror has, and why those that cannot boot cannot: a
@@ -1066,6 +1168,25 @@ mod unit {
         assert_eq!(fell_back.len(), 1, "{fell_back:?}");
         assert!(fell_back[0].starts_with("ext4_break"));
         assert_eq!(check_module_fentry(&Value::Null).len(), 2);
+    }
+
+    #[test]
+    fn an_old_kernel_is_named_too_old() {
+        let probes = serde_json::json!({"hooks": [
+            {"hook": "busy_scan", "attached": [{"symbol": "dax_layout_busy_page_range"}]},
+            {"hook": "disassociate", "attached": [], "errors": ["fentry fe_disassociate on dax_disassociate_entry: the BPF_PROG_LOAD syscall returned Invalid argument (os error 22): this kernel is older than the program: it needs bpf_loop and its callbacks (Linux 5.17 or later)"]},
+            {"hook": "generic_break", "attached": [], "errors": ["no candidate on this kernel (looked for dax_break_layout)"]},
+        ]});
+        let (summary, failures) = judge_old_kernel(Some(0), &probes);
+        assert!(failures.is_empty(), "{failures:?}");
+        assert_eq!(summary, "1 of 3 hooks attached; too old for: disassociate");
+        // A bare EINVAL is a failure; so is nothing named too old.
+        let bare = serde_json::json!({"hooks": [
+            {"hook": "busy_scan", "attached": [{"symbol": "x"}]},
+            {"hook": "disassociate", "attached": [], "errors": ["fentry fe_disassociate: Invalid argument (os error 22)"]},
+        ]});
+        let (_, failures) = judge_old_kernel(Some(0), &bare);
+        assert_eq!(failures.len(), 2, "{failures:?}");
     }
 
     #[test]
