@@ -45,6 +45,12 @@ pub struct KernelConfig {
     /// Offsets of `shift` and `slots` in `struct xa_node`.
     pub xa_node_shift: u32,
     pub xa_node_slots: u32,
+    /// 1 in the daemon's quiet mode (`--evidence quiet`): the truncation
+    /// hooks that see a whole range look only at files whose last break met
+    /// a busy page, so that a quiet truncate costs one early return.
+    pub quiet: u32,
+    /// Keeps the u64 fields aligned without implicit padding.
+    pub reserved: u32,
     /// Address of the kernel variable `vmemmap_base` (0: use the default base).
     pub vmemmap_base_addr: u64,
     /// Used when `vmemmap_base_addr` is 0.
@@ -77,13 +83,15 @@ impl KernelConfig {
         mapping_xa_head: 16,
         xa_node_shift: 0,
         xa_node_slots: 40,
+        quiet: 0,
+        reserved: 0,
         vmemmap_base_addr: 0,
         vmemmap_default: 0xffff_ea00_0000_0000,
     };
 }
 
 const _: () = {
-    // 22 u32 offsets and flags, then two u64: no padding.
-    assert!(core::mem::size_of::<KernelConfig>() == 22 * 4 + 16);
+    // 24 u32 offsets and flags, then two u64: no padding.
+    assert!(core::mem::size_of::<KernelConfig>() == 24 * 4 + 16);
     assert!(core::mem::align_of::<KernelConfig>() == 8);
 };

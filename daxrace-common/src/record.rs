@@ -28,6 +28,11 @@ wire_enum! {
         Disassociate = 9,
         /// `dax_delete_mapping_entry(mapping, index)`: `a` is the index.
         DeleteEntry = 10,
+        /// A watched page's refcount, read on the daemon's request (not by a
+        /// hook on the page's path): `refcount` is the count now, and the
+        /// task fields are the daemon's, not a releaser's. Sent when it
+        /// differs from the last count reported for the page.
+        PageSampled = 11,
     }
 }
 
@@ -194,11 +199,11 @@ mod tests {
 
     #[test]
     fn kinds_round_trip() {
-        for v in 1..=10u16 {
+        for v in 1..=11u16 {
             assert_eq!(RecordKind::from_u16(v).unwrap() as u16, v);
         }
         assert!(RecordKind::from_u16(0).is_none());
-        assert!(RecordKind::from_u16(11).is_none());
+        assert!(RecordKind::from_u16(12).is_none());
     }
 
     #[test]
@@ -222,8 +227,9 @@ mod tests {
     #[test]
     fn values_are_the_trace_format() {
         // Recorded in trace files: these numbers never change.
-        assert_eq!(RecordKind::COUNT, 10);
+        assert_eq!(RecordKind::COUNT, 11);
         assert_eq!(RecordKind::DeleteEntry as u16, 10);
+        assert_eq!(RecordKind::PageSampled as u16, 11);
         assert_eq!(HookId::COUNT, 15);
         assert_eq!(HookId::DeleteEntry as u16, 14);
         assert_eq!(FsOp::Truncate as u32, 5);

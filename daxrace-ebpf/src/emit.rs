@@ -75,6 +75,7 @@ config_fields!(
     mapping_xa_head: u32,
     xa_node_shift: u32,
     xa_node_slots: u32,
+    quiet: u32,
     vmemmap_base_addr: u64,
     vmemmap_default: u64,
 );
@@ -235,6 +236,20 @@ fn ring_wake_at() -> u64 {
     let at = ring_wake_bytes(EVENTS.query(BPF_RB_RING_SIZE)).max(1);
     unsafe { core::ptr::write_volatile(&raw mut RING_WAKE_CACHE, at) };
     at
+}
+
+/// Sends a record and wakes the reader at once: for the rare record the
+/// daemon must act on without waiting for its drain timer (a page starts
+/// being watched: the quiet mode attaches the page hooks then).
+#[inline(always)]
+pub fn submit_now(r: &Record) {
+    match EVENTS.reserve::<Record>(0) {
+        Some(mut slot) => {
+            slot.write(*r);
+            slot.submit(BPF_RB_FORCE_WAKEUP);
+        }
+        None => count(Counter::RingbufFull),
+    }
 }
 
 /// Sends a record; a full ring buffer is counted, never silent. The

@@ -50,6 +50,41 @@ impl AttachKind {
     }
 }
 
+/// How much a running daxrace hooks (`--evidence`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Evidence {
+    /// The daemon's default: the I/O path pays nothing while no page is
+    /// watched. Per-page hooks attach only while a busy scan's page is
+    /// watched, and truncation is seen once per range, not per entry.
+    #[default]
+    Quiet,
+    /// Every hook, all the time: the page's whole history (`trace`).
+    Full,
+}
+
+impl Evidence {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Evidence::Quiet => "quiet",
+            Evidence::Full => "full",
+        }
+    }
+}
+
+/// When a hook is attached in [`Evidence::Quiet`] mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuietRole {
+    /// From start to stop, as in full mode.
+    Always,
+    /// Only while some page is watched: hooks on paths every direct I/O
+    /// takes, page by page (millions of runs a second), that matter only
+    /// for a page a break-layouts call found busy.
+    WhileWatched,
+    /// Not in quiet mode: what it sees, another hook of the quiet plan
+    /// sees once per range.
+    Off,
+}
+
 /// One program of the eBPF object and how it attaches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Program {
@@ -100,9 +135,16 @@ pub struct Target {
     /// The module the function lives in where its filesystem is built as
     /// one (Debian's ext4 and xfs), for lookups that do not list modules.
     pub module: Option<&'static str>,
+    /// The one mode this target serves in (`None`: both).
+    pub only_in: Option<Evidence>,
 }
 
 impl Target {
+    /// Whether the target is tried in this mode.
+    pub fn serves(&self, evidence: Evidence) -> bool {
+        self.only_in.is_none_or(|e| e == evidence)
+    }
+
     /// Every program of the target, clones' included.
     pub fn programs(&self) -> impl Iterator<Item = &'static Program> {
         let (flavours, clone_flavours) = (self.flavours, self.clone_flavours);
@@ -146,6 +188,8 @@ pub struct HookSpec {
     /// target): there it stays unattached, on standby, and costs the traced
     /// path nothing.
     pub fallback_for: Option<(HookId, &'static str)>,
+    /// When it is attached in quiet mode.
+    pub quiet: QuietRole,
 }
 
 use AttachKind::*;
@@ -171,6 +215,7 @@ macro_rules! tracepoint {
             ],
             clone_flavours: &[],
             module: None,
+            only_in: None,
         }
     };
 }
@@ -179,7 +224,7 @@ macro_rules! tracepoint {
 /// kprobe/kretprobe (every kernel has them). Either list may be empty.
 macro_rules! function {
     ($sym:literal, args: [$($arg:literal),*], [$($fe:expr),*], [$($kp:expr),*]
-        $(, clones: [$($cl:expr),*])? $(, module: $m:literal)?) => {
+        $(, clones: [$($cl:expr),*])? $(, module: $m:literal)? $(, only_in: $only:expr)?) => {
         Target {
             symbol: $sym,
             args: &[$($arg),*],
@@ -189,10 +234,13 @@ macro_rules! function {
             ],
             clone_flavours: &[$($(Flavour { programs: $cl },)*)?],
             module: function!(@module $($m)?),
+            only_in: function!(@only $($only)?),
         }
     };
     (@module) => { None };
     (@module $m:literal) => { Some($m) };
+    (@only) => { None };
+    (@only $e:expr) => { Some($e) };
 }
 
 const BREAK_EXT4_FENTRY: &[Program] =
@@ -226,6 +274,7 @@ pub static HOOKS: &[HookSpec] = &[
         wrappers: &[],
         context: true,
         fallback_for: None,
+        quiet: QuietRole::Always,
     },
     HookSpec {
         id: HookId::Ext4ZeroRange,
@@ -239,6 +288,7 @@ pub static HOOKS: &[HookSpec] = &[
         wrappers: &[],
         context: true,
         fallback_for: None,
+        quiet: QuietRole::Always,
     },
     HookSpec {
         id: HookId::Ext4CollapseRange,
@@ -252,6 +302,7 @@ pub static HOOKS: &[HookSpec] = &[
         wrappers: &[],
         context: true,
         fallback_for: None,
+        quiet: QuietRole::Always,
     },
     HookSpec {
         id: HookId::Ext4InsertRange,
@@ -265,6 +316,7 @@ pub static HOOKS: &[HookSpec] = &[
         wrappers: &[],
         context: true,
         fallback_for: None,
+        quiet: QuietRole::Always,
     },
     HookSpec {
         id: HookId::Ext4Truncate,
@@ -278,6 +330,7 @@ pub static HOOKS: &[HookSpec] = &[
         wrappers: &[],
         context: true,
         fallback_for: None,
+        quiet: QuietRole::Always,
     },
     HookSpec {
         id: HookId::Ext4Break,
@@ -295,6 +348,7 @@ pub static HOOKS: &[HookSpec] = &[
         wrappers: &[],
         context: false,
         fallback_for: None,
+        quiet: QuietRole::Always,
     },
     HookSpec {
         id: HookId::XfsBreak,
@@ -321,6 +375,7 @@ pub static HOOKS: &[HookSpec] = &[
         wrappers: &[],
         context: false,
         fallback_for: None,
+        quiet: QuietRole::Always,
     },
     HookSpec {
         id: HookId::GenericBreak,
@@ -341,6 +396,7 @@ pub static HOOKS: &[HookSpec] = &[
         wrappers: &[],
         context: true,
         fallback_for: None,
+        quiet: QuietRole::Always,
     },
     HookSpec {
         id: HookId::BusyScan,
@@ -374,6 +430,7 @@ pub static HOOKS: &[HookSpec] = &[
         wrappers: &[("dax_layout_busy_page", "dax_layout_busy_page_range")],
         context: false,
         fallback_for: None,
+        quiet: QuietRole::Always,
     },
     HookSpec {
         id: HookId::WaitStart,
@@ -388,6 +445,7 @@ pub static HOOKS: &[HookSpec] = &[
         wrappers: &[],
         context: false,
         fallback_for: None,
+        quiet: QuietRole::Always,
     },
     HookSpec {
         id: HookId::PinDropped,
@@ -419,6 +477,7 @@ pub static HOOKS: &[HookSpec] = &[
         wrappers: &[],
         context: false,
         fallback_for: None,
+        quiet: QuietRole::WhileWatched,
     },
     HookSpec {
         id: HookId::BioRelease,
@@ -436,6 +495,7 @@ pub static HOOKS: &[HookSpec] = &[
         wrappers: &[],
         context: false,
         fallback_for: None,
+        quiet: QuietRole::WhileWatched,
     },
     HookSpec {
         id: HookId::WakeUp,
@@ -450,6 +510,7 @@ pub static HOOKS: &[HookSpec] = &[
         wrappers: &[],
         context: false,
         fallback_for: None,
+        quiet: QuietRole::WhileWatched,
     },
     HookSpec {
         id: HookId::Disassociate,
@@ -459,13 +520,14 @@ pub static HOOKS: &[HookSpec] = &[
         // per page fault that fills a hole), and only the entry is trusted.
         // The same kernels truncate through dax_delete_mapping_range(): one
         // fentry per range, with the file and the range. The clone stays
-        // the last resort.
+        // the last resort. Quiet mode never hooks an entry at a time.
         targets: &[
             function!(
                 "dax_disassociate_entry",
                 args: ["entry", "mapping", "trunc"],
                 [&[prog("fe_disassociate", Fentry)]],
-                [&[prog("kp_disassociate", Kprobe)]]
+                [&[prog("kp_disassociate", Kprobe)]],
+                only_in: Evidence::Full
             ),
             function!(
                 "dax_delete_mapping_range",
@@ -473,18 +535,30 @@ pub static HOOKS: &[HookSpec] = &[
                 [&[prog("fe_delete_range", Fentry)]],
                 [&[prog("kp_delete_range", Kprobe)]]
             ),
+            // Quiet mode before 6.15: the page cache's own range truncation,
+            // once per truncate or punch (any file; a file whose last break
+            // met no busy page returns at once) instead of once per entry.
+            function!(
+                "truncate_inode_pages_range",
+                args: ["mapping", "lstart", "lend"],
+                [&[prog("fe_truncate_range", Fentry)]],
+                [&[prog("kp_truncate_range", Kprobe)]],
+                only_in: Evidence::Quiet
+            ),
             function!(
                 "dax_disassociate_entry",
                 args: ["entry"],
                 [],
                 [],
-                clones: [&[prog("kp_disassociate_clone", Kprobe)]]
+                clones: [&[prog("kp_disassociate_clone", Kprobe)]],
+                only_in: Evidence::Full
             ),
         ],
         attach_all: false,
         wrappers: &[],
         context: false,
         fallback_for: None,
+        quiet: QuietRole::Always,
     },
     HookSpec {
         id: HookId::DeleteEntry,
@@ -500,6 +574,7 @@ pub static HOOKS: &[HookSpec] = &[
         wrappers: &[],
         context: false,
         fallback_for: Some((HookId::Disassociate, "dax_disassociate_entry")),
+        quiet: QuietRole::Off,
     },
 ];
 

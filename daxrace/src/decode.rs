@@ -81,6 +81,7 @@ pub fn decode_record(r: &Record) -> Result<Event, DecodeError> {
         RecordKind::WaitStart => EventBody::WaitStart { page },
         RecordKind::PinDropped => EventBody::PinDropped { page, refs: r.refs },
         RecordKind::PageReleased => EventBody::PageReleased { page },
+        RecordKind::PageSampled => EventBody::PageSampled { page },
         RecordKind::WakeUp => EventBody::WakeUp { page },
         RecordKind::Disassociate => EventBody::Disassociate {
             mapping: r.mapping,

@@ -161,6 +161,11 @@ pub enum EventBody {
     /// A release path that bypasses the devmap put released a watched page;
     /// `page.refcount` is after the release.
     PageReleased { page: PageRef },
+    /// A watched page's refcount, read on the daemon's request rather than
+    /// by a hook on the page's path (the quiet mode's page hooks were off
+    /// when it changed): `page.refcount` is the count now. The task is the
+    /// daemon's; who released the page is unknown.
+    PageSampled { page: PageRef },
     /// `wake_up_var` for a watched page.
     WakeUp { page: PageRef },
     /// `dax_disassociate_entry`: the page leaves `mapping`. `page_mapping` is
@@ -201,6 +206,7 @@ impl Event {
             EventBody::WaitStart { .. } => HookId::WaitStart,
             EventBody::PinDropped { .. } => HookId::PinDropped,
             EventBody::PageReleased { .. } => HookId::BioRelease,
+            EventBody::PageSampled { .. } => HookId::PinDropped,
             EventBody::WakeUp { .. } => HookId::WakeUp,
             EventBody::Disassociate { .. } => HookId::Disassociate,
             EventBody::DeleteEntry { .. } => HookId::DeleteEntry,
@@ -317,6 +323,10 @@ impl fmt::Display for Event {
             }
             EventBody::PageReleased { page: p } => {
                 f.write_str("released, now ")?;
+                page(f, p)
+            }
+            EventBody::PageSampled { page: p } => {
+                f.write_str("sampled, now ")?;
                 page(f, p)
             }
             EventBody::WakeUp { page: p } => {

@@ -22,7 +22,10 @@
 //! - [`pages`]: waits, wake-ups and pin drops on a watched page;
 //! - [`bio`]: the bio release path that bypasses the devmap put (6.1);
 //! - [`truncate`]: pages leaving their file, entry by entry;
-//! - [`range`]: range deletion (6.15+) and its walk of the file's entries.
+//! - [`range`]: range deletion (6.15+, and every kernel's in quiet mode)
+//!   and its walk of the file's entries;
+//! - [`sample`]: the watched pages' refcounts, read when the daemon asks
+//!   (quiet mode: the page hooks are attached only while pages are watched).
 //!
 //! Kernel facts behind each stage: `docs/kernels.md`.
 // In the order of the stages.
@@ -31,6 +34,7 @@ mod breaks;
 mod fs_op;
 mod pages;
 mod range;
+mod sample;
 mod scan;
 mod state;
 mod truncate;

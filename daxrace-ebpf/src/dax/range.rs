@@ -15,7 +15,7 @@ use daxrace_common::{
 };
 
 use super::{
-    state::{fill_page, scalar_arg, LoopCallback},
+    state::{fill_page, scalar_arg, task_slot, tid, LoopCallback, RECENT_BUSY},
     truncate::send_disassociated,
     watch::{clear_pages, file_slot, watch_in},
 };
@@ -38,6 +38,10 @@ use crate::emit::{config, count, new_record, read_at, read_page, submit, vmemmap
 #[inline(always)]
 fn delete_range(mapping: u64, start: i64, end: i64) -> u32 {
     if mapping == 0 {
+        return 0;
+    }
+    if config().quiet() != 0 && !worth_walking(mapping) {
+        count(Counter::DisassociateQuiet);
         return 0;
     }
     let (first, last) = dax::range_indexes(start, end);
@@ -88,6 +92,21 @@ fn delete_range(mapping: u64, start: i64, end: i64) -> u32 {
         )
     };
     0
+}
+
+/// Quiet mode: a range is looked at only where this task's last break met
+/// a busy page in this file (the 2018 race: a break that returned anyway),
+/// or where the file has watched pages. Every other truncate, of any file
+/// (`truncate_inode_pages_range` serves them all), returns here. A pin
+/// taken behind the back of a break that found the file idle is seen only
+/// in full mode.
+#[inline(always)]
+fn worth_walking(mapping: u64) -> bool {
+    let tid = tid();
+    if task_slot(&RECENT_BUSY, tid).is_some_and(|s| s.tid == tid && s.mapping == mapping) {
+        return true;
+    }
+    file_slot(mapping).is_some_and(|f| f.mapping == mapping)
 }
 
 /// The watched pages one range deletion ended (0: none in that place). In
@@ -268,6 +287,28 @@ pub fn kp_delete_range(ctx: ProbeContext) -> u32 {
         ctx.arg::<i64>(1).unwrap_or(0),
         ctx.arg::<i64>(2).unwrap_or(0),
     )
+}
+
+/// `truncate_inode_pages_range(mapping, lstart, lend)` (quiet mode before
+/// 6.15): the same range, before its entries go; `lend` is -1 for "to the
+/// end of the file".
+#[inline(always)]
+fn truncate_range(mapping: u64, start: i64, end: i64) -> u32 {
+    delete_range(mapping, start, if end < 0 { i64::MAX } else { end })
+}
+
+#[kprobe]
+pub fn kp_truncate_range(ctx: ProbeContext) -> u32 {
+    truncate_range(
+        ctx.arg::<u64>(0).unwrap_or(0),
+        ctx.arg::<i64>(1).unwrap_or(0),
+        ctx.arg::<i64>(2).unwrap_or(0),
+    )
+}
+
+#[fentry]
+pub fn fe_truncate_range(ctx: FEntryContext) -> u32 {
+    truncate_range(scalar_arg(&ctx, 0), ctx.arg::<i64>(1), ctx.arg::<i64>(2))
 }
 
 #[fentry]

@@ -13,7 +13,7 @@ use super::{
     state::{claim, fill_from_mapping, fill_owner, fill_page, task_slot, tid, BREAKS, LLONG_MAX},
     watch::watch,
 };
-use crate::emit::{config, count, new_record, submit};
+use crate::emit::{config, count, new_record, submit, submit_now};
 
 /// A busy scan in progress on one task (dax_layout_busy_page may call
 /// dax_layout_busy_page_range: only the outermost is recorded).
@@ -96,7 +96,7 @@ fn scan_exit(page: u64) -> u32 {
     if page != 0 {
         let index = fill_page(&mut r, cfg, page);
         fill_owner(&mut r, cfg);
-        watch(page, r.pfn, r.ts_ns, r.page_mapping, index);
+        watch(page, r.pfn, r.ts_ns, r.page_mapping, index, r.refcount);
     }
     if let Some(b) = in_break(tid) {
         break_recorded(b, mapping, ino, dev);
@@ -104,7 +104,11 @@ fn scan_exit(page: u64) -> u32 {
             b.saw_busy = 1;
         }
     }
-    submit(&r);
+    if page != 0 {
+        submit_now(&r);
+    } else {
+        submit(&r);
+    }
     0
 }
 

@@ -21,6 +21,9 @@ pub(super) struct WatchSlot {
     pub(super) since_ns: u64,
     pub(super) mapping: u64,
     pub(super) index: u64,
+    /// The refcount last reported for the page (by its busy scan, or by the
+    /// sampler): the sampler reports only a change.
+    pub(super) reported_refcount: i64,
 }
 
 /// The watched pages of one file (`struct address_space *`), for the range
@@ -36,7 +39,7 @@ pub(super) struct FileSlot {
 /// Watched pages, direct-mapped by address: a page taking the slot of
 /// another watched page evicts it (counted as `WatchFull`).
 #[map]
-static WATCHED: Array<WatchSlot> = Array::with_max_entries(WATCH_SLOTS, 0);
+pub(super) static WATCHED: Array<WatchSlot> = Array::with_max_entries(WATCH_SLOTS, 0);
 
 /// Nonzero where a page of a 2 MiB block (`pfn >> 9`, modulo the slots)
 /// was ever watched. A truncated 2 MiB entry, or a bvec that spans pages
@@ -112,7 +115,7 @@ pub(super) fn file_slot(mapping: u64) -> Option<&'static mut FileSlot> {
 /// busy in `mapping` at `index` (`mapping` is the page's own: a shared
 /// page's is not a file, and no range deletion matches it).
 #[inline(always)]
-pub(super) fn watch(page: u64, pfn: u64, now: u64, mapping: u64, index: u64) {
+pub(super) fn watch(page: u64, pfn: u64, now: u64, mapping: u64, index: u64, refcount: i32) {
     mark_block_watched(pfn);
     if let Some(s) = watch_slot(page) {
         if s.page != 0 && s.page != page {
@@ -126,6 +129,7 @@ pub(super) fn watch(page: u64, pfn: u64, now: u64, mapping: u64, index: u64) {
         s.since_ns = now;
         s.mapping = mapping;
         s.index = index;
+        s.reported_refcount = refcount as i64;
     }
     if mapping > PAGE_MAPPING_DAX_COW {
         watch_in_file(page, mapping);

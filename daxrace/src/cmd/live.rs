@@ -31,9 +31,13 @@ pub fn block_on<F: Future<Output = Result<i32>>>(f: impl FnOnce() -> F) -> Resul
 
 /// Loads and attaches, enables BPF stats if asked, and says what attached
 /// and how long it took (start-up time, in ms, is returned too).
-pub fn attach(attach: &super::AttachArgs, bpf_stats: bool) -> Result<(Tracer, StatsGuard, u128)> {
+pub fn attach(
+    attach: &super::AttachArgs,
+    evidence: daxrace::plan::Evidence,
+    bpf_stats: bool,
+) -> Result<(Tracer, StatsGuard, u128)> {
     let started = std::time::Instant::now();
-    let mut tracer = Tracer::load(&attach.options()?).context("cannot attach")?;
+    let mut tracer = Tracer::load(&attach.options(evidence)?).context("cannot attach")?;
     let stats = enable_bpf_stats(&mut tracer, bpf_stats)?;
     super::print_warnings(&tracer);
     let (attached, standby) = daxrace::plan::attached_and_standby(&tracer.statuses);
@@ -255,6 +259,58 @@ pub fn print_program_stats(tracer: &Tracer) {
     );
 }
 
+/// How long quiet mode keeps the page hooks after the last busy page was
+/// found, once no break-layouts call is open: long enough that a punch
+/// loop does not attach and detach them for every call.
+const PAGE_HOOKS_LINGER: Duration = Duration::from_secs(5);
+
+/// Quiet mode: the per-page hooks (pin drop, bio release, wake-up) are on
+/// only while a busy page may be watched; a sampler reads the watched
+/// pages' refcounts for what changed while they were off.
+#[derive(Default)]
+struct PageHookSwitch {
+    last_busy: Option<tokio::time::Instant>,
+}
+
+impl PageHookSwitch {
+    /// A busy page was found: the kernel side now watches it.
+    fn after_batch(&mut self, tracer: &mut Tracer, batch: &[daxrace::event::Event]) {
+        use daxrace::event::EventBody;
+        if !batch
+            .iter()
+            .any(|e| matches!(e.body, EventBody::BusyScan { page: Some(_), .. }))
+        {
+            return;
+        }
+        self.last_busy = Some(tokio::time::Instant::now());
+        if tracer.page_hooks_on() {
+            return;
+        }
+        for e in tracer.attach_page_hooks() {
+            eprintln!("daxrace: {e}");
+        }
+        // A pin dropped between the scan and the attach is seen here.
+        Self::sample(tracer);
+    }
+
+    /// Once a tick: sample while the hooks are on, and take them off when
+    /// nothing has been busy for a while and no call waits.
+    fn on_tick(&mut self, tracer: &mut Tracer, pipeline: &Pipeline) {
+        let Some(last) = self.last_busy else { return };
+        Self::sample(tracer);
+        if last.elapsed() >= PAGE_HOOKS_LINGER && pipeline.detector.open_calls() == 0 {
+            tracer.detach_page_hooks();
+            self.last_busy = None;
+        }
+    }
+
+    fn sample(tracer: &Tracer) {
+        if let Err(e) = tracer.sample_watched() {
+            eprintln!("daxrace: cannot sample the watched pages: {e}");
+        }
+    }
+}
+
 /// Runs until `stop` resolves, feeding the pipeline; then drains and finishes.
 pub async fn drive(
     tracer: &mut Tracer,
@@ -272,17 +328,20 @@ pub async fn drive(
     let drain = tokio::time::sleep(DRAIN_EVERY);
     tokio::pin!(drain);
     let mut draining = true;
+    let mut page_hooks = PageHookSwitch::default();
     loop {
         tokio::select! {
             r = source.next_batch(&mut batch) => {
                 r.context("reading the ring buffer")?;
                 pipeline.feed(&batch)?;
+                page_hooks.after_batch(tracer, &batch);
                 batch.clear();
             }
             _ = &mut drain, if draining => {
                 source.drain(&mut batch);
                 draining = !batch.is_empty();
                 pipeline.feed(&batch)?;
+                page_hooks.after_batch(tracer, &batch);
                 batch.clear();
                 drain.as_mut().reset(tokio::time::Instant::now() + DRAIN_EVERY);
             }
@@ -299,7 +358,9 @@ pub async fn drive(
                     drain.as_mut().reset(tokio::time::Instant::now() + DRAIN_EVERY);
                 }
                 pipeline.feed(&batch)?;
+                page_hooks.after_batch(tracer, &batch);
                 batch.clear();
+                page_hooks.on_tick(tracer, pipeline);
                 pipeline.tick(now.saturating_sub(TICK_LAG_NS))?;
                 for change in tracer.follow_kernel_changes() {
                     eprintln!("daxrace: {change}");

@@ -8,7 +8,7 @@ pub mod trace;
 
 use daxrace::{
     load::tracer::{FsOpRecording, SymbolSource, Tracer, TracerOptions},
-    plan::AttachPreference,
+    plan::{AttachPreference, Evidence},
 };
 
 /// Exit code for daxrace's own errors (bad input, cannot attach).
@@ -83,10 +83,33 @@ pub struct AttachArgs {
     /// a busy page was for) or `all` (every one, on any ext4 file).
     #[arg(long, value_enum, default_value_t = FsOpRecording::Busy)]
     pub fs_ops: FsOpRecording,
+    /// How much is hooked: `quiet` keeps the per-page hooks off while no
+    /// busy page is watched (the I/O path runs no daxrace program), `full`
+    /// keeps every hook attached for the whole record. Default: quiet for
+    /// `run`, full for `trace` and `probes`.
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub evidence: Option<EvidenceArg>,
+}
+
+/// `--evidence`, as clap parses it.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EvidenceArg {
+    Quiet,
+    Full,
+}
+
+impl From<EvidenceArg> for Evidence {
+    fn from(e: EvidenceArg) -> Self {
+        match e {
+            EvidenceArg::Quiet => Evidence::Quiet,
+            EvidenceArg::Full => Evidence::Full,
+        }
+    }
 }
 
 impl AttachArgs {
-    pub fn options(&self) -> anyhow::Result<TracerOptions> {
+    /// The tracer's options; `evidence` is the command's default mode.
+    pub fn options(&self, evidence: Evidence) -> anyhow::Result<TracerOptions> {
         let only = self
             .hooks
             .iter()
@@ -113,6 +136,7 @@ impl AttachArgs {
             only,
             symbols: self.symbols,
             fs_ops: self.fs_ops,
+            evidence: self.evidence.map_or(evidence, Evidence::from),
         })
     }
 }

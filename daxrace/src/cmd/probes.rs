@@ -15,7 +15,8 @@ pub struct ProbesArgs {
 
 pub fn run(args: ProbesArgs) -> Result<i32> {
     // Attaching is the only proof that a hook works on this kernel.
-    let tracer = Tracer::load(&args.attach.options()?).context("cannot attach")?;
+    let tracer = Tracer::load(&args.attach.options(daxrace::plan::Evidence::Full)?)
+        .context("cannot attach")?;
     if args.json {
         let doc = serde_json::json!({
             "kernel": tracer.kernel_release,

@@ -65,7 +65,8 @@ async fn run_async(args: RunArgs) -> Result<i32> {
     } else {
         Some(MetricsServer::bind(args.listen).await?)
     };
-    let (mut tracer, _stats, _startup_ms) = live::attach(&args.attach, args.bpf_stats)?;
+    let (mut tracer, _stats, _startup_ms) =
+        live::attach(&args.attach, daxrace::plan::Evidence::Quiet, args.bpf_stats)?;
     let (attached, standby) = daxrace::plan::attached_and_standby(&tracer.statuses);
     // A daemon's log is all an operator has: say how each hook attached,
     // and why a cheaper flavour did not (e.g. fentry on a module function

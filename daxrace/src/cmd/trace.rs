@@ -43,7 +43,8 @@ pub fn run(args: TraceArgs) -> Result<i32> {
 
 async fn run_async(args: TraceArgs) -> Result<i32> {
     let fail_kinds = args.fail_on.kinds()?;
-    let (mut tracer, _stats, startup_ms) = live::attach(&args.attach, args.bpf_stats)?;
+    let (mut tracer, _stats, startup_ms) =
+        live::attach(&args.attach, daxrace::plan::Evidence::Full, args.bpf_stats)?;
     let sinks = live::sinks(
         &tracer,
         args.events,

@@ -70,6 +70,10 @@ pub struct Coverage {
     pub pin_drops: u64,
     /// Releases through a path that bypasses the devmap put (6.1's bio release).
     pub page_releases: u64,
+    /// Refcounts of watched pages read by the daemon (quiet mode) that
+    /// differed from the last one reported.
+    #[serde(default)]
+    pub page_samples: u64,
     pub wake_ups: u64,
     pub file_ops: u64,
     /// Did any busy scan return a page (see [`Coverage::reached_race_window`])?

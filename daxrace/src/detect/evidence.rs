@@ -158,7 +158,7 @@ impl Reporter<'_> {
             wait.pfn,
             Some(idle.refcount),
         );
-        f.releaser = Some(idle.task);
+        f.releaser = idle.task;
         f.since_ns = Some(wait.since_ns);
         f.released_ns = Some(idle.ts_ns);
         f.duration_ns = Some(at_ns.saturating_sub(wait.since_ns));

@@ -198,6 +198,10 @@ impl Detector {
                 self.coverage.page_releases += 1;
                 self.on_refcount_drop(ev, &page, i64::from(page.refcount));
             }
+            EventBody::PageSampled { page } => {
+                self.coverage.page_samples += 1;
+                self.on_refcount_sampled(ev, &page);
+            }
             EventBody::WakeUp { page } => self.on_wake_up(ev, &page),
             EventBody::BusyScan { mapping, page, .. } => self.on_busy_scan(ev, mapping, page, out),
             EventBody::WaitStart { page } => self.on_wait_start(ev, &page),

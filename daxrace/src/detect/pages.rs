@@ -113,6 +113,37 @@ impl Detector {
     /// inline now that it lives in another module.
     #[inline]
     pub(super) fn on_refcount_drop(&mut self, ev: &Event, page: &PageRef, after: i64) {
+        self.on_refcount_now(ev, page, after, true);
+    }
+
+    /// A watched page's refcount read by the daemon (the page hooks were
+    /// off when it changed): a drop to idle counts as an idle transition
+    /// whose releaser is unknown; a count above idle is busy again.
+    #[inline(never)]
+    pub(super) fn on_refcount_sampled(&mut self, ev: &Event, page: &PageRef) {
+        let Some(before) = self.pages.get(&page.pfn).map(|wp| wp.refcount) else {
+            return;
+        };
+        let idle = self.cfg.idle_refcount;
+        if page.refcount > idle {
+            if let Some(wp) = self.pages.get_mut(&page.pfn) {
+                wp.refcount = page.refcount;
+                wp.woken = false;
+                if wp.idle_unwoken.take().is_some() {
+                    self.set_waiters_idle(page.pfn, None);
+                }
+            }
+            return;
+        }
+        let seen = PageRef {
+            refcount: before,
+            ..*page
+        };
+        self.on_refcount_now(ev, &seen, i64::from(page.refcount), false);
+    }
+
+    #[inline]
+    fn on_refcount_now(&mut self, ev: &Event, page: &PageRef, after: i64, by_task: bool) {
         if !self.watched_filter.may_contain(page.pfn) {
             return;
         }
@@ -126,7 +157,9 @@ impl Detector {
         }
         wp.refcount = after;
         wp.last_seen_ns = ev.ts_ns;
-        wp.note_holder(&ev.task);
+        if by_task {
+            wp.note_holder(&ev.task);
+        }
         push_capped(
             &mut wp.timeline,
             self.cfg.timeline_len,
@@ -136,7 +169,7 @@ impl Detector {
         if after == self.cfg.idle_refcount && !wp.woken {
             let t = IdleTransition {
                 ts_ns: ev.ts_ns,
-                task: ev.task,
+                task: by_task.then_some(ev.task),
                 refcount: after,
             };
             wp.idle_unwoken = Some(t);

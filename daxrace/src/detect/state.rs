@@ -10,7 +10,9 @@ use crate::event::{Event, PageRef, Task};
 #[derive(Clone, Copy, Debug)]
 pub struct IdleTransition {
     pub ts_ns: u64,
-    pub task: Task,
+    /// Who dropped the last pin; `None` when the drop itself was not seen
+    /// (a sampled refcount).
+    pub task: Option<Task>,
     pub refcount: i32,
 }
 

@@ -11,6 +11,23 @@ pub const BPF_BTF_GET_FD_BY_ID: libc::c_long = 19;
 pub const BPF_TASK_FD_QUERY: libc::c_long = 20;
 pub const BPF_BTF_GET_NEXT_ID: libc::c_long = 23;
 
+/// `BPF_PROG_TEST_RUN` of a loaded program with `ctx` as its context (the
+/// kernel copies it in, and back where the program type allows): the
+/// program's return value.
+pub fn prog_test_run<C>(prog: std::os::fd::BorrowedFd<'_>, ctx: &mut C) -> io::Result<i32> {
+    use std::os::fd::AsRawFd;
+    let mut attr = [0u64; 16];
+    attr[0] = prog.as_raw_fd() as u64;
+    // ctx_size_in (low half of word 5) and ctx_in (word 6).
+    attr[5] = std::mem::size_of::<C>() as u64;
+    attr[6] = ctx as *mut C as u64;
+    // SAFETY: a `union bpf_attr` for BPF_PROG_TEST_RUN with one context
+    // buffer, valid for its size.
+    unsafe { bpf(BPF_PROG_TEST_RUN, &mut attr) }?;
+    // retval: the high half of word 0.
+    Ok((attr[0] >> 32) as u32 as i32)
+}
+
 /// `bpf(cmd, attr, sizeof(*attr))`: the command's result, or the error the
 /// kernel set.
 ///

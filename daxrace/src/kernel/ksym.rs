@@ -9,11 +9,11 @@
 //! instructions, loaded once.
 use std::{
     io,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{FromRawFd, OwnedFd},
 };
 
 use super::{
-    bpf_sys::{self, BPF_PROG_LOAD, BPF_PROG_TEST_RUN},
+    bpf_sys::{self, BPF_PROG_LOAD},
     btf::Btf,
     facts,
     kallsyms::{Kallsyms, KernelSymbol},
@@ -175,14 +175,8 @@ impl SymbolLookup {
     }
 
     fn run(&self, ctx: &mut Ctx) -> io::Result<i32> {
-        let mut attr = [0u64; 16];
-        attr[0] = self.prog.as_raw_fd() as u64;
-        // ctx_size_in (low half of word 5) and ctx_in (word 6); the kernel
-        // copies the context back to ctx_in.
-        attr[5] = std::mem::size_of::<Ctx>() as u64;
-        attr[6] = ctx as *mut Ctx as u64;
-        bpf(BPF_PROG_TEST_RUN, &mut attr)?;
-        Ok((attr[0] >> 32) as u32 as i32)
+        use std::os::fd::AsFd;
+        bpf_sys::prog_test_run(self.prog.as_fd(), ctx)
     }
 
     /// The address of kernel symbol `name` (vmlinux or a module), if any.

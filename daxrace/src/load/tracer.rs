@@ -27,9 +27,13 @@ use crate::{
         patched::{PatchedFunctions, LIVEPATCH_DIR},
     },
     plan::{
-        self, AttachKind, AttachPreference, AttachedProgram, HookStatus, KernelView, PlannedAttach,
+        self, AttachKind, AttachPreference, AttachedProgram, Evidence, HookStatus, KernelView,
+        PlannedAttach, QuietRole,
     },
 };
+
+/// The program that reads watched pages' refcounts on request.
+const SAMPLER: &str = "rt_sample_watched";
 
 /// The compiled kernel programs (built by build.rs).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/daxrace.bpf.o"));
@@ -69,6 +73,8 @@ pub struct TracerOptions {
     pub symbols: SymbolSource,
     /// Which ext4 operations are recorded.
     pub fs_ops: FsOpRecording,
+    /// How much is hooked: the daemon's quiet default, or everything.
+    pub evidence: Evidence,
 }
 
 /// `--fs-ops`: which ext4 operations (hole punch, truncate...) reach the
@@ -106,6 +112,7 @@ impl Default for TracerOptions {
             only: Vec::new(),
             symbols: SymbolSource::Auto,
             fs_ops: FsOpRecording::Busy,
+            evidence: Evidence::Full,
         }
     }
 }
@@ -141,7 +148,22 @@ pub struct Tracer {
     /// taken off one function without touching the others a kprobe
     /// program serves.
     links: HashMap<(&'static str, String), HookLink>,
+    pub evidence: Evidence,
+    /// Quiet mode: the page hooks, attached only while a page is watched
+    /// (their plans, kept up to date with the kernel's changes).
+    page_hooks: Vec<PlannedAttach>,
+    page_hooks_on: bool,
+    /// The program that reads the watched pages' refcounts on request
+    /// (`rt_sample_watched`), where it loaded.
+    sampler: Option<std::os::fd::OwnedFd>,
 }
+
+/// Why a page hook is not attached in quiet mode, as statuses show it.
+pub const PAGE_HOOK_STANDBY: &str =
+    "quiet mode: attached only while a busy page is watched (--evidence full keeps it attached)";
+/// Why a per-entry hook is not planned in quiet mode.
+pub const PER_ENTRY_OFF: &str =
+    "quiet mode: truncation is seen once per range by disassociate (--evidence full hooks every entry)";
 
 /// One attachment, as aya names it, to detach it later.
 enum HookLink {
@@ -306,6 +328,7 @@ impl Tracer {
         log::debug!("symbols ({symbols_from}) in {:?}", t.elapsed());
         let mut facts = KernelFacts::gather(btf.as_ref(), &kallsyms);
         facts.config.record_every_fs_op = (opts.fs_ops == FsOpRecording::All) as u32;
+        facts.config.quiet = (opts.evidence == Evidence::Quiet) as u32;
         log::debug!("facts in {:?}", t.elapsed());
         let vmlinux_funcs = btf.as_ref().map(Btf::func_ids).unwrap_or_default();
         let module_btfs = read_module_btfs(btf.as_ref(), &kallsyms);
@@ -342,6 +365,10 @@ impl Tracer {
             patched,
             livepatches_seen,
             links: HashMap::new(),
+            evidence: opts.evidence,
+            page_hooks: Vec::new(),
+            page_hooks_on: false,
+            sampler: None,
         };
         let plan = plan::resolve(
             &KernelView {
@@ -351,6 +378,7 @@ impl Tracer {
                 patched: &tracer.patched,
             },
             opts.attach,
+            opts.evidence,
         );
         for p in plan {
             if !opts.only.is_empty() && !opts.only.contains(&p.hook) {
@@ -358,9 +386,23 @@ impl Tracer {
             }
             let status = match plan::standby_reason(p.hook, &tracer.statuses) {
                 Some(why) => HookStatus::standby(p.hook, why),
+                None if tracer.attaches_on_demand(&p) => {
+                    tracer.page_hooks.push(p.clone());
+                    HookStatus::standby(p.hook, PAGE_HOOK_STANDBY.into())
+                }
                 None => tracer.attach_hook(&p),
             };
             tracer.statuses.push(status);
+        }
+        if opts.evidence == Evidence::Quiet {
+            for spec in plan::HOOKS.iter().filter(|s| s.quiet == QuietRole::Off) {
+                if opts.only.is_empty() || opts.only.contains(&spec.id) {
+                    tracer
+                        .statuses
+                        .push(HookStatus::standby(spec.id, PER_ENTRY_OFF.into()));
+                }
+            }
+            tracer.sampler = tracer.load_sampler();
         }
         log::debug!("plan attached in {:?}", t.elapsed());
         if tracer.statuses.iter().all(|s| !s.is_attached()) {
@@ -410,9 +452,18 @@ impl Tracer {
                 patched: &self.patched,
             },
             self.attach_pref,
+            self.evidence,
         );
         let mut changes = Vec::new();
         for p in plan {
+            if let Some(kept) = self.page_hooks.iter_mut().find(|k| k.hook == p.hook) {
+                // Attached again from this plan the next time a page is
+                // watched (live patches and modules as they are now).
+                *kept = p.clone();
+                if !self.page_hooks_on {
+                    continue;
+                }
+            }
             let Some(i) = self.statuses.iter().position(|s| s.hook.0 == p.hook) else {
                 continue;
             };
@@ -665,6 +716,89 @@ impl Tracer {
                 p.attach(target, 0).map(HookLink::Kprobe).map_err(e)
             }
         }
+    }
+
+    /// Quiet mode's page hooks attach later, when a page is watched, where
+    /// their plan puts BPF trampolines first: attaching those needs no
+    /// capability the daemon drops. A page hook that would be a kprobe
+    /// (perf_event_open wants CAP_SYS_ADMIN on Debian) attaches now.
+    fn attaches_on_demand(&self, p: &PlannedAttach) -> bool {
+        self.evidence == Evidence::Quiet
+            && plan::spec(p.hook).quiet == QuietRole::WhileWatched
+            && p.candidates.first().is_some_and(|c| {
+                c.flavours.first().is_some_and(|f| {
+                    f.programs
+                        .iter()
+                        .all(|pr| matches!(pr.kind, AttachKind::Fentry | AttachKind::Fexit))
+                })
+            })
+    }
+
+    /// Whether quiet mode's page hooks are attached now (always true in
+    /// full mode, where they never come off).
+    pub fn page_hooks_on(&self) -> bool {
+        self.page_hooks.is_empty() || self.page_hooks_on
+    }
+
+    /// Attaches quiet mode's page hooks (a page is watched). Returns what
+    /// could not attach, one line per hook.
+    pub fn attach_page_hooks(&mut self) -> Vec<String> {
+        if self.page_hooks_on() {
+            return Vec::new();
+        }
+        self.page_hooks_on = true;
+        let mut errors = Vec::new();
+        for p in self.page_hooks.clone() {
+            let status = self.attach_hook(&p);
+            if !status.is_attached() {
+                errors.push(format!("{}: {}", status.hook, status.errors.join("; ")));
+            }
+            if let Some(s) = self.statuses.iter_mut().find(|s| s.hook.0 == p.hook) {
+                *s = status;
+            }
+        }
+        errors
+    }
+
+    /// Detaches quiet mode's page hooks (no page is watched any more).
+    pub fn detach_page_hooks(&mut self) {
+        if self.page_hooks.is_empty() || !self.page_hooks_on {
+            return;
+        }
+        self.page_hooks_on = false;
+        for hook in self.page_hooks.iter().map(|p| p.hook).collect::<Vec<_>>() {
+            let Some(i) = self.statuses.iter().position(|s| s.hook.0 == hook) else {
+                continue;
+            };
+            let old = std::mem::take(&mut self.statuses[i].attached);
+            self.detach(&old);
+            self.statuses[i] = HookStatus::standby(hook, PAGE_HOOK_STANDBY.into());
+        }
+    }
+
+    /// Loads the sampler (never attached). Without it (a kernel too old for
+    /// `bpf_loop`) quiet mode still works; a pin dropped while the page
+    /// hooks were off is then not seen.
+    fn load_sampler(&mut self) -> Option<std::os::fd::OwnedFd> {
+        let prog = self.ebpf.program_mut(SAMPLER)?;
+        let p: &mut RawTracePoint = prog.try_into().ok()?;
+        if let Err(e) = p.load() {
+            log::warn!("{SAMPLER}: {}", short_error(&e));
+            return None;
+        }
+        p.fd().ok()?.as_fd().try_clone_to_owned().ok()
+    }
+
+    /// Reads the watched pages' refcounts now: each that changed since it
+    /// was last reported becomes a `PageSampled` record in the ring.
+    /// Nothing to do (`Ok(false)`) without the sampler.
+    pub fn sample_watched(&self) -> std::io::Result<bool> {
+        let Some(fd) = &self.sampler else {
+            return Ok(false);
+        };
+        let mut args = [0u64; 1];
+        crate::kernel::bpf_sys::prog_test_run(fd.as_fd(), &mut args)?;
+        Ok(true)
     }
 
     /// Takes the ring buffer (once) for the event reader.

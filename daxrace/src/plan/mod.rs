@@ -8,8 +8,8 @@ mod resolve;
 mod status;
 
 pub use daxrace_plan::{
-    function_targets, spec, symbols, tracepoints, wrappers, AttachKind, Flavour, HookSpec, Program,
-    Target, HOOKS, WRAPPER_MAX_BYTES,
+    function_targets, spec, symbols, tracepoints, wrappers, AttachKind, Evidence, Flavour,
+    HookSpec, Program, QuietRole, Target, HOOKS, WRAPPER_MAX_BYTES,
 };
 pub use resolve::{
     modules, resolve, trampoline_avoided, AttachPreference, Candidate, KernelView, PlannedAttach,

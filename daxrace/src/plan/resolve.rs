@@ -5,7 +5,9 @@
 use std::collections::HashMap;
 
 use daxrace_common::HookId;
-use daxrace_plan::{AttachKind::*, Flavour, HookSpec, HOOKS, WRAPPER_MAX_BYTES};
+use daxrace_plan::{
+    AttachKind::*, Evidence, Flavour, HookSpec, QuietRole, HOOKS, WRAPPER_MAX_BYTES,
+};
 
 use crate::{
     kernel::btf::{Btf, FuncIds},
@@ -98,18 +100,30 @@ fn uses_trampoline(f: &Flavour) -> bool {
 }
 
 /// Turns the table into what to try on this kernel.
-pub fn resolve(view: &KernelView<'_>, pref: AttachPreference) -> Vec<PlannedAttach> {
+/// In quiet mode a hook that is [`QuietRole::Off`] there is left out, and
+/// targets that serve only the other mode are not tried.
+pub fn resolve(
+    view: &KernelView<'_>,
+    pref: AttachPreference,
+    evidence: Evidence,
+) -> Vec<PlannedAttach> {
     HOOKS
         .iter()
-        .map(|spec| resolve_hook(spec, view, pref))
+        .filter(|spec| evidence == Evidence::Full || spec.quiet != QuietRole::Off)
+        .map(|spec| resolve_hook(spec, view, pref, evidence))
         .collect()
 }
 
-fn resolve_hook(spec: &HookSpec, view: &KernelView<'_>, pref: AttachPreference) -> PlannedAttach {
+fn resolve_hook(
+    spec: &HookSpec,
+    view: &KernelView<'_>,
+    pref: AttachPreference,
+    evidence: Evidence,
+) -> PlannedAttach {
     let mut candidates = Vec::new();
     let mut absent = Vec::new();
     let mut avoided = Vec::new();
-    for t in spec.targets {
+    for t in spec.targets.iter().filter(|t| t.serves(evidence)) {
         let tail_call = spec.wrappers.iter().any(|&(wrapper, callee)| {
             wrapper == t.symbol
                 && (view
@@ -260,6 +274,7 @@ ffffffff81400700 T init_wait_var_entry
                 patched: &PatchedFunctions::default(),
             },
             AttachPreference::Kprobe,
+            Evidence::Full,
         )
         .into_iter()
         .map(|p| {
@@ -349,6 +364,7 @@ ffffffff81400700 T init_wait_var_entry
                 patched: &PatchedFunctions::default(),
             },
             AttachPreference::Auto,
+            Evidence::Full,
         );
         let kinds = |hook: HookId| -> Vec<Vec<AttachKind>> {
             let p = plan.iter().find(|p| p.hook == hook).expect("planned");
@@ -384,6 +400,7 @@ ffffffff81400700 T init_wait_var_entry
                     patched: &patched,
                 },
                 pref,
+                Evidence::Full,
             )
             .into_iter()
             .find(|p| p.hook == hook)
@@ -424,6 +441,7 @@ ffffffff81400700 T init_wait_var_entry
                 patched: &PatchedFunctions::default(),
             },
             AttachPreference::Auto,
+            Evidence::Full,
         );
         let punch = plan
             .iter()
