@@ -46,7 +46,7 @@ pub fn attach(
         "daxrace: {attached} of {} hooks attached{} on {} in {startup_ms} ms (`daxrace probes` shows which)",
         tracer.statuses.len(),
         if standby > 0 {
-            format!(" ({standby} on standby: served by another hook)")
+            format!(" ({standby} on standby: served by another hook, or by quiet mode when a page is busy)")
         } else {
             String::new()
         },

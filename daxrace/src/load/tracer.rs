@@ -403,6 +403,11 @@ impl Tracer {
                 }
             }
             tracer.sampler = tracer.load_sampler();
+            if tracer.sampler.is_none() {
+                tracer.facts.warnings.push(format!(
+                    "quiet mode: {SAMPLER} did not load (it needs bpf_loop, 5.17+): a pin dropped before the page hooks attach is not seen (--evidence full sees it)"
+                ));
+            }
         }
         log::debug!("plan attached in {:?}", t.elapsed());
         if tracer.statuses.iter().all(|s| !s.is_attached()) {

@@ -9,7 +9,8 @@
 //! mode (the kernel's loop: the control) and then its `buggy` mode (the
 //! 2018 loop), each under `daxrace trace --json` with daxrace's default
 //! attach (the live-patched break functions go to kprobes by themselves),
-//! then `daxrace replay` of the trace. Before a buggy phase the kernel's
+//! then `daxrace replay` of the trace; then the buggy loop once more under
+//! `--evidence quiet` (the daemon's default), judged as buggy. Before a buggy phase the kernel's
 //! WARN_ON_ONCE flags are cleared (debugfs `clear_warn_once`), so that
 //! each filesystem's phase can reach the WARN on its own.
 //!
@@ -48,8 +49,8 @@ const WAIT_TIMEOUT_MS: u64 = 10;
 const BRIEF_MS: u64 = 600;
 const LONG_MS: u64 = 3000;
 const ROUNDS: u32 = 4;
-/// The boot's command limit: four phases of about 15 s each, plus
-/// attaching daxrace four times.
+/// The boot's command limit: six phases of about 15 s each, plus
+/// attaching daxrace six times.
 const BOOT_LIMIT: Duration = Duration::from_secs(900);
 /// The kernel's WARN on a truncated page above idle, as 6.1 and 6.12 log it
 /// (`WARNING: CPU: 0 PID: 229 at fs/dax.c:390 dax_disassociate_entry+0x86/0xb0`)
@@ -66,7 +67,18 @@ const COUNTERS: &[&str] = &[
     "idle_in_window",
     "waits_slept",
 ];
-const MODES: &[&str] = &["fixed", "buggy"];
+/// The phases: the patch's fixed and buggy loops under `trace` (full
+/// evidence), then the buggy loop again under the daemon's quiet mode.
+const MODES: &[&str] = &["fixed", "buggy", "quiet"];
+
+/// The patch's mode in a phase.
+fn patch_mode(mode: &str) -> &str {
+    if mode == "quiet" {
+        "buggy"
+    } else {
+        mode
+    }
+}
 
 fn script(fss: &[&str]) -> String {
     let mut s = format!(
@@ -87,9 +99,9 @@ echo "@@PROBESJSON $(tr -d '\n' < /tmp/probes.json)"
             let _ = write!(
                 s,
                 r#"echo "== {fs} {mode}"
-echo {mode} > $FP/mode; echo 1 > $FP/reset
+echo {patch} > $FP/mode; echo 1 > $FP/reset
 {clear}n0=$(dmesg | wc -l)
-daxrace trace --json {t}.jsonl -- daxrace-workload race2018 --dir ${var} --rounds {ROUNDS} --brief-ms {BRIEF_MS} --long-ms {LONG_MS} --stall-timeout 5 --max-stalls 1 --json > {t}.out 2>&1
+daxrace trace{evidence} --json {t}.jsonl -- daxrace-workload race2018 --dir ${var} --rounds {ROUNDS} --brief-ms {BRIEF_MS} --long-ms {LONG_MS} --stall-timeout 5 --max-stalls 1 --json > {t}.out 2>&1
 echo "@@DR {fs} {mode} trace $?"
 for c in {counters}; do echo "@@FP {fs} {mode} $c $(cat $FP/$c)"; done
 sed 's/^/@@FPP {fs} {mode} /' $FP/pinned_pages
@@ -101,7 +113,13 @@ daxrace replay {t}.jsonl > {t}.replay 2>&1
 echo "@@DR {fs} {mode} replay $?"
 sed 's/^/@@RO {fs} {mode} /' {t}.replay
 "#,
-                clear = if *mode == "buggy" {
+                patch = patch_mode(mode),
+                evidence = if *mode == "quiet" {
+                    " --evidence quiet"
+                } else {
+                    ""
+                },
+                clear = if patch_mode(mode) == "buggy" {
                     "echo 1 > /sys/kernel/debug/clear_warn_once\n"
                 } else {
                     ""
@@ -300,7 +318,7 @@ fn is_truncation_warn(line: &str) -> bool {
 
 /// What the kernel may log in a phase of this mode.
 fn expected_faults(mode: &str) -> &'static [&'static str] {
-    if mode == "buggy" {
+    if patch_mode(mode) == "buggy" {
         &[TRUNCATION_WARN_FUNCTION]
     } else {
         &[]

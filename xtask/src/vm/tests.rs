@@ -230,12 +230,20 @@ i=0; while [ "$(ours)" -gt 0 ] && [ $i -lt 20 ]; do sleep 1; i=$((i+1)); done
 echo "@@DETACH $before $(ours) $(grep -vc daxrace_w/ /sys/kernel/tracing/kprobe_events)"
 "#,
     );
-    for fs in fss {
-        let var = format!("DAX_{}", fs.to_uppercase());
+    // Each filesystem under `trace` (full evidence), then the first again
+    // in the daemon's quiet mode, reported under its own tag and judged
+    // by the same checks.
+    let passes = fss.iter().map(|fs| (fs.to_string(), *fs, "")).chain(
+        fss.first()
+            .map(|fs| (quiet_tag(fs), *fs, " --evidence quiet")),
+    );
+    for (tag, dir_fs, evidence) in passes {
+        let var = format!("DAX_{}", dir_fs.to_uppercase());
+        let fs = tag;
         let _ = write!(
             s,
-            r#"echo "== {fs}: daxrace trace -- pin-punch"
-daxrace trace --json /tmp/trace-{fs}.jsonl -- daxrace-workload pin-punch --dir ${var} --seconds {WORKLOAD_SECONDS} --stall-timeout 3 --max-stalls 1 > /tmp/trace-{fs}.out 2>&1
+            r#"echo "== {fs}: daxrace trace{evidence} -- pin-punch"
+daxrace trace{evidence} --json /tmp/trace-{fs}.jsonl -- daxrace-workload pin-punch --dir ${var} --seconds {WORKLOAD_SECONDS} --stall-timeout 3 --max-stalls 1 > /tmp/trace-{fs}.out 2>&1
 echo "@@DR {fs} trace $?"
 sed 's/^/@@TO {fs} /' /tmp/trace-{fs}.out
 grep -o '"type":"finding","kind":"[a-z_]*"' /tmp/trace-{fs}.jsonl | sed 's/.*"kind":"//; s/"//' | sort | uniq -c | awk '{{ print "@@FK {fs}", $2, $1 }}'
@@ -247,6 +255,12 @@ sed 's/^/@@RO {fs} /' /tmp/replay-{fs}.out
         );
     }
     s
+}
+
+/// The tag of the quiet-mode pass on `fs` (the daemon's default
+/// `--evidence quiet`): the same checks as the full trace apply to it.
+fn quiet_tag(fs: &str) -> String {
+    format!("{fs}-quiet")
 }
 
 fn workload_script(fs: &str, dir_var: &str) -> String {
@@ -684,8 +698,12 @@ fn run_series(series: &str) -> Result<SeriesResult> {
         },
         &super::guest_binaries(),
     )?;
-    let (symbols, absent_probes, fs, probes, probes_k, probes_rc, detach) = parse(&out, fss);
+    let quiet = quiet_tag(fss[0]);
+    let tags: Vec<&str> = fss.iter().copied().chain([quiet.as_str()]).collect();
+    let (symbols, absent_probes, mut fs, probes, probes_k, probes_rc, detach) = parse(&out, &tags);
     let mut failures = check_daxrace(series, &probes, probes_rc, &fs, &out.dmesg);
+    // The quiet pass ran no workload of its own to count.
+    fs.remove(&quiet);
     failures.extend(check_symbol_sources(&probes, &probes_k, &symbols));
     failures.extend(super::dmesg::unexpected_faults(&out.dmesg, &[]));
     failures.extend(check_module_fentry(&probes));
