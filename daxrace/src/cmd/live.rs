@@ -270,6 +270,8 @@ const PAGE_HOOKS_LINGER: Duration = Duration::from_secs(5);
 #[derive(Default)]
 struct PageHookSwitch {
     last_busy: Option<tokio::time::Instant>,
+    /// Times the page hooks were attached (said once, then counted).
+    attaches: u64,
 }
 
 impl PageHookSwitch {
@@ -286,8 +288,17 @@ impl PageHookSwitch {
         if tracer.page_hooks_on() {
             return;
         }
-        for e in tracer.attach_page_hooks() {
-            eprintln!("daxrace: {e}");
+        let errors = tracer.attach_page_hooks();
+        for e in &errors {
+            eprintln!("daxrace: page hook not attached: {e}");
+        }
+        self.attaches += 1;
+        if self.attaches == 1 {
+            eprintln!(
+                "daxrace: a busy page is watched: page hooks attached ({} of them failed); they come off {} s after the last busy page",
+                errors.len(),
+                PAGE_HOOKS_LINGER.as_secs()
+            );
         }
         // A pin dropped between the scan and the attach is seen here.
         Self::sample(tracer);

@@ -214,7 +214,8 @@ echo "@@SD install $?"
 tail -n 3 /tmp/apt-install.out | sed 's/^/  apt: /'
 echo "@@SD after_install $(systemctl is-enabled daxrace) $(systemctl is-active daxrace) $(ours) $(systemctl is-active daxrace.socket)"
 
-daxrace probes --json > /tmp/probes.json 2>/tmp/probes.err
+# What `daxrace run` (quiet evidence) attaches at start, as root.
+daxrace probes --json --evidence quiet > /tmp/probes.json 2>/tmp/probes.err
 echo "@@SD probes $?"
 echo "@@PROBESJSON $(tr -d '\n' < /tmp/probes.json)"
 
@@ -240,6 +241,7 @@ sleep 3
 echo "@@SD scrape2 $(scrape /tmp/m2) $(wc -l < /tmp/m2)"
 grep -E '^daxrace_(events_total|findings_total|break_layouts_total|busy_scans_total)' /tmp/m2 | sed 's/^/@@M2 /'
 journalctl -u daxrace -o cat --no-pager | grep FINDING | head -n 4 | sed 's/^/@@FINDING /'
+journalctl -u daxrace -o cat --no-pager | grep 'page hook' | head -n 4 | sed 's/^/@@PAGEHOOKS /'
 
 systemctl kill -s KILL daxrace
 echo "@@SD kill $?"
@@ -570,6 +572,23 @@ pub fn systemd_e2e(series: &str, deb: &Path) -> Result<SystemdReport> {
         if n <= 0.0 {
             failures.push(format!("{metric} did not move under the workload"));
         }
+    }
+    // Quiet mode's page hooks attach when the workload's pins make a
+    // break wait, after the daemon dropped CAP_SYS_ADMIN: as fentry/fexit,
+    // which need only CAP_BPF and CAP_PERFMON.
+    let page_hooks: Vec<&str> = out
+        .output
+        .iter()
+        .filter_map(|l| l.split_once("@@PAGEHOOKS ").map(|(_, r)| r))
+        .collect();
+    if !page_hooks
+        .iter()
+        .any(|l| l.contains("page hooks attached (0 of them failed)"))
+        || page_hooks.iter().any(|l| l.contains("not attached"))
+    {
+        failures.push(format!(
+            "quiet mode's page hooks did not attach under the unit when pages were busy: {page_hooks:?}"
+        ));
     }
     let lost_wakeups: f64 = m2
         .iter()
