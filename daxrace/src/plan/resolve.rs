@@ -265,6 +265,13 @@ ffffffff81400700 T init_wait_var_entry
 ";
 
     fn chosen(kallsyms: &str) -> std::collections::HashMap<HookId, Vec<String>> {
+        chosen_in(kallsyms, Evidence::Full)
+    }
+
+    fn chosen_in(
+        kallsyms: &str,
+        evidence: Evidence,
+    ) -> std::collections::HashMap<HookId, Vec<String>> {
         let k = Kallsyms::parse(kallsyms);
         resolve(
             &KernelView {
@@ -274,7 +281,7 @@ ffffffff81400700 T init_wait_var_entry
                 patched: &PatchedFunctions::default(),
             },
             AttachPreference::Kprobe,
-            Evidence::Full,
+            evidence,
         )
         .into_iter()
         .map(|p| {
@@ -328,6 +335,31 @@ ffffffff81400700 T init_wait_var_entry
             vec!["dax_disassociate_entry.isra.0"]
         );
         assert_eq!(k73[&HookId::GenericBreak], vec!["dax_break_layout"]);
+    }
+
+    #[test]
+    fn quiet_mode_truncates_by_range_and_hooks_no_entry() {
+        const TRUNCATE: &str = "ffffffff81400800 T truncate_inode_pages_range\n";
+        for kernel in [DEBIAN_6_1, DEBIAN_6_12] {
+            let with_range = format!("{kernel}{TRUNCATE}");
+            let quiet = chosen_in(&with_range, Evidence::Quiet);
+            assert_eq!(
+                quiet[&HookId::Disassociate],
+                vec!["truncate_inode_pages_range"]
+            );
+            assert!(!quiet.contains_key(&HookId::DeleteEntry));
+            // Every other hook is planned as in full mode.
+            let full = chosen_in(&with_range, Evidence::Full);
+            for (hook, symbols) in &full {
+                if ![HookId::Disassociate, HookId::DeleteEntry].contains(hook) {
+                    assert_eq!(quiet.get(hook), Some(symbols), "{hook:?}");
+                }
+            }
+            assert!(!full[&HookId::Disassociate].contains(&"truncate_inode_pages_range".into()));
+        }
+        // 6.15+: the range deletion serves both modes, ahead of the page cache's.
+        let k73 = chosen_in(&format!("{DEBIAN_7_3}{TRUNCATE}"), Evidence::Quiet);
+        assert_eq!(k73[&HookId::Disassociate][0], "dax_delete_mapping_range");
     }
 
     #[test]
