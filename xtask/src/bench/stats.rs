@@ -192,7 +192,7 @@ mod tests {
     use super::*;
     use crate::bench::{
         script::{phase_tag, rate_phases},
-        BT, DR,
+        BT_FULL as BT, DR_RUN as DR,
     };
 
     #[test]
@@ -231,7 +231,7 @@ mod tests {
         }
         // Untraced phases against their untraced neighbours: 1 inside,
         // off at the ends where only one neighbour exists.
-        assert_eq!(by[NONE].len(), 7);
+        assert_eq!(by[NONE].len(), 11);
         assert!((by[NONE][3] - 1.0).abs() < 1e-12);
         let s = Spread::of(&[1.0, 0.9, 1.2]).expect("spread");
         assert_eq!((s.median, s.min, s.max), (1.0, 0.9, 1.2));
