@@ -76,7 +76,7 @@ pub fn goals(reports: &[SeriesReport], pipeline: Option<&Pipeline>) -> String {
                 &format!("{}{}", show(&v), noise(Load::Alone)),
             );
         }
-        let idle: Vec<&(String, String, u64, u64)> =
+        let idle: Vec<&(String, String, i64, u64)> =
             r.idle.iter().filter(|(tr, ..)| tr == DR_RUN).collect();
         line(
             &mut t,
@@ -187,7 +187,13 @@ pub fn goals(reports: &[SeriesReport], pipeline: Option<&Pipeline>) -> String {
         let mix_noise: Vec<(&str, &str, Spread)> = rows(
             r,
             Load::Mix,
-            &["read", "punch", "truncate", "all modifications"],
+            &[
+                "read",
+                "punch",
+                "truncate",
+                "all modifications",
+                "all ops (budget)",
+            ],
             NONE,
         );
         line(

@@ -127,6 +127,11 @@ pub struct BenchArgs {
     /// at all costs more of an emulated operation than it would natively.
     #[arg(long, value_enum, default_value_t)]
     pub accel: guest::Accel,
+    /// Print the report again from a bench guest's saved output
+    /// (target/bench/SERIES.log) with the workload and tuning flags given,
+    /// without booting.
+    #[arg(long, hide = true)]
+    pub from_log: Option<PathBuf>,
     /// Debugging: run this shell code in the bench guest (with bpftrace)
     /// instead of the bench.
     #[arg(long, hide = true)]
@@ -209,6 +214,37 @@ pub fn run(args: BenchArgs) -> Result<()> {
         );
         return Ok(());
     }
+    if let Some(log) = &args.from_log {
+        let text =
+            std::fs::read_to_string(log).with_context(|| format!("reading {}", log.display()))?;
+        let lines: Vec<String> = text.lines().map(String::from).collect();
+        let p = parse(&lines);
+        let out = guest::Outcome {
+            status: 0,
+            boot: Duration::ZERO,
+            guest_uptime: 0.0,
+            command: Duration::ZERO,
+            output: Vec::new(),
+            dmesg: Vec::new(),
+        };
+        let series = args.kernel.clone().unwrap_or_else(|| p.kernel.clone());
+        let (w, _) = workloads(&args);
+        let r = report(
+            &series,
+            &p,
+            &out,
+            Duration::ZERO,
+            &RunInfo {
+                rounds: args.rounds.max(1),
+                w,
+                tuning: args.tuning(),
+            },
+            log,
+        );
+        println!("{}", r.text);
+        println!("{}", goals(&[r], None));
+        return Ok(());
+    }
     let series: Vec<String> = match args.kernel.as_deref() {
         None => vec!["newest".into(), "6.12".into()],
         Some("all") => ["6.1", "6.12", "newest"].map(String::from).to_vec(),
@@ -271,18 +307,27 @@ fn boot(
     )
 }
 
-fn bench_series(series: &str, args: &BenchArgs) -> Result<SeriesReport> {
-    let k = kernel::fetch(series)?;
-    let rounds = args.rounds.max(1);
+/// The guest's workloads from the flags.
+fn workloads(args: &BenchArgs) -> (Workloads, Option<(u64, u64)>) {
     let (secs, loop_secs) = (args.seconds.max(1), args.loop_seconds.max(1));
     let mix = (args.mix_mods > 0).then_some((args.mix_mods, args.mix_reads));
     // With a budget, --seconds only bounds a run gone wrong.
     let secs = if mix.is_some() { secs.max(120) } else { secs };
-    let w = Workloads {
-        secs,
-        loop_secs,
+    (
+        Workloads {
+            secs,
+            loop_secs,
+            mix,
+        },
         mix,
-    };
+    )
+}
+
+fn bench_series(series: &str, args: &BenchArgs) -> Result<SeriesReport> {
+    let k = kernel::fetch(series)?;
+    let rounds = args.rounds.max(1);
+    let (w, mix) = workloads(args);
+    let (secs, loop_secs) = (w.secs, w.loop_secs);
     let script = guest_script(rounds, w);
     // Per phase: the workloads on two filesystems, one attach (bounded),
     // stop (bounded). Guest seconds; the host's deadline scales with icount.

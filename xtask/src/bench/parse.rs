@@ -39,10 +39,11 @@ pub struct Parsed {
     /// The run mode attached what the full mode did: one twin serves both.
     pub same_plan: bool,
     /// (tracer, fs) -> BPF program runs during the idle check's O_DIRECT
-    /// reads, and the reads' JSON summary.
-    pub idle: BTreeMap<(String, String), (u64, Value)>,
+    /// reads (less those of a run without reads: the file's set-up and
+    /// removal), and the reads' JSON summary.
+    pub idle: BTreeMap<(String, String), (i64, Value)>,
     /// (tracer, fs) -> the programs that ran then, with their run counts.
-    pub idle_progs: BTreeMap<(String, String), Vec<(String, u64)>>,
+    pub idle_progs: BTreeMap<(String, String), Vec<(String, i64)>>,
     /// tracer -> what it attached right after start-up (kind:symbol).
     pub attached: BTreeMap<String, Vec<String>>,
     /// The kernel's preemption model, from `sched/preempt` ("(lazy)" ->

@@ -32,7 +32,7 @@ pub struct SeriesReport {
     /// workload -> untraced phases against their untraced neighbours.
     pub noise: BTreeMap<Load, Spread>,
     /// The idle check: (tracer, fs, BPF program runs, reads).
-    pub idle: Vec<(String, String, u64, u64)>,
+    pub idle: Vec<(String, String, i64, u64)>,
     /// Per hook: daxrace full ns/run, its bpftrace twin's ns/run.
     pub hook_pairs: Vec<(String, f64, f64)>,
     /// Total BPF ns per workload op: daxrace full, its bpftrace twin.
@@ -186,7 +186,7 @@ pub fn report(
     // The idle check.
     let _ = writeln!(
         t,
-        "idle check: BPF program runs during O_DIRECT 64 KiB reads alone (stats phase, op-loop read, {} guest s per filesystem; no page is watched)",
+        "idle check: BPF program runs during O_DIRECT 64 KiB reads alone (stats phase, op-loop read, {} guest s per filesystem; no page is watched; less the runs of the same op-loop with no reads: the file's set-up and removal)",
         info.w.loop_secs
     );
     let mut idle = Vec::new();
@@ -198,7 +198,7 @@ pub fn report(
             .get(&(tr.clone(), fs.clone()))
             .cloned()
             .unwrap_or_default();
-        progs.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+        progs.sort_by_key(|(_, n)| std::cmp::Reverse(n.abs()));
         let list: Vec<String> = progs
             .iter()
             .take(6)

@@ -89,15 +89,22 @@ attached() {
 }
 # idle_check TRACER: O_DIRECT reads alone (op-loop) on each filesystem
 # under TRACER with BPF statistics on: how many BPF program runs the reads
-# cost, in all and per program. @@IDLE TRACER FS RUNS JSON;
-# @@IDLERUN TRACER FS PROGRAM RUNS.
+# cost, in all and per program. A run of no reads first (the same file
+# set-up and removal) takes what that costs off. @@IDLE TRACER FS RUNS
+# JSON; @@IDLERUN TRACER FS PROGRAM RUNS.
 idle_check() {
   for fs in $DAX_FS; do
     sync
     daxrace-workload bpf-prog-stats > /tmp/idle0.txt 2>/dev/null
-    daxrace-workload op-loop --dir /mnt/$fs --op read --seconds @IDLESECS@ --json >/tmp/idle.out 2>&1
+    daxrace-workload op-loop --dir /mnt/$fs --op read --seconds 0 >/dev/null 2>&1
     daxrace-workload bpf-prog-stats > /tmp/idle1.txt 2>/dev/null
-    awk -v t=$1 -v fs=$fs 'NR == FNR { r[$2] = $5; next } { d = $5 - r[$2]; if (d > 0) print "@@IDLERUN", t, fs, $4, d }' /tmp/idle0.txt /tmp/idle1.txt > /tmp/idle-runs.txt
+    daxrace-workload op-loop --dir /mnt/$fs --op read --seconds @IDLESECS@ --json >/tmp/idle.out 2>&1
+    daxrace-workload bpf-prog-stats > /tmp/idle2.txt 2>/dev/null
+    awk -v t=$1 -v fs=$fs '
+      FILENAME == ARGV[1] { a[$2] = $5; next }
+      FILENAME == ARGV[2] { b[$2] = $5; next }
+      { d = ($5 - b[$2]) - (b[$2] - a[$2]); if (d != 0) print "@@IDLERUN", t, fs, $4, d }' \
+      /tmp/idle0.txt /tmp/idle1.txt /tmp/idle2.txt > /tmp/idle-runs.txt
     echo "@@IDLE $1 $fs $(awk '{ s += $5 } END { print s + 0 }' /tmp/idle-runs.txt) $(grep '^{' /tmp/idle.out | tail -n 1)"
     cat /tmp/idle-runs.txt
   done
