@@ -159,7 +159,8 @@ impl BenchArgs {
     /// The bench guest's QEMU tuning.
     pub fn tuning(&self) -> guest::Tuning {
         guest::Tuning {
-            icount: self.icount.0,
+            // Instruction counting is TCG's: under KVM the guest runs natively.
+            icount: self.icount.0.filter(|_| self.accel == guest::Accel::Tcg),
             no_rdrand: !self.rdrand,
             nokaslr: !self.kaslr,
         }
@@ -372,4 +373,17 @@ fn bench_series(series: &str, args: &BenchArgs) -> Result<SeriesReport> {
         &RunInfo { rounds, w, tuning },
         &log,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn icount_takes_a_shift_or_off_but_not_auto() {
+        assert_eq!(parse_icount("3"), Ok(Icount(Some(3))));
+        assert_eq!(parse_icount("off"), Ok(Icount(None)));
+        assert!(parse_icount("auto").is_err());
+        assert!(parse_icount("11").is_err());
+    }
 }

@@ -214,6 +214,16 @@ mod tests {
     };
 
     #[test]
+    fn a_budgeted_mix_is_one_row() {
+        let line = r#"@@WL p01 none ext4 0 {"duration_s":2.0,"extra":{"budget":{"mods":10,"reads":20}},"ops":{"read":{"count":20},"punch":{"count":4},"truncate":{"count":6}}}"#;
+        let p = crate::bench::parse::parse(&[line.to_string()]);
+        let rows = rate_rows(&p);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].name, "all ops (budget)");
+        assert_eq!(rows[0].rate(&p, "p01", NONE), Some(15.0));
+    }
+
+    #[test]
     fn the_floor_comes_off_both_sides() {
         assert_eq!(
             above_floor(Some(300.0), Some(500.0), Some(200.0)),

@@ -702,6 +702,69 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn only_a_tuned_guest_counts_instructions() {
+        let k = Kernel {
+            pkg: "linux-image-x".into(),
+            version: "1".into(),
+            release: "1".into(),
+            boot_image: PathBuf::from("/nonexistent"),
+            modules: vec![],
+            net_modules: vec![],
+            fetch_time: Duration::ZERO,
+            config: None,
+        };
+        let spec = Spec {
+            kernel: &k,
+            fs: Fs::Ext4,
+            script: String::new(),
+            timeout: Duration::from_secs(1),
+            verbose: false,
+            stream: false,
+            forward: None,
+        };
+        let args = |extras: &Extras| -> Vec<String> {
+            qemu_command(&spec, Path::new("/i"), extras, false)
+                .get_args()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect()
+        };
+        // The VM tests' guests: as before.
+        let plain = args(&Extras::default());
+        assert!(!plain.iter().any(|a| a == "-icount"));
+        assert!(plain.iter().any(|a| a == "max"));
+        assert!(!plain.iter().any(|a| a.contains("nokaslr")));
+        let tuning = Tuning {
+            icount: Some(3),
+            no_rdrand: true,
+            nokaslr: true,
+        };
+        let tuned = args(&Extras {
+            tuning,
+            ..Extras::default()
+        });
+        let i = tuned.iter().position(|a| a == "-icount").expect("-icount");
+        assert_eq!(tuned[i + 1], "shift=3,sleep=off");
+        assert!(tuned.iter().any(|a| a == "max,-rdrand,-rdseed"));
+        assert!(tuned.iter().any(|a| a.contains(" nokaslr ")));
+        assert_eq!(tuning.ns_per_instruction(), Some(8.0));
+        assert_eq!(tuning.host_time_scale(), 4);
+        assert_eq!(
+            Tuning {
+                icount: Some(0),
+                ..tuning
+            }
+            .host_time_scale(),
+            32
+        );
+        assert_eq!(Tuning::default().host_time_scale(), 1);
+        assert!(tuning.boot_timeout() > BOOT_TIMEOUT);
+        assert_eq!(
+            tuning.describe(),
+            "-icount shift=3,sleep=off; -cpu max,-rdrand,-rdseed; nokaslr"
+        );
+    }
+
+    #[test]
     fn markers_anywhere_in_a_line() {
         assert_eq!(
             find_marker("[ 1.0] x @@DAXRACE-EXIT 3", MARK_EXIT),
