@@ -30,23 +30,43 @@ pub struct Parsed {
     /// tracer -> share of the vCPU its own process used while attached
     /// (rate rounds only).
     pub cpu: BTreeMap<String, Vec<f64>>,
-    pub bt_mode: Option<String>,
+    /// Twin mode ("run", "full") -> how bpftrace hooked functions (kfunc
+    /// or kprobe).
+    pub bt_mode: BTreeMap<String, String>,
+    /// `daxrace run` refused `--evidence`: both daxrace modes ran plain
+    /// `daxrace run`.
+    pub no_evidence: bool,
+    /// The run mode attached what the full mode did: one twin serves both.
+    pub same_plan: bool,
+    /// (tracer, fs) -> BPF program runs during the idle check's O_DIRECT
+    /// reads (less those of a run without reads: the file's set-up and
+    /// removal), and the reads' JSON summary.
+    pub idle: BTreeMap<(String, String), (i64, Value)>,
+    /// (tracer, fs) -> the programs that ran then, with their run counts.
+    pub idle_progs: BTreeMap<(String, String), Vec<(String, i64)>>,
+    /// tracer -> what it attached right after start-up (kind:symbol).
+    pub attached: BTreeMap<String, Vec<String>>,
     /// The kernel's preemption model, from `sched/preempt` ("(lazy)" ->
     /// "lazy"), when it says.
     pub preempt: Option<String>,
-    pub bt_script: Vec<String>,
+    /// Twin mode -> its bpftrace script.
+    pub bt_scripts: BTreeMap<String, Vec<String>>,
     pub notes: Vec<String>,
 }
 
 pub fn parse(lines: &[String]) -> Parsed {
     let mut p = Parsed::default();
     for l in lines {
-        if let Some(rest) = l.strip_prefix("@@BT| ") {
-            p.bt_script.push(rest.to_string());
-            continue;
-        }
-        if l == "@@BT|" {
-            p.bt_script.push(String::new());
+        if let Some((mode, rest)) = l
+            .strip_prefix("@@BT-")
+            .and_then(|r| r.split_once('|'))
+            .filter(|(m, _)| !m.contains(' '))
+        {
+            let rest = rest.strip_prefix(' ').unwrap_or(rest);
+            p.bt_scripts
+                .entry(mode.to_string())
+                .or_default()
+                .push(rest.to_string());
             continue;
         }
         let w: Vec<&str> = l.split_whitespace().collect();
@@ -109,7 +129,31 @@ pub fn parse(lines: &[String]) -> Parsed {
                     }
                 }
             }
-            ["@@BTMODE", m] => p.bt_mode = Some(m.to_string()),
+            ["@@BTMODE", mode, m] => {
+                p.bt_mode.insert(mode.to_string(), m.to_string());
+            }
+            ["@@NOEVIDENCE"] => p.no_evidence = true,
+            ["@@SAMEPLAN", ..] => p.same_plan = true,
+            ["@@ATTACH", tracer, what] => p
+                .attached
+                .entry(tracer.to_string())
+                .or_default()
+                .push(what.to_string()),
+            ["@@IDLE", tracer, fs, runs, ..] => {
+                let json = l.splitn(5, ' ').nth(4).unwrap_or("");
+                if let (Ok(runs), Ok(v)) = (runs.parse(), serde_json::from_str::<Value>(json)) {
+                    p.idle
+                        .insert((tracer.to_string(), fs.to_string()), (runs, v));
+                }
+            }
+            ["@@IDLERUN", tracer, fs, prog, runs] => {
+                if let Ok(runs) = runs.parse() {
+                    p.idle_progs
+                        .entry((tracer.to_string(), fs.to_string()))
+                        .or_default()
+                        .push((prog.to_string(), runs));
+                }
+            }
             ["@@BTMISSING", what] => p.notes.push(format!("bpftrace has no probe for {what}")),
             ["@@DIED", tracer, tag] => p.notes.push(format!("{tracer} died during {tag}")),
             ["@@STOPKILL", tracer] => p
@@ -139,7 +183,7 @@ mod tests {
     use crate::bench::{
         costs::hook_costs,
         stats::{bracketed, median, rate, rate_rows},
-        DR, NONE,
+        DR_RUN, NONE,
     };
 
     #[test]
@@ -158,23 +202,29 @@ mod tests {
     fn parse_and_group() {
         let lines: Vec<String> = [
             "@@KERNEL 7.3.4",
-            "@@START daxrace-auto stats-daxrace-auto 3400",
+            "@@START daxrace-run stats-daxrace-run 3400",
             "@@START bpftrace stats-bpftrace-1 11000",
             "@@CPU bpftrace p02-bpftrace 50 10.0 20.0",
-            "@@CPU daxrace-auto stats-daxrace-auto 50 10.0 20.0",
+            "@@CPU daxrace-run stats-daxrace-run 50 10.0 20.0",
             "@@PHASE p01 none",
             r#"@@WL p01 none ext4 0 {"duration_s":2.0,"ops":{"read":{"count":100},"punch":{"count":10}}}"#,
             r#"@@LOOP p01 none ext4 read 0 {"duration_s":2.0,"ops":{"read":{"count":1000}}}"#,
-            "@@PHASE p02 daxrace-auto",
-            r#"@@WL p02 daxrace-auto ext4 0 {"duration_s":2.0,"ops":{"read":{"count":99},"punch":{"count":10}}}"#,
-            r#"@@LOOP p02 daxrace-auto ext4 read 0 {"duration_s":2.0,"ops":{"read":{"count":940}}}"#,
+            "@@PHASE p02 daxrace-run",
+            r#"@@WL p02 daxrace-run ext4 0 {"duration_s":2.0,"ops":{"read":{"count":99},"punch":{"count":10}}}"#,
+            r#"@@LOOP p02 daxrace-run ext4 read 0 {"duration_s":2.0,"ops":{"read":{"count":940}}}"#,
             "@@PHASE p03 none",
             r#"@@LOOP p03 none ext4 read 0 {"duration_s":2.0,"ops":{"read":{"count":900}}}"#,
-            "@@PROG daxrace-auto 5 tracing fe_busy_scan_ra 10 1000 fentry:dax_layout_busy_page_range",
-            "@@PROG daxrace-auto 6 kprobe kr_busy_scan 10 3000 kretprobe:dax_layout_busy_page,kretprobe:dax_layout_busy_page_range",
-            "@@PROG daxrace-auto 7 kprobe kp_disassociate 4 400 -",
-            "@@PROG bpftrace 9 kprobe BEGIN 1 100 uprobe:/usr/bin/bpftrace",
-            "@@BT| kfunc:wake_up_var {",
+            "@@PROG daxrace-run 5 tracing fe_busy_scan_ra 10 1000 fentry:dax_layout_busy_page_range",
+            "@@PROG daxrace-run 6 kprobe kr_busy_scan 10 3000 kretprobe:dax_layout_busy_page,kretprobe:dax_layout_busy_page_range",
+            "@@PROG daxrace-run 7 kprobe kp_disassociate 4 400 -",
+            "@@PROG bpftrace-full 9 kprobe BEGIN 1 100 uprobe:/usr/bin/bpftrace",
+            "@@BT-full| kfunc:wake_up_var {",
+            "@@BT-full|",
+            "@@BTMODE full kfunc",
+            "@@NOEVIDENCE",
+            "@@ATTACH daxrace-run fentry:wake_up_var",
+            r#"@@IDLE daxrace-run ext4 33000 {"duration_s":2.0,"ops":{"read":{"count":1000}}}"#,
+            "@@IDLERUN daxrace-run ext4 fe_wake_up 17000",
         ]
         .map(String::from)
         .to_vec();
@@ -183,9 +233,15 @@ mod tests {
         assert_eq!(p.starts["bpftrace"], [11000.0]);
         assert_eq!(p.cpu["bpftrace"], [0.05]);
         assert!(
-            !p.cpu.contains_key("daxrace-auto"),
+            !p.cpu.contains_key("daxrace-run"),
             "stats phases are not rate phases"
         );
+        assert!(p.no_evidence && !p.same_plan);
+        assert_eq!(p.bt_mode["full"], "kfunc");
+        assert_eq!(p.attached["daxrace-run"], ["fentry:wake_up_var"]);
+        let key = ("daxrace-run".to_string(), "ext4".to_string());
+        assert_eq!(p.idle[&key].0, 33000);
+        assert_eq!(p.idle_progs[&key], [("fe_wake_up".to_string(), 17000)]);
         assert_eq!(p.workloads.len(), 2);
         assert_eq!(p.loops.len(), 3);
         assert_eq!(p.phases.len(), 3);
@@ -206,18 +262,18 @@ mod tests {
         );
         // The lone reads under daxrace against the mean of 1000 and 900.
         let by = bracketed(&p.phases, |tag, tr| rows[0].rate(&p, tag, tr));
-        assert_eq!(by[DR], [940.0 / 950.0]);
+        assert_eq!(by[DR_RUN], [940.0 / 950.0]);
         assert_eq!(by[NONE], [1000.0 / 900.0, 900.0 / 1000.0]);
         // The mix's p03 is missing: p02 is compared with p01 alone.
         let by = bracketed(&p.phases, |tag, tr| rows[3].rate(&p, tag, tr));
-        assert_eq!(by[DR], [0.99]);
-        let c = hook_costs(&p.progs["daxrace-auto"]);
+        assert_eq!(by[DR_RUN], [0.99]);
+        let c = hook_costs(&p.progs["daxrace-run"]);
         assert_eq!(c["busy scan"].runs, 20);
         assert_eq!(c["busy scan"].ns_per_run(), Some(200.0));
         assert_eq!(c["disassociate"].runs, 4);
         assert!(c["disassociate"].kinds.contains("kprobe"));
-        assert!(hook_costs(&p.progs["bpftrace"]).is_empty());
-        assert_eq!(p.bt_script, ["kfunc:wake_up_var {"]);
+        assert!(hook_costs(&p.progs["bpftrace-full"]).is_empty());
+        assert_eq!(p.bt_scripts["full"], ["kfunc:wake_up_var {", ""]);
         let v = &p.workloads[&("p01".into(), "none".into(), "ext4".into())];
         assert_eq!(rate(v, &["read"]), Some(50.0));
         assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));

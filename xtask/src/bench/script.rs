@@ -5,20 +5,20 @@ use std::fmt::Write as _;
 
 use super::{
     twin::{empty_twin, fragments, BT_HEAD},
-    ATTACH_LIMIT_S, BT, DR, EMPTY, NONE,
+    ATTACH_LIMIT_S, BT_FULL, BT_RUN, DR_FULL, DR_RUN, EMPTY, NONE,
 };
 
-/// Shell functions of the bench guest. `@ATTACH@`, `@SECS@`, `@LOOPSECS@`
-/// are filled in.
+/// Shell functions of the bench guest. `@ATTACH@`, `@SECS@`, `@LOOPSECS@`,
+/// `@IDLESECS@`, `@MIX@` are filled in.
 const GUEST_FUNCTIONS: &str = include_str!("script/functions.sh");
-/// The stats phase: each tracer once with BPF statistics on; daxrace first,
-/// since the bpftrace script is built from what it attached.
+/// The stats phase: each tracer once with BPF statistics on; each daxrace
+/// mode before its twin, since a twin is built from what its mode attached.
 const GUEST_STATS: &str = include_str!("script/stats.sh");
 
 /// The rate phases: every traced phase between two untraced ones, the
 /// tracers' order rotating from round to round.
 pub fn rate_phases(rounds: u32) -> Vec<&'static str> {
-    let tracers = [DR, BT, EMPTY];
+    let tracers = [DR_RUN, DR_FULL, BT_RUN, BT_FULL, EMPTY];
     let mut v = vec![NONE];
     for r in 0..rounds as usize {
         for i in 0..tracers.len() {
@@ -29,7 +29,24 @@ pub fn rate_phases(rounds: u32) -> Vec<&'static str> {
     v
 }
 
-pub fn guest_script(rounds: u32, secs: u32, loop_secs: u32) -> String {
+/// What the guest's workloads run: seconds of each phase, and the mix's
+/// operation budget.
+#[derive(Clone, Copy, Debug)]
+pub struct Workloads {
+    /// The pin-punch mix's longest run (seconds) per filesystem.
+    pub secs: u32,
+    /// Each lone operation's time (seconds) per filesystem.
+    pub loop_secs: u32,
+    /// The mix's budget: modifications, reads (none: it runs `secs`).
+    pub mix: Option<(u64, u64)>,
+}
+
+pub fn guest_script(rounds: u32, w: Workloads) -> String {
+    let Workloads {
+        secs,
+        loop_secs,
+        mix,
+    } = w;
     let mut s = String::from("mkdir -p /tmp/bt\n");
     // Quoted here-documents: the probe text reaches the files verbatim.
     let _ = write!(s, "cat > /tmp/bt/head.bt <<'BTEOF'\n{BT_HEAD}BTEOF\n");
@@ -51,6 +68,11 @@ pub fn guest_script(rounds: u32, secs: u32, loop_secs: u32) -> String {
     s += &GUEST_FUNCTIONS
         .replace("@SECS@", &secs.to_string())
         .replace("@LOOPSECS@", &loop_secs.to_string())
+        .replace("@IDLESECS@", &loop_secs.to_string())
+        .replace(
+            "@MIX@",
+            &mix.map_or(String::new(), |(m, r)| format!("--mods {m} --reads {r}")),
+        )
         .replace("@ATTACH@", &ATTACH_LIMIT_S.to_string());
     s += GUEST_STATS;
     let phases = rate_phases(rounds);
@@ -106,21 +128,30 @@ mod tests {
     #[test]
     fn every_traced_phase_sits_between_untraced_ones() {
         let v = rate_phases(2);
-        assert_eq!(v.len(), 13);
+        assert_eq!(v.len(), 21);
         assert_eq!(v.first(), Some(&NONE));
         for (i, t) in v.iter().enumerate() {
             assert_eq!(*t == NONE, i % 2 == 0, "{v:?}");
         }
-        // The order rotates: each tracer comes first once in three rounds.
-        let firsts: BTreeSet<&str> = (0..3).map(|r| rate_phases(3)[1 + 6 * r]).collect();
-        assert_eq!(firsts.len(), 3);
+        // The order rotates: each tracer comes first once in five rounds.
+        let firsts: BTreeSet<&str> = (0..5).map(|r| rate_phases(5)[1 + 10 * r]).collect();
+        assert_eq!(firsts.len(), 5);
         assert_eq!(phase_tag(0), "p01");
     }
 
     /// The guest script must at least parse (busybox sh -n).
     #[test]
     fn guest_script_parses() {
-        let script = guest_script(2, 1, 1);
+        let script = guest_script(
+            2,
+            Workloads {
+                secs: 1,
+                loop_secs: 1,
+                mix: Some((10, 20)),
+            },
+        );
+        assert!(script.contains("--mods 10 --reads 20"));
+        assert!(!script.contains("@MIX@") && !script.contains("@IDLESECS@"));
         crate::vm::guest::tests::assert_sh_parses(&script);
     }
 }

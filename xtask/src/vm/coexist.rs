@@ -234,6 +234,7 @@ pub fn coexist_e2e(series: &str, stream: bool) -> Result<String> {
         &guest::Extras {
             host_programs: &[bpftrace],
             extra_mem_mib: BPFTRACE_EXTRA_MIB,
+            ..guest::Extras::default()
         },
     )?;
     let c = parse(&out.output);

@@ -242,6 +242,69 @@ pub fn boot_with_files(
     boot_inner(spec, binaries, &Extras::default(), files, None)
 }
 
+/// How QEMU runs a bench guest to make its figures repeat: the VM tests
+/// keep the default (none of this), only `cargo xtask bench` sets it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tuning {
+    /// `-icount shift=N,sleep=off`: the guest's clock advances 2^N ns per
+    /// executed instruction, so rates per guest second count guest
+    /// instructions whatever the host's load. (QEMU 7.2 refuses
+    /// `thread=multi`, and `align=on` with `sleep=off`; `shift=auto` adapts
+    /// to the host's speed and so does not repeat.)
+    pub icount: Option<u32>,
+    /// Keep RDRAND and RDSEED out of the CPU model (`-cpu max,-rdrand,-rdseed`):
+    /// the kernel's random numbers then come from code that runs the same
+    /// way every boot.
+    pub no_rdrand: bool,
+    /// `nokaslr` on the kernel command line: the same addresses every boot.
+    pub nokaslr: bool,
+}
+
+impl Tuning {
+    /// Guest nanoseconds per guest instruction, under icount.
+    pub fn ns_per_instruction(&self) -> Option<f64> {
+        self.icount.map(|s| f64::from(1u32 << s.min(10)))
+    }
+
+    /// How much longer than untuned host-side deadlines must be: under icount
+    /// TCG runs slower (every translation block counts its instructions),
+    /// and a guest second is 1e9 / 2^shift instructions, so at shifts below
+    /// 3 each guest second takes longer still on the host.
+    pub fn host_time_scale(&self) -> u32 {
+        match self.icount {
+            None => 1,
+            Some(s) => 4 * (1u32 << 3u32.saturating_sub(s)),
+        }
+    }
+
+    /// The boot deadline: boots count the same instructions whatever the
+    /// shift, so only the TCG slow-down applies (180 s was hit once under
+    /// icount by the bench's large initramfs).
+    pub fn boot_timeout(&self) -> Duration {
+        BOOT_TIMEOUT * if self.icount.is_some() { 4 } else { 1 }
+    }
+
+    /// The QEMU CPU option for TCG.
+    fn tcg_cpu(&self) -> &'static str {
+        if self.no_rdrand {
+            "max,-rdrand,-rdseed"
+        } else {
+            "max"
+        }
+    }
+
+    /// For table headers: "icount shift=3,sleep=off; -cpu max,-rdrand,-rdseed; nokaslr".
+    pub fn describe(&self) -> String {
+        let mut v = vec![match self.icount {
+            Some(s) => format!("-icount shift={s},sleep=off"),
+            None => "no icount (TCG wall time)".to_string(),
+        }];
+        v.push(format!("-cpu {}", self.tcg_cpu()));
+        v.push(if self.nokaslr { "nokaslr" } else { "KASLR on" }.to_string());
+        v.join("; ")
+    }
+}
+
 /// What a few boots need beyond the usual guest (the bench's bpftrace).
 #[derive(Default, Clone, Copy)]
 pub struct Extras<'a> {
@@ -251,6 +314,8 @@ pub struct Extras<'a> {
     /// RAM added to the guest's usual 1.5 GiB (MiB): large programs such as
     /// bpftrace (LLVM, about 200 MB of libraries) live in the initramfs.
     pub extra_mem_mib: u64,
+    /// QEMU tuning (the bench's; the VM tests leave the default).
+    pub tuning: Tuning,
 }
 
 /// [`boot`] with extra host programs and RAM.
@@ -293,7 +358,7 @@ fn boot_inner(
             extra_files: files,
         },
     )?;
-    let res = run_qemu(spec, &initrd, extras.extra_mem_mib, ctl);
+    let res = run_qemu(spec, &initrd, extras, ctl);
     let _ = std::fs::remove_file(&initrd);
     res
 }
@@ -301,7 +366,11 @@ fn boot_inner(
 /// Boots a ready-made initramfs (the systemd test's Debian userland), which
 /// the caller keeps or removes. Its init prints the same markers.
 pub fn boot_initrd(spec: &Spec, initrd: &Path, extra_mem_mib: u64) -> Result<Outcome> {
-    run_qemu(spec, initrd, extra_mem_mib, None)
+    let extras = Extras {
+        extra_mem_mib,
+        ..Extras::default()
+    };
+    run_qemu(spec, initrd, &extras, None)
 }
 
 /// How QEMU runs the guest's CPU.
@@ -323,7 +392,8 @@ pub fn set_accel(accel: Accel) {
     let _ = ACCEL.set(accel);
 }
 
-fn qemu_command(spec: &Spec, initrd: &Path, extra_mem_mib: u64, controlled: bool) -> Command {
+fn qemu_command(spec: &Spec, initrd: &Path, extras: &Extras, controlled: bool) -> Command {
+    let (extra_mem_mib, tuning) = (extras.extra_mem_mib, extras.tuning);
     let n = spec.fs.list().len() as u64;
     // RAM: 1 GiB for the kernel and the workloads, then the pmem ranges,
     // then 512 MiB and any extra above them.
@@ -336,13 +406,14 @@ fn qemu_command(spec: &Spec, initrd: &Path, extra_mem_mib: u64, controlled: bool
         // booting; warnings are collected from dmesg after the command.
         // cryptomgr.notests saves about 1.4 s; panic=-1 with -no-reboot turns
         // a panic into QEMU's exit.
-        "console=ttyS0 {}panic=-1 cryptomgr.notests {}",
+        "console=ttyS0 {}panic=-1 cryptomgr.notests {}{}",
         if spec.verbose { "" } else { "quiet " },
+        if tuning.nokaslr { "nokaslr " } else { "" },
         memmap.join(" ")
     );
     let mut c = Command::new("qemu-system-x86_64");
     let (accel, cpu) = match ACCEL.get().copied().unwrap_or_default() {
-        Accel::Tcg => ("tcg", "max"),
+        Accel::Tcg => ("tcg", tuning.tcg_cpu()),
         Accel::Kvm => ("kvm", "host"),
     };
     c.args(["-accel", accel, "-cpu", cpu, "-smp", "1"])
@@ -362,6 +433,9 @@ fn qemu_command(spec: &Spec, initrd: &Path, extra_mem_mib: u64, controlled: bool
         })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    if let Some(shift) = tuning.icount {
+        c.args(["-icount", &format!("shift={shift},sleep=off")]);
+    }
     if let Some((host, guest)) = spec.forward {
         // restrict=on isolates the guest (no connection out, not even to the
         // host) and leaves explicit forwards working. The host side binds
@@ -382,14 +456,10 @@ enum Line {
     Eof,
 }
 
-fn run_qemu(
-    spec: &Spec,
-    initrd: &Path,
-    extra_mem_mib: u64,
-    ctl: Option<&Control>,
-) -> Result<Outcome> {
+fn run_qemu(spec: &Spec, initrd: &Path, extras: &Extras, ctl: Option<&Control>) -> Result<Outcome> {
     let start = Instant::now();
-    let mut child = qemu_command(spec, initrd, extra_mem_mib, ctl.is_some())
+    let boot_timeout = extras.tuning.boot_timeout();
+    let mut child = qemu_command(spec, initrd, extras, ctl.is_some())
         .spawn()
         .context("cannot start qemu-system-x86_64: run `cargo xtask setup` (qemu-system-x86)")?;
     let mut console_in = child.stdin.take();
@@ -427,7 +497,7 @@ fn run_qemu(
     let stdout = std::io::stdout();
     let result = loop {
         let deadline = match (ready, status) {
-            (None, _) => start + BOOT_TIMEOUT,
+            (None, _) => start + boot_timeout,
             (Some((t, _)), None) => t + spec.timeout,
             // After the exit marker only the warnings and poweroff remain.
             (Some(_), Some((_, t))) => t + Duration::from_secs(30),
@@ -508,7 +578,7 @@ fn run_qemu(
             Err(_) => {
                 let _ = child.kill();
                 let what = if ready.is_none() {
-                    format!("the guest did not boot within {} s", BOOT_TIMEOUT.as_secs())
+                    format!("the guest did not boot within {} s", boot_timeout.as_secs())
                 } else if status.is_none() {
                     format!(
                         "the guest command did not finish within {} s (a task is probably stuck in the kernel; raise --timeout if it was just slow); guest killed",
@@ -629,6 +699,69 @@ pub(crate) mod tests {
         assert!(script.contains("insmod /lib/modules/virtio_net.ko"));
         assert!(script.contains("export DAX_XFS=/mnt/xfs"));
         assert_sh_parses(&script);
+    }
+
+    #[test]
+    fn only_a_tuned_guest_counts_instructions() {
+        let k = Kernel {
+            pkg: "linux-image-x".into(),
+            version: "1".into(),
+            release: "1".into(),
+            boot_image: PathBuf::from("/nonexistent"),
+            modules: vec![],
+            net_modules: vec![],
+            fetch_time: Duration::ZERO,
+            config: None,
+        };
+        let spec = Spec {
+            kernel: &k,
+            fs: Fs::Ext4,
+            script: String::new(),
+            timeout: Duration::from_secs(1),
+            verbose: false,
+            stream: false,
+            forward: None,
+        };
+        let args = |extras: &Extras| -> Vec<String> {
+            qemu_command(&spec, Path::new("/i"), extras, false)
+                .get_args()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect()
+        };
+        // The VM tests' guests: as before.
+        let plain = args(&Extras::default());
+        assert!(!plain.iter().any(|a| a == "-icount"));
+        assert!(plain.iter().any(|a| a == "max"));
+        assert!(!plain.iter().any(|a| a.contains("nokaslr")));
+        let tuning = Tuning {
+            icount: Some(3),
+            no_rdrand: true,
+            nokaslr: true,
+        };
+        let tuned = args(&Extras {
+            tuning,
+            ..Extras::default()
+        });
+        let i = tuned.iter().position(|a| a == "-icount").expect("-icount");
+        assert_eq!(tuned[i + 1], "shift=3,sleep=off");
+        assert!(tuned.iter().any(|a| a == "max,-rdrand,-rdseed"));
+        assert!(tuned.iter().any(|a| a.contains(" nokaslr ")));
+        assert_eq!(tuning.ns_per_instruction(), Some(8.0));
+        assert_eq!(tuning.host_time_scale(), 4);
+        assert_eq!(
+            Tuning {
+                icount: Some(0),
+                ..tuning
+            }
+            .host_time_scale(),
+            32
+        );
+        assert_eq!(Tuning::default().host_time_scale(), 1);
+        assert!(tuning.boot_timeout() > BOOT_TIMEOUT);
+        assert_eq!(
+            tuning.describe(),
+            "-icount shift=3,sleep=off; -cpu max,-rdrand,-rdseed; nokaslr"
+        );
     }
 
     #[test]

@@ -1,11 +1,7 @@
 //! Verifiable data: the byte at offset `o` of stream `seed` is a function of
 //! (seed, o), so any range can be checked without keeping a copy, and data
 //! that lands at the wrong offset or from the wrong stream is caught.
-use std::{
-    fs::File,
-    os::unix::fs::FileExt,
-    sync::atomic::{AtomicU64, Ordering},
-};
+use std::{fs::File, os::unix::fs::FileExt};
 
 fn mix(mut z: u64) -> u64 {
     // splitmix64
@@ -119,11 +115,6 @@ pub fn now_ns() -> u64 {
         .elapsed()
         .as_nanos() as u64
         + 1
-}
-
-/// Adds to a relaxed counter.
-pub fn add(c: &AtomicU64, n: u64) {
-    c.fetch_add(n, Ordering::Relaxed);
 }
 
 /// Creates `dir/name` on the DAX mount, fills it with the pattern of

@@ -57,9 +57,20 @@ pub struct Args {
     /// It must support O_DIRECT (tmpfs does not).
     #[arg(long)]
     pub src_dir: Option<PathBuf>,
-    /// How long to run.
+    /// How long to run; with --mods or --reads, the longest to run.
     #[arg(long, default_value_t = 10.0)]
     pub seconds: f64,
+    /// A fixed operation budget instead of a time: the modifier stops after
+    /// this many modifications (each punch, zero, collapse/insert pair or
+    /// truncate counts one). A benchmark then compares runs that did the
+    /// same work, so its rates do not depend on how the scheduler split a
+    /// fixed time between threads. With --reads: the run ends when both
+    /// budgets are spent (or --seconds passed).
+    #[arg(long)]
+    pub mods: Option<u64>,
+    /// The readers stop after this many reads in all (see --mods).
+    #[arg(long)]
+    pub reads: Option<u64>,
     /// Reader (pinning) threads.
     #[arg(long, default_value_t = 2)]
     pub readers: usize,
@@ -105,6 +116,13 @@ struct Shared {
     dax: File,
     src: File,
     reads: AtomicU64,
+    mods: AtomicU64,
+    /// When the last operation of the budgets ended: the run's duration ends
+    /// there, not when the watcher next looks.
+    done_at: std::sync::OnceLock<Instant>,
+    /// Budgets (u64::MAX: none; then only `stop` ends a thread).
+    read_budget: u64,
+    mod_budget: u64,
 }
 
 impl Shared {
@@ -117,6 +135,26 @@ impl Shared {
             .iter()
             .map(|g| g.load(Ordering::SeqCst))
             .collect()
+    }
+    /// Whether both operation budgets are used up (no budget: never).
+    fn budgets_spent(&self) -> bool {
+        self.reads.load(Ordering::SeqCst) >= self.read_budget
+            && self.mods.load(Ordering::SeqCst) >= self.mod_budget
+    }
+    /// Takes one operation from a budget (counting it); false once the
+    /// budget is spent.
+    fn take(&self, counter: &AtomicU64, budget: u64) -> bool {
+        counter
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < budget).then_some(n + 1)
+            })
+            .is_ok()
+    }
+    /// Notes the moment both budgets were spent (the first to see it).
+    fn note_done(&self) {
+        if self.budgets_spent() {
+            let _ = self.done_at.set(Instant::now());
+        }
     }
     fn bump(&self, r: std::ops::Range<usize>) {
         for g in &self.gens[r] {
@@ -172,15 +210,29 @@ pub fn run(a: Args) -> Result<i32> {
         dax,
         src,
         reads: AtomicU64::new(0),
+        mods: AtomicU64::new(0),
+        done_at: std::sync::OnceLock::new(),
+        read_budget: a.reads.unwrap_or(u64::MAX),
+        mod_budget: a.mods.unwrap_or(u64::MAX),
     });
+    let budgeted = a.mods.is_some() || a.reads.is_some();
     println!(
-        "pin-punch: {} ({fs}), {} MiB file, {} readers (up to {} KiB O_DIRECT reads from a non-DAX file), ops {:?}, {} s",
+        "pin-punch: {} ({fs}), {} MiB file, {} readers (up to {} KiB O_DIRECT reads from a non-DAX file), ops {:?}, {} s{}",
         dir.display(),
         file_size >> 20,
         a.readers,
         max_read >> 10,
         a.ops,
-        a.seconds
+        a.seconds,
+        if budgeted {
+            format!(
+                " at most, budget {} modifications, {} reads",
+                a.mods.map_or("unlimited".into(), |n| n.to_string()),
+                a.reads.map_or("unlimited".into(), |n| n.to_string())
+            )
+        } else {
+            String::new()
+        }
     );
 
     let mut slots: Vec<Arc<Slot>> = Vec::new();
@@ -216,7 +268,8 @@ pub fn run(a: Args) -> Result<i32> {
         }
         if stop_at.is_none()
             && (start.elapsed() >= run_for
-                || sh.report.stall_count() >= a.common.max_stalls as usize)
+                || sh.report.stall_count() >= a.common.max_stalls as usize
+                || (budgeted && sh.budgets_spent()))
         {
             sh.stop.store(true, Ordering::SeqCst);
             stop_at = Some(Instant::now());
@@ -226,7 +279,10 @@ pub fn run(a: Args) -> Result<i32> {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    let elapsed = start.elapsed();
+    let elapsed = match sh.done_at.get() {
+        Some(t) => *t - start,
+        None => start.elapsed(),
+    };
     for s in &stuck {
         eprintln!("daxrace-workload: STUCK: {s}");
     }
@@ -242,6 +298,8 @@ pub fn run(a: Args) -> Result<i32> {
     }
     let extra = json!({
         "reads": sh.reads.load(Ordering::Relaxed),
+        "modifications": sh.mods.load(Ordering::Relaxed),
+        "budget": {"mods": a.mods, "reads": a.reads},
         "readers": a.readers,
         "file_bytes": file_size,
         "stuck": stuck,
@@ -287,6 +345,11 @@ fn reader(sh: &Shared, slot: &Slot, me: usize, readers: usize, max_read: u64) {
         return;
     }
     while !sh.stop.load(Ordering::Relaxed) {
+        if !sh.take(&sh.reads, sh.read_budget) {
+            // The read budget is spent: wait for the modifier's.
+            std::thread::sleep(Duration::from_millis(1));
+            continue;
+        }
         let len = BLOCK * (1 + rng.below(max_read / BLOCK));
         let region = mine[rng.below(mine.len() as u64) as usize];
         let dst = region * REGION + BLOCK * rng.below((REGION - len) / BLOCK + 1);
@@ -296,7 +359,7 @@ fn reader(sh: &Shared, slot: &Slot, me: usize, readers: usize, max_read: u64) {
         slot.enter("read");
         let res = pread(&sh.src, (sh.map + dst as usize) as *mut u8, len, src_off);
         let (took, signals) = slot.leave();
-        pattern::add(&sh.reads, 1);
+        sh.note_done();
         sh.report.op("read", took, res.as_ref().copied());
         if signals > 0 {
             sh.report.stall(crate::report::Stall {
@@ -401,6 +464,10 @@ fn modifier(sh: &Shared, slot: &Slot, ops: &[Op], gap: Duration) {
     let size = sh.file_size;
     let dax = &sh.dax;
     while !sh.stop.load(Ordering::Relaxed) {
+        if !sh.take(&sh.mods, sh.mod_budget) {
+            std::thread::sleep(Duration::from_millis(1));
+            continue;
+        }
         let op = ops[rng.below(ops.len() as u64) as usize];
         // Offsets and lengths are block multiples (collapse and insert
         // require it); ranges stay inside the file, and every op leaves the
@@ -452,6 +519,7 @@ fn modifier(sh: &Shared, slot: &Slot, ops: &[Op], gap: Duration) {
             });
         }
         sh.bump(span);
+        sh.note_done();
         if !gap.is_zero() {
             std::thread::sleep(gap);
         }

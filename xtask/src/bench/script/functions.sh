@@ -1,7 +1,18 @@
 # Shell functions of the bench guest (xtask/src/bench/script.rs fills in
-# the workload durations and the attach time limit).
+# the workload durations and budgets and the attach time limit). Under
+# icount every duration here is guest time, that is an instruction budget
+# (at shift 3, 1 s = 125 M instructions).
 S=@SECS@
+MIX="@MIX@"
 TP=
+# The daemon's full-evidence flag, or nothing where `daxrace run` does not
+# take --evidence (clap: exit 2, "unexpected argument"): then both daxrace
+# modes run plain `daxrace run`.
+EVFULL="--evidence full"
+daxrace run --evidence full --help >/tmp/evidence.out 2>&1
+if [ $? = 2 ] && grep -q 'unexpected argument' /tmp/evidence.out; then
+  EVFULL=; echo "@@NOEVIDENCE"
+fi
 alive() { [ -e /proc/$1 ] && ! grep -q ') Z' /proc/$1/stat 2>/dev/null; }
 # User + system clock ticks a process used (its own: BPF programs run in
 # the workload's tasks and are not counted here).
@@ -23,9 +34,11 @@ stop_tracer() {
 start_tracer() {
   TP_NAME=$1; TP_TAG=$2; TP_READY=0; out=/tmp/$2.out
   case $1 in
-    daxrace-auto) daxrace-workload sigdfl daxrace run --attach auto >$out 2>&1 & pat='hooks attached' ;;
-    daxrace-kprobe) daxrace-workload sigdfl daxrace run --attach kprobe >$out 2>&1 & pat='hooks attached' ;;
-    bpftrace) BPFTRACE_MAP_KEYS_MAX=8192 daxrace-workload sigdfl bpftrace /tmp/bench.bt >$out 2>&1 & pat='@@BT-READY' ;;
+    daxrace-run) daxrace-workload sigdfl daxrace run --attach auto >$out 2>&1 & pat='hooks attached' ;;
+    daxrace-full) daxrace-workload sigdfl daxrace run --attach auto $EVFULL >$out 2>&1 & pat='hooks attached' ;;
+    daxrace-kprobe) daxrace-workload sigdfl daxrace run --attach kprobe $EVFULL >$out 2>&1 & pat='hooks attached' ;;
+    bpftrace-run) BPFTRACE_MAP_KEYS_MAX=8192 daxrace-workload sigdfl bpftrace /tmp/bench-run.bt >$out 2>&1 & pat='@@BT-READY' ;;
+    bpftrace-full) BPFTRACE_MAP_KEYS_MAX=8192 daxrace-workload sigdfl bpftrace /tmp/bench-full.bt >$out 2>&1 & pat='@@BT-READY' ;;
     empty) daxrace-workload sigdfl bpftrace /tmp/empty.bt >$out 2>&1 & pat='@@BT-READY' ;;
   esac
   TP=$!
@@ -56,7 +69,7 @@ loops() {
 workload() {
   for fs in $DAX_FS; do
     sync
-    daxrace-workload pin-punch --dir /mnt/$fs --seconds $S --stall-timeout 3 --max-stalls 1 --json >/tmp/wl.out 2>&1
+    daxrace-workload pin-punch --dir /mnt/$fs --seconds $S $MIX --stall-timeout 3 --max-stalls 1 --json >/tmp/wl.out 2>&1
     rc=$?
     echo "@@WL $1 $2 $fs $rc $(grep '^{' /tmp/wl.out | tail -n 1)"
   done
@@ -65,6 +78,37 @@ workload() {
   fi
 }
 prog_stats() { daxrace-workload bpf-prog-stats --pid $TP | sed "s/^@@PROG /@@PROG $1 /"; }
+# attached: what the running tracer has attached now, as kind:symbol lines.
+attached() {
+  daxrace-workload bpf-prog-stats --pid $TP | awk '{ print $7 }' | tr ',' '\n' | grep ':'
+  # Kprobes attached through BPF links do not answer BPF_TASK_FD_QUERY
+  # (and their link info needs 6.6+): take them from the kernel's kprobe
+  # list, where only the running tracer's are.
+  awk '$2 == "k" || $2 == "r" { s = $3; sub(/\+0x[0-9a-f]+$/, "", s); print ($2 == "k" ? "kprobe:" : "kretprobe:") s }' \
+    /sys/kernel/debug/kprobes/list
+}
+# idle_check TRACER: O_DIRECT reads alone (op-loop) on each filesystem
+# under TRACER with BPF statistics on: how many BPF program runs the reads
+# cost, in all and per program. A run of no reads first (the same file
+# set-up and removal) takes what that costs off. @@IDLE TRACER FS RUNS
+# JSON; @@IDLERUN TRACER FS PROGRAM RUNS.
+idle_check() {
+  for fs in $DAX_FS; do
+    sync
+    daxrace-workload bpf-prog-stats > /tmp/idle0.txt 2>/dev/null
+    daxrace-workload op-loop --dir /mnt/$fs --op read --seconds 0 >/dev/null 2>&1
+    daxrace-workload bpf-prog-stats > /tmp/idle1.txt 2>/dev/null
+    daxrace-workload op-loop --dir /mnt/$fs --op read --seconds @IDLESECS@ --json >/tmp/idle.out 2>&1
+    daxrace-workload bpf-prog-stats > /tmp/idle2.txt 2>/dev/null
+    awk -v t=$1 -v fs=$fs '
+      FILENAME == ARGV[1] { a[$2] = $5; next }
+      FILENAME == ARGV[2] { b[$2] = $5; next }
+      { d = ($5 - b[$2]) - (b[$2] - a[$2]); if (d != 0) print "@@IDLERUN", t, fs, $4, d }' \
+      /tmp/idle0.txt /tmp/idle1.txt /tmp/idle2.txt > /tmp/idle-runs.txt
+    echo "@@IDLE $1 $fs $(awk '{ s += $5 } END { print s + 0 }' /tmp/idle-runs.txt) $(grep '^{' /tmp/idle.out | tail -n 1)"
+    cat /tmp/idle-runs.txt
+  done
+}
 # bt_plan ATTACHED KFUNC: what daxrace attached (kind:symbol lines) as
 # "bpftrace-kind key symbol" lines; KFUNC=0 turns fentry/fexit into kprobes.
 bt_plan() {
