@@ -261,8 +261,9 @@ pub fn print_program_stats(tracer: &Tracer) {
 
 /// How long quiet mode keeps the page hooks after the last busy page was
 /// found, once no break-layouts call is open: long enough that a punch
-/// loop does not attach and detach them for every call.
-const PAGE_HOOKS_LINGER: Duration = Duration::from_secs(5);
+/// loop does not attach and detach them for every call, short enough that
+/// the reads after it soon stop paying (`cargo xtask bench`).
+const PAGE_HOOKS_LINGER: Duration = Duration::from_secs(2);
 
 /// Quiet mode: the per-page hooks (pin drop, bio release, wake-up) are on
 /// only while a busy page may be watched; a sampler reads the watched

@@ -387,6 +387,7 @@ impl Tracer {
             let status = match plan::standby_reason(p.hook, &tracer.statuses) {
                 Some(why) => HookStatus::standby(p.hook, why),
                 None if tracer.attaches_on_demand(&p) => {
+                    tracer.preload(&p);
                     tracer.page_hooks.push(p.clone());
                     HookStatus::standby(p.hook, PAGE_HOOK_STANDBY.into())
                 }
@@ -653,24 +654,9 @@ impl Tracer {
         // fentry/fexit: the function's BTF id, and for a module function the
         // module's BTF object that id belongs to.
         let by_id = match kind {
-            AttachKind::Fentry | AttachKind::Fexit if first_load => Some(match module {
-                None => (
-                    self.vmlinux_funcs
-                        .func_id(target)
-                        .ok_or_else(|| format!("no vmlinux BTF for {target}"))?,
-                    None,
-                ),
-                Some(m) => (
-                    self.module_btfs
-                        .get(m)
-                        .and_then(|b| b.func_id(target))
-                        .ok_or_else(|| format!("module {m} has no BTF for {target}"))?,
-                    Some(
-                        btf_objects::module_btf_fd(m)
-                            .map_err(|err| format!("module {m}'s BTF object: {err}"))?,
-                    ),
-                ),
-            }),
+            AttachKind::Fentry | AttachKind::Fexit if first_load => {
+                Some(self.btf_func(target, module)?)
+            }
             _ => None,
         };
         let btf_full = self.btf_full.as_ref();
@@ -719,6 +705,68 @@ impl Tracer {
                     p.load().map_err(e)?;
                 }
                 p.attach(target, 0).map(HookLink::Kprobe).map_err(e)
+            }
+        }
+    }
+
+    /// The BTF id of `target`, and for a module function the module's BTF
+    /// object that id belongs to: what a fentry/fexit program loads against.
+    fn btf_func(
+        &self,
+        target: &str,
+        module: Option<&str>,
+    ) -> Result<(u32, Option<std::os::fd::OwnedFd>), String> {
+        Ok(match module {
+            None => (
+                self.vmlinux_funcs
+                    .func_id(target)
+                    .ok_or_else(|| format!("no vmlinux BTF for {target}"))?,
+                None,
+            ),
+            Some(m) => (
+                self.module_btfs
+                    .get(m)
+                    .and_then(|b| b.func_id(target))
+                    .ok_or_else(|| format!("module {m} has no BTF for {target}"))?,
+                Some(
+                    btf_objects::module_btf_fd(m)
+                        .map_err(|err| format!("module {m}'s BTF object: {err}"))?,
+                ),
+            ),
+        })
+    }
+
+    /// Loads (verifies) an on-demand page hook's programs now, so that
+    /// attaching them when a page turns busy is a trampoline update, not a
+    /// verifier run on the traced host's CPU at the moment it matters. A
+    /// program that does not load here is tried again at attach time.
+    fn preload(&mut self, p: &PlannedAttach) {
+        let Some(c) = p.candidates.first() else {
+            return;
+        };
+        let Some(f) = c.flavours.first() else { return };
+        for pr in f.programs {
+            let name = pr.kernel_name();
+            if self.ebpf.program(name).is_none_or(|p| p.fd().is_ok()) {
+                continue;
+            }
+            let loaded = self
+                .btf_func(&c.attach_to, c.module.as_deref())
+                .and_then(|(id, obj)| {
+                    let prog = self.ebpf.program_mut(name).ok_or("missing")?;
+                    let r = match pr.kind {
+                        AttachKind::Fentry => <&mut FEntry>::try_from(prog)
+                            .map_err(|e| short_error(&e))?
+                            .load_by_btf_id(id, obj),
+                        AttachKind::Fexit => <&mut FExit>::try_from(prog)
+                            .map_err(|e| short_error(&e))?
+                            .load_by_btf_id(id, obj),
+                        _ => return Ok(()),
+                    };
+                    r.map_err(|e| short_error(&e))
+                });
+            if let Err(e) = loaded {
+                log::debug!("{name}: not preloaded: {e}");
             }
         }
     }
