@@ -184,7 +184,10 @@ impl KernelFacts {
         warnings.extend(evidence.warning());
         let new_model = evidence.dax_break_layout;
         c.idle_refcount = evidence.idle_refcount();
-        c.wait_on_refcount = if new_model { 0 } else { 1 };
+        // What a waiter waits on comes from the plan's table of models,
+        // told by the same marker.
+        let model = daxrace_plan::wait_model(has);
+        c.wait_on_refcount = u32::from(model.var == daxrace_plan::WaitVar::PageRefcount);
         let vmemmap = kallsyms.get("vmemmap_base").filter(|s| s.addr != 0);
         match vmemmap {
             Some(s) => c.vmemmap_base_addr = s.addr,
