@@ -607,6 +607,10 @@ pub fn wait_model(has: impl Fn(&str) -> bool) -> &'static WaitModel {
 pub const WAIT_TABLE: &str = "bit_wait_table";
 pub const WAIT_TABLE_SIZE: u32 = 256;
 pub const VAR_WAKE_FUNCTION: &str = "var_wake_function";
+/// The function that indexes [`WAIT_TABLE`]: where its address is found
+/// when the table itself has no symbol (a kernel without
+/// CONFIG_KALLSYMS_ALL lists functions only).
+pub const WAIT_TABLE_USER: &str = "__var_waitqueue";
 
 pub fn spec(hook: HookId) -> &'static HookSpec {
     HOOKS

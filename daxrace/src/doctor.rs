@@ -255,6 +255,29 @@ fn symbol(lookup: &SymbolLookup, name: &'static str) -> Result<u64, DoctorError>
         .ok_or(DoctorError::MissingSymbol(name))
 }
 
+/// The table's address from the code of the function that indexes it,
+/// where the table has no symbol of its own (no CONFIG_KALLSYMS_ALL).
+fn table_from_code(lookup: &SymbolLookup, l: &WaitLayout) -> Result<Option<u64>, DoctorError> {
+    let Some(at) = lookup
+        .address(daxrace_plan::WAIT_TABLE_USER)
+        .map_err(DoctorError::Program)?
+    else {
+        return Ok(None);
+    };
+    let code = lookup.read(at).map_err(DoctorError::Read)?;
+    let found = waiters::table_candidates(&code, at)
+        .into_iter()
+        .filter(|&t| waiters::looks_like_table(lookup, l, t, daxrace_plan::WAIT_TABLE_SIZE))
+        .collect::<Vec<_>>();
+    log::debug!(
+        "{} has no symbol: found at {found:x?} from the code of {}",
+        daxrace_plan::WAIT_TABLE,
+        daxrace_plan::WAIT_TABLE_USER
+    );
+    // Two tables would be a guess.
+    Ok((found.len() == 1).then(|| found[0]))
+}
+
 impl Doctor {
     /// Checks privileges, reads BTF, loads the read program, finds the
     /// wait table and the wake function.
@@ -265,7 +288,10 @@ impl Doctor {
         let btf = Btf::from_kernel().map_err(DoctorError::NoBtf)?;
         let layout = WaitLayout::from_btf(&btf).map_err(DoctorError::Layout)?;
         let lookup = SymbolLookup::load().map_err(DoctorError::Program)?;
-        let table = symbol(&lookup, daxrace_plan::WAIT_TABLE)?;
+        let table = match symbol(&lookup, daxrace_plan::WAIT_TABLE) {
+            Ok(t) => t,
+            Err(e) => table_from_code(&lookup, &layout)?.ok_or(e)?,
+        };
         let wake = symbol(&lookup, daxrace_plan::VAR_WAKE_FUNCTION)?;
         // The facts every command reads (offsets, idle refcount, the page
         // array), from the same symbols.

@@ -181,6 +181,65 @@ pub fn var_waiters(
     Ok(out)
 }
 
+/// The kernel image's addresses (`-2 GiB`), where the table lives.
+const KERNEL_IMAGE: u64 = 0xffff_ffff_8000_0000;
+
+/// Where the table may be, from the code of the function that indexes it
+/// (x86-64: an absolute `imm32`/`disp32`, sign-extended, or a RIP-relative
+/// displacement): every 32-bit field read both ways, kept when it lands in
+/// the kernel image on a cache line (the table is `__cacheline_aligned`).
+pub fn table_candidates(code: &[u8], at: u64) -> Vec<u64> {
+    let mut v = Vec::new();
+    for i in 0..code.len().saturating_sub(3) {
+        let d = i64::from(i32::from_le_bytes(
+            code[i..i + 4].try_into().expect("4 bytes"),
+        ));
+        let abs = d as u64;
+        let rel = at.wrapping_add(i as u64 + 4).wrapping_add(d as u64);
+        for c in [abs, rel] {
+            if c >= KERNEL_IMAGE && c % 64 == 0 && !v.contains(&c) {
+                v.push(c);
+            }
+        }
+    }
+    v
+}
+
+/// Whether `table` reads as `queues` wait queue heads: every list empty
+/// (both links at itself) or linked into kernel memory, and most empty.
+pub fn looks_like_table(mem: &impl KernelMemory, l: &WaitLayout, table: u64, queues: u32) -> bool {
+    let kernel = |p: u64| p >= 0xffff_8000_0000_0000;
+    let head = |b: &[u8], q: u32| {
+        let list = table + u64::from(q * l.head_size + l.head_list);
+        let next = u64_at(b, q * l.head_size + l.head_list);
+        let prev = u64_at(b, q * l.head_size + l.head_list + 8);
+        (list, next, prev)
+    };
+    // One queue first: most candidates fail here, for one read.
+    let mut first = vec![0u8; l.head_size as usize];
+    if mem.read(table, &mut first).is_err() {
+        return false;
+    }
+    let (list, next, prev) = head(&first, 0);
+    if !(next == list && prev == list || kernel(next) && kernel(prev)) {
+        return false;
+    }
+    let mut b = vec![0u8; (queues * l.head_size) as usize];
+    if mem.read(table, &mut b).is_err() {
+        return false;
+    }
+    let mut empty = 0;
+    for q in 0..queues {
+        let (list, next, prev) = head(&b, q);
+        if next == list && prev == list {
+            empty += 1;
+        } else if !(kernel(next) && kernel(prev)) || next == 0 {
+            return false;
+        }
+    }
+    empty * 2 > queues
+}
+
 /// What a `task_struct` says about its task.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct TaskInfo {
@@ -421,6 +480,40 @@ mod tests {
         let w = var_waiters(&m, &L, table, 2, wake).expect("walks");
         assert_eq!(w.len(), MAX_ENTRIES_PER_QUEUE);
         assert!(w.iter().all(|x| x.task == 0x6000));
+    }
+
+    #[test]
+    fn the_table_is_found_in_the_code_that_indexes_it() {
+        // 6.1's __var_waitqueue: endbr64; nop5; movabs rax, GOLDEN_RATIO_64;
+        // imul rdi, rax; shr rdi, 0x38; lea rax, [rdi+rdi*2];
+        // lea rax, [rax*8 + bit_wait_table]; ret
+        let table = 0xffff_ffff_82a0_6a00u64;
+        let mut code = vec![0xf3, 0x0f, 0x1e, 0xfa, 0x0f, 0x1f, 0x44, 0x00, 0x00];
+        code.extend([0x48, 0xb8, 0xeb, 0x83, 0xb5, 0x80, 0x46, 0x86, 0xc8, 0x61]);
+        code.extend([0x48, 0x0f, 0xaf, 0xf8, 0x48, 0xc1, 0xef, 0x38]);
+        code.extend([0x48, 0x8d, 0x04, 0x7f, 0x48, 0x8d, 0x04, 0xc5]);
+        code.extend((table as u32).to_le_bytes());
+        code.push(0xc3);
+        let at = 0xffff_ffff_8110_0000u64;
+        let c = table_candidates(&code, at);
+        assert!(c.contains(&table), "{c:x?}");
+        // Only the real table reads as one.
+        let mut heads = vec![0u8; 4 * 24];
+        for q in 0..4u64 {
+            let list = table + q * 24 + 8;
+            heads[(q * 24 + 8) as usize..(q * 24 + 16) as usize]
+                .copy_from_slice(&list.to_le_bytes());
+            heads[(q * 24 + 16) as usize..(q * 24 + 24) as usize]
+                .copy_from_slice(&list.to_le_bytes());
+        }
+        let mut m = Fake::default();
+        m.put(table, heads);
+        m.put(at, code.clone());
+        let found: Vec<u64> = c
+            .into_iter()
+            .filter(|&t| looks_like_table(&m, &L, t, 4))
+            .collect();
+        assert_eq!(found, vec![table]);
     }
 
     #[test]
