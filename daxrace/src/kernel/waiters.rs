@@ -530,7 +530,8 @@ mod tests {
             sb_dev: 16,
         };
         let page = 0xffff_ea00_0000_0000u64 + 0x48100 * 64;
-        let (mapping, inode, sb, fstype, name) = (0x1000u64, 0x2000u64, 0x3000u64, 0x4000, 0x5000);
+        let (mapping, inode, sb, fstype, name) =
+            (0x1000u64, 0x2000u64, 0x3000u64, 0x4000u64, 0x5000u64);
         let mut m = Fake::default();
         let mut pg = vec![0u8; 64];
         pg[52..56].copy_from_slice(&1u32.to_le_bytes());
@@ -542,8 +543,8 @@ mod tests {
         ino[64..72].copy_from_slice(&12u64.to_le_bytes());
         m.put(inode, ino);
         let mut s = vec![0u8; 0x120];
-        s[16..20].copy_from_slice(&((259u32 << 20) | 0).to_le_bytes());
-        s[0x28..0x30].copy_from_slice(&(fstype as u64).to_le_bytes());
+        s[16..20].copy_from_slice(&(259u32 << 20).to_le_bytes());
+        s[0x28..0x30].copy_from_slice(&fstype.to_le_bytes());
         s[0x100..0x106].copy_from_slice(b"pmem0\0");
         m.put(sb, s);
         m.put_u64(fstype, name);

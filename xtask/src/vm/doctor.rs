@@ -61,11 +61,11 @@ W=$!
 sleep 1
 echo "@@WPID {fs} $W"
 for t in /proc/$W/task/*; do grep -qs _break_ $t/stack && echo "@@WAITER {fs} ${{t##*/}} $(head -1 $t/stack)"; done
-s=$(date +%s%N)
+s=$(awk '{{ print int($1 * 1000) }}' /proc/uptime)
 daxrace doctor > /tmp/d-{fs}.out 2>/tmp/d-{fs}.err
 rc=$?
-e=$(date +%s%N)
-echo "@@DOC {fs} $rc $(( (e - s) / 1000000 ))"
+e=$(awk '{{ print int($1 * 1000) }}' /proc/uptime)
+echo "@@DOC {fs} $rc $((e - s))"
 sed 's/^/@@DOUT {fs} /' /tmp/d-{fs}.out
 sed 's/^/@@DERR {fs} /' /tmp/d-{fs}.err
 daxrace doctor --json > /tmp/d-{fs}.json 2>/dev/null
