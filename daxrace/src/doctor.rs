@@ -431,9 +431,11 @@ impl Doctor {
                 verdict: v,
                 // The wait is interruptible: a signal makes the task leave
                 // it, its syscall restarts (no handler runs for a stop) and
-                // the break re-checks the page.
+                // the break re-checks the page. The continue must follow
+                // the stop, not cancel it while still pending
+                // (docs/lost-wakeup-6.1.md): hence the pause.
                 remedy: (v == Verdict::LostWakeup)
-                    .then(|| format!("kill -STOP {0}; kill -CONT {0}", task.pid)),
+                    .then(|| format!("kill -STOP {0}; sleep 1; kill -CONT {0}", task.pid)),
                 page: state,
             });
         }
@@ -444,6 +446,20 @@ impl Doctor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn examines_the_running_kernel() {
+        crate::load::privs::check_privileges()
+            .expect("this test needs root (it loads a BPF program): run the tests as root");
+        // The host kernel has wait queues but no DAX: the walk must run
+        // (finding the table by symbol or from __var_waitqueue's code) and
+        // whatever it reports must be a break-layouts wait.
+        let d = Doctor::new().unwrap_or_else(|e| panic!("the doctor cannot start here: {e}"));
+        let found = d
+            .examine(Duration::from_millis(10))
+            .unwrap_or_else(|e| panic!("the walk failed: {e}"));
+        assert!(found.iter().all(|s| break_frame(&s.stack).is_some()));
+    }
 
     #[test]
     fn stacks_name_their_break_frame() {
@@ -498,7 +514,7 @@ mod tests {
             asleep_ns: Some(1_500_000_000),
             verdict,
             remedy: (verdict == Verdict::LostWakeup)
-                .then(|| "kill -STOP 157; kill -CONT 157".to_string()),
+                .then(|| "kill -STOP 157; sleep 1; kill -CONT 157".to_string()),
         }
     }
 
@@ -507,7 +523,7 @@ mod tests {
         let lost = stuck(Verdict::LostWakeup, 1, None, 0);
         assert_eq!(
             lost.line(),
-            "pid 157 thread 160 (daxrace-workloa) asleep 1.5 s in ext4_break_layouts on page pfn 0x48100 (ext4 inode 12 on pmem0, index 0): lost wake-up — the page is idle (refcount 1); remedy: kill -STOP 157; kill -CONT 157"
+            "pid 157 thread 160 (daxrace-workloa) asleep 1.5 s in ext4_break_layouts on page pfn 0x48100 (ext4 inode 12 on pmem0, index 0): lost wake-up — the page is idle (refcount 1); remedy: kill -STOP 157; sleep 1; kill -CONT 157"
         );
         let pinned = stuck(Verdict::Pinned, 1025, Some(1), 0);
         assert!(

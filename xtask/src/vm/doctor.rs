@@ -30,8 +30,10 @@ use super::{
 };
 
 const BOOT_LIMIT: Duration = Duration::from_secs(600);
-/// slow-pin's pin (ms): long enough for the doctor to look during it.
-const PIN_MS: u64 = 6000;
+/// slow-pin's pin (ms): long enough for the doctor to look during it
+/// (twice, about 0.5 s each under emulation), short of null_blk's request
+/// timeout (5 s), past which the read fails with EIO.
+const PIN_MS: u64 = 3500;
 
 /// The guest script for one filesystem: the lost wake-up (`lost`) or the
 /// legitimate wait.
@@ -55,10 +57,13 @@ W=$!
 "#
         );
     }
+    // The lost wake-up has all the time in the world; a legitimate wait
+    // ends with its pin.
+    let settle = if lost { "1" } else { "0.3" };
     let _ = write!(
         s,
         r#"i=0; until grep -qs _break_ /proc/$W/task/*/stack || [ $i -ge 600 ]; do sleep 0.1; i=$((i+1)); done
-sleep 1
+sleep {settle}
 echo "@@WPID {fs} $W"
 for t in /proc/$W/task/*; do grep -qs _break_ $t/stack && echo "@@WAITER {fs} ${{t##*/}} $(head -1 $t/stack)"; done
 s=$(awk '{{ print int($1 * 1000) }}' /proc/uptime)
@@ -312,7 +317,7 @@ pub fn doctor_e2e(series: &str, show: bool) -> Result<String> {
         if lost {
             "pin-punch, watchdog off"
         } else {
-            "slow-pin, 6 s pins"
+            "slow-pin, 3.5 s pins"
         }
     );
     let _ = write!(
@@ -376,11 +381,11 @@ mod tests {
             "@@WPID ext4 150",
             "@@WAITER ext4 153 [<0>] ext4_break_layouts+0x8f/0xd0 [ext4]",
             "@@DOC ext4 10 812",
-            "@@DOUT ext4 pid 150 thread 153 (daxrace-workloa) asleep 2.1 s in ext4_break_layouts on page pfn 0x48100 (ext4 inode 12 on pmem0, index 0): lost wake-up — the page is idle (refcount 1); remedy: kill -STOP 150; kill -CONT 150",
+            "@@DOUT ext4 pid 150 thread 153 (daxrace-workloa) asleep 2.1 s in ext4_break_layouts on page pfn 0x48100 (ext4 inode 12 on pmem0, index 0): lost wake-up — the page is idle (refcount 1); remedy: kill -STOP 150; sleep 1; kill -CONT 150",
             r#"@@DJSON ext4 10 {"waiting":[{"verdict":"lost_wakeup"}]}"#,
             "@@TRACE ext4 10",
             r#"@@TFIND ext4 {"type":"finding","kind":"lost_wakeup","seen_at_start":true}"#,
-            "@@REMEDY ext4 kill -STOP 150; kill -CONT 150",
+            "@@REMEDY ext4 kill -STOP 150; sleep 1; kill -CONT 150",
             "@@WRC ext4 0",
             "@@AFTER ext4 0 nothing waiting",
         ]
