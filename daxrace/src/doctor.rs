@@ -78,7 +78,8 @@ pub struct StuckTask {
     pub pid: u32,
     pub tid: u32,
     pub comm: String,
-    /// The break-layouts function its stack shows, and the filesystem.
+    /// The break-layouts function its stack shows, and the filesystem (the
+    /// page's inode's, else the function's).
     pub function: String,
     pub fs: String,
     /// Its kernel stack as `/proc` showed it.
@@ -418,7 +419,13 @@ impl Doctor {
                 tid: task.tid,
                 comm: task.comm,
                 function,
-                fs: fs.to_string(),
+                // The inode's filesystem where the page has one (the 6.15+
+                // helper serves both), else the break function's.
+                fs: if state.fs.is_empty() {
+                    fs.to_string()
+                } else {
+                    state.fs.clone()
+                },
                 stack: functions,
                 wait_var: w.var,
                 idle_refcount: self.idle_refcount,

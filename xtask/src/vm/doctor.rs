@@ -31,9 +31,13 @@ use super::{
 
 const BOOT_LIMIT: Duration = Duration::from_secs(600);
 /// slow-pin's pin (ms): long enough for the doctor to look during it
-/// (twice, about 0.5 s each under emulation), short of null_blk's request
-/// timeout (5 s), past which the read fails with EIO.
-const PIN_MS: u64 = 3500;
+/// (twice, about 0.5 s each under emulation), well short of null_blk's
+/// request timeout (5 s), past which its requests fail with EIO (3.5 s
+/// pins already did, for the workload's own buffered writes, on a host
+/// busy with other guests).
+const PIN_MS: u64 = 2500;
+/// When slow-pin's breaker starts after its pinning read (ms).
+const BREAK_AFTER_MS: u64 = 100;
 
 /// The guest script for one filesystem: the lost wake-up (`lost`) or the
 /// legitimate wait.
@@ -52,14 +56,14 @@ W=$!
         let _ = write!(
             s,
             r#"echo "== {fs}: slow-pin, {PIN_MS} ms pins"
-daxrace-workload slow-pin --dir {dir} --iterations 1 --delay-ms {PIN_MS} --break-after-ms 300 --stall-timeout 60 > /tmp/pp-{fs}.out 2>&1 &
+daxrace-workload slow-pin --dir {dir} --iterations 1 --delay-ms {PIN_MS} --break-after-ms {BREAK_AFTER_MS} --stall-timeout 60 > /tmp/pp-{fs}.out 2>&1 &
 W=$!
 "#
         );
     }
     // The lost wake-up has all the time in the world; a legitimate wait
     // ends with its pin.
-    let settle = if lost { "1" } else { "0.3" };
+    let settle = if lost { "1" } else { "0.2" };
     let _ = write!(
         s,
         r#"i=0; until grep -qs _break_ /proc/$W/task/*/stack || [ $i -ge 600 ]; do sleep 0.1; i=$((i+1)); done
@@ -317,7 +321,7 @@ pub fn doctor_e2e(series: &str, show: bool) -> Result<String> {
         if lost {
             "pin-punch, watchdog off"
         } else {
-            "slow-pin, 3.5 s pins"
+            "slow-pin, 2.5 s pins"
         }
     );
     let _ = write!(
