@@ -231,6 +231,8 @@ pub struct Doctor {
     pub idle_refcount: i32,
     pub pin_bias: i32,
     pub model: &'static daxrace_plan::WaitModel,
+    /// Kernel facts that were guessed rather than read (to show once).
+    pub warnings: Vec<String>,
 }
 
 /// Whether this process has CAP_SYS_ADMIN (kernel stacks need it).
@@ -313,9 +315,6 @@ impl Doctor {
             }
         }
         let facts = KernelFacts::gather(Some(&btf), &k);
-        for w in &facts.warnings {
-            log::warn!("{w}");
-        }
         let c = facts.config;
         let vmemmap_base = if c.vmemmap_base_addr != 0 {
             let mut b = [0u8; 8];
@@ -345,6 +344,7 @@ impl Doctor {
             idle_refcount: facts.idle_refcount as i32,
             pin_bias: facts.pin_bias as i32,
             model,
+            warnings: facts.warnings,
         })
     }
 

@@ -26,6 +26,9 @@ pub struct DoctorArgs {
 pub fn run(args: DoctorArgs) -> Result<i32> {
     let started = Instant::now();
     let doctor = Doctor::new()?;
+    for w in &doctor.warnings {
+        eprintln!("daxrace: warning: {w}");
+    }
     let stuck = doctor.examine(Duration::from_millis(args.confirm_ms))?;
     let took = started.elapsed();
     let lost = stuck
