@@ -200,6 +200,16 @@ impl StuckTask {
     }
 }
 
+/// What one look found.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Examination {
+    /// The tasks in a break-layouts wait.
+    pub stuck: Vec<StuckTask>,
+    /// Tasks asleep on a wait variable whose kernel stack could not be
+    /// read (so whether they are in a break-layouts wait is unknown), why.
+    pub unjudged: Vec<String>,
+}
+
 /// The function names of a `/proc/PID/stack` text, innermost first
 /// (`[<0>] ext4_break_layouts+0x8f/0xd0 [ext4]` -> `ext4_break_layouts`).
 pub fn stack_functions(text: &str) -> Vec<String> {
@@ -364,8 +374,9 @@ impl Doctor {
 
     /// Every task asleep in a break-layouts wait, with its verdict; a
     /// task seen idle is looked at again after `confirm`.
-    pub fn examine(&self, confirm: Duration) -> Result<Vec<StuckTask>, DoctorError> {
+    pub fn examine(&self, confirm: Duration) -> Result<Examination, DoctorError> {
         let mut found = Vec::new();
+        let mut unjudged = Vec::new();
         for w in self.walk()? {
             let Ok(task) = waiters::read_task(&self.lookup, &self.layout, w.task) else {
                 continue;
@@ -374,7 +385,16 @@ impl Doctor {
             let stack = match std::fs::read_to_string(&path) {
                 Ok(s) => s,
                 Err(e) => {
-                    log::debug!("{path}: {e} (the task is gone?)");
+                    // Gone, or hidden (systemd's ProtectProc=, another
+                    // user's task without CAP_SYS_PTRACE): said, if it is
+                    // still waiting at the second look.
+                    unjudged.push((
+                        w,
+                        format!(
+                            "pid {} thread {} ({}): {path}: {e}",
+                            task.pid, task.tid, task.comm
+                        ),
+                    ));
                     continue;
                 }
             };
@@ -388,8 +408,8 @@ impl Doctor {
                 .map_err(DoctorError::Read)?;
             found.push((w, task, functions, function, row.fs, state));
         }
-        if found.is_empty() {
-            return Ok(Vec::new());
+        if found.is_empty() && unjudged.is_empty() {
+            return Ok(Examination::default());
         }
         // The second look: still queued, and the page's count again.
         let confirm_from = Instant::now();
@@ -403,6 +423,11 @@ impl Doctor {
             .collect();
         log::debug!("confirmed after {} ms", confirm_from.elapsed().as_millis());
         let now = crate::kernel::waiters::clock_ns();
+        let unjudged = unjudged
+            .into_iter()
+            .filter(|(w, _)| again.contains(&(w.entry, w.task)))
+            .map(|(_, why)| why)
+            .collect();
         let mut out = Vec::new();
         for (w, task, functions, function, fs, mut state) in found {
             if !again.contains(&(w.entry, w.task)) {
@@ -446,7 +471,10 @@ impl Doctor {
                 page: state,
             });
         }
-        Ok(out)
+        Ok(Examination {
+            stuck: out,
+            unjudged,
+        })
     }
 }
 
@@ -465,7 +493,7 @@ mod tests {
         let found = d
             .examine(Duration::from_millis(10))
             .unwrap_or_else(|e| panic!("the walk failed: {e}"));
-        assert!(found.iter().all(|s| break_frame(&s.stack).is_some()));
+        assert!(found.stuck.iter().all(|s| break_frame(&s.stack).is_some()));
     }
 
     #[test]

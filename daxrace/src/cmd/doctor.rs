@@ -29,7 +29,11 @@ pub fn run(args: DoctorArgs) -> Result<i32> {
     for w in &doctor.warnings {
         eprintln!("daxrace: warning: {w}");
     }
-    let stuck = doctor.examine(Duration::from_millis(args.confirm_ms))?;
+    let exam = doctor.examine(Duration::from_millis(args.confirm_ms))?;
+    let stuck = &exam.stuck;
+    for why in &exam.unjudged {
+        eprintln!("daxrace: warning: not judged, its kernel stack is unreadable: {why}");
+    }
     let took = started.elapsed();
     let lost = stuck
         .iter()
@@ -44,13 +48,14 @@ pub fn run(args: DoctorArgs) -> Result<i32> {
             "confirm_ms": args.confirm_ms,
             "took_ms": took.as_millis() as u64,
             "waiting": stuck,
+            "unjudged": exam.unjudged,
             "lost_wakeups": lost,
         });
         println!("{v}");
     } else if stuck.is_empty() {
         println!("nothing waiting");
     } else {
-        for s in &stuck {
+        for s in stuck {
             println!("{}", s.line());
         }
     }
@@ -64,7 +69,12 @@ pub fn run(args: DoctorArgs) -> Result<i32> {
 /// cannot run is a warning: it must not stop the tracer.
 pub fn start_check(confirm: Duration) -> Vec<Finding> {
     let stuck: Vec<StuckTask> = match Doctor::new().and_then(|d| d.examine(confirm)) {
-        Ok(s) => s,
+        Ok(e) => {
+            for why in &e.unjudged {
+                eprintln!("daxrace: warning: at start: a task asleep on a wait variable was not judged, its kernel stack is unreadable: {why}");
+            }
+            e.stuck
+        }
         Err(e) => {
             eprintln!("daxrace: warning: start-up check of break-layouts waiters skipped: {e}");
             return Vec::new();
