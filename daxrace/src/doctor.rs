@@ -39,15 +39,15 @@ pub enum DoctorError {
     #[error("daxrace doctor needs root (CAP_SYS_ADMIN: it reads kernel stacks and kernel memory): run it with sudo")]
     NotPrivileged,
     #[error("no kernel BTF ({0}): the doctor reads the kernel's wait queues by their BTF layout (CONFIG_DEBUG_INFO_BTF)")]
-    NoBtf(#[source] BtfError),
+    NoBtf(BtfError),
     #[error("the kernel's BTF has no {0}: cannot read its wait queues")]
     Layout(String),
     #[error("the kernel refused the doctor's BPF syscall program ({0}): it needs Linux 5.16 or later (BPF_PROG_TYPE_SYSCALL, bpf_kallsyms_lookup_name) and no kernel lockdown")]
-    Program(#[source] io::Error),
+    Program(io::Error),
     #[error("kernel symbol {0} not found (looked up and searched in /proc/kallsyms): cannot find the wait queues")]
     MissingSymbol(&'static str),
     #[error("reading kernel memory: {0}")]
-    Read(#[source] io::Error),
+    Read(io::Error),
 }
 
 /// What a stuck task's page says.
