@@ -8,7 +8,8 @@
 //!   break-layouts wait, then `daxrace doctor` must name that task, its
 //!   page and "lost wake-up", exit 10; `daxrace trace -- true` started
 //!   beside it must report the same as a `lost_wakeup` finding with
-//!   `seen_at_start`; then the doctor's own remedy (SIGSTOP + SIGCONT)
+//!   `seen_at_start`, and `daxrace run` likewise in its log; then the
+//!   doctor's own remedy (SIGSTOP + SIGCONT)
 //!   must let pin-punch finish, and the doctor then finds nothing;
 //! - later series: during slow-pin's legitimate waits (a 6 s pin from a
 //!   slow null_blk), "waiting on a pinned page", never "lost wake-up",
@@ -88,6 +89,9 @@ echo "@@DJSON {fs} $? $(tr -d '\n' < /tmp/d-{fs}.json)"
 echo "@@TRACE {fs} $?"
 grep '"type":"finding"' /tmp/t-{fs}.jsonl | sed 's/^/@@TFIND {fs} /'
 grep 'at start' /tmp/t-{fs}.out | sed 's/^/@@TOUT {fs} /'
+daxrace run --no-metrics --duration 1 > /tmp/r-{fs}.out 2>&1
+echo "@@RUN {fs} $?"
+grep 'FINDING lost_wakeup' /tmp/r-{fs}.out | sed 's/^/@@RFIND {fs} /'
 remedy=$(sed -n 's/.*remedy: //p' /tmp/d-{fs}.out | head -1)
 echo "@@REMEDY {fs} $remedy"
 [ -n "$remedy" ] && sh -c "$remedy"
@@ -130,6 +134,8 @@ struct FsRun {
     json: Option<(i32, Value)>,
     trace_rc: Option<i32>,
     trace_findings: Vec<Value>,
+    run_rc: Option<i32>,
+    run_findings: Vec<String>,
     remedy: Option<String>,
     stuck: bool,
     workload_rc: Option<i32>,
@@ -175,6 +181,8 @@ fn parse(lines: &[String]) -> (Option<(i32, String)>, BTreeMap<String, FsRun>) {
             "TFIND" => r
                 .trace_findings
                 .extend(serde_json::from_str::<Value>(rest).ok()),
+            "RUN" => r.run_rc = words.next().and_then(|w| w.parse().ok()),
+            "RFIND" => r.run_findings.push(rest.to_string()),
             "REMEDY" => r.remedy = Some(rest.to_string()),
             "STUCK" => r.stuck = true,
             "WRC" => r.workload_rc = words.next().and_then(|w| w.parse().ok()),
@@ -267,6 +275,17 @@ fn check(fs: &str, lost: bool, r: &FsRun) -> Vec<String> {
         {
             fail("the trace file has no lost_wakeup finding with seen_at_start".into());
         }
+        if r.run_rc != Some(0)
+            || !r
+                .run_findings
+                .iter()
+                .any(|l| l.contains("already asleep when daxrace started"))
+        {
+            fail(format!(
+                "daxrace run beside the stuck task: exit {:?}, findings {:?}; want 0 and the start-up check's lost_wakeup",
+                r.run_rc, r.run_findings
+            ));
+        }
         if r.remedy.as_deref().is_none_or(str::is_empty) {
             fail("doctor offered no remedy".into());
         }
@@ -347,12 +366,14 @@ pub fn doctor_e2e(series: &str, show: bool) -> Result<String> {
         if lost {
             let _ = write!(
                 summary,
-                "\n    trace beside it: exit {:?}, {} finding(s) seen at start; remedy `{}`: workload exit {:?}",
+                "\n    trace beside it: exit {:?}, {} finding(s) seen at start; run beside it: exit {:?}, {} finding(s); remedy `{}`: workload exit {:?}",
                 r.trace_rc,
                 r.trace_findings
                     .iter()
                     .filter(|v| v["seen_at_start"] == true)
                     .count(),
+                r.run_rc,
+                r.run_findings.len(),
                 r.remedy.as_deref().unwrap_or(""),
                 r.workload_rc
             );
@@ -389,6 +410,8 @@ mod tests {
             r#"@@DJSON ext4 10 {"waiting":[{"verdict":"lost_wakeup"}]}"#,
             "@@TRACE ext4 10",
             r#"@@TFIND ext4 {"type":"finding","kind":"lost_wakeup","seen_at_start":true}"#,
+            "@@RUN ext4 0",
+            "@@RFIND ext4 daxrace: FINDING lost_wakeup: ext4 dev 259:0 ino 12: waiter daxrace-workloa[150/153] asleep 2.1 s on pfn 0x48100 at refcount 1 (0 refs), already asleep when daxrace started: the page is idle and nobody woke it (seen by the start-up check)",
             "@@REMEDY ext4 kill -STOP 150; sleep 1; kill -CONT 150",
             "@@WRC ext4 0",
             "@@AFTER ext4 0 nothing waiting",
