@@ -145,9 +145,7 @@ impl DetectArgs {
             super::doctor::start_check(START_CHECK_CONFIRM)
         }
     }
-}
 
-impl DetectArgs {
     pub fn config(&self, idle_refcount: i32, pin_bias: i32) -> DetectorConfig {
         DetectorConfig {
             idle_refcount,
