@@ -578,6 +578,115 @@ pub static HOOKS: &[HookSpec] = &[
     },
 ];
 
+/// Where a task asleep in a break-layouts wait shows in its kernel stack
+/// (`/proc/PID/task/TID/stack`), for `daxrace doctor`. The innermost
+/// frame that names one of these is the wait; a row is simply absent from
+/// a kernel that lacks its function.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BreakWait {
+    /// The function whose frame a sleeping breaker shows.
+    pub function: &'static str,
+    /// The filesystem it belongs to (`generic` for the 6.15+ DAX helper,
+    /// which ext4 and xfs both call: the inode's filesystem says which).
+    pub fs: &'static str,
+}
+
+/// Every function a break-layouts waiter sleeps in, across kernels:
+/// `ext4_break_layouts` and `xfs_break_dax_layouts` wait themselves before
+/// 6.15 (`___wait_var_event` is a macro: no frame of its own); from 6.15
+/// both call `dax_break_layout` (and `dax_break_layout_final` on inode
+/// eviction), which waits. `xfs_break_layouts` is the caller that may
+/// inline `xfs_break_dax_layouts`.
+pub static BREAK_WAITS: &[BreakWait] = &[
+    BreakWait {
+        function: "dax_break_layout",
+        fs: "generic",
+    },
+    BreakWait {
+        function: "dax_break_layout_final",
+        fs: "generic",
+    },
+    BreakWait {
+        function: "ext4_break_layouts",
+        fs: "ext4",
+    },
+    BreakWait {
+        function: "xfs_break_dax_layouts",
+        fs: "xfs",
+    },
+    BreakWait {
+        function: "xfs_break_layouts",
+        fs: "xfs",
+    },
+];
+
+/// The break-wait row of a kernel stack frame's function (a clone such as
+/// `.isra.0` counts as its function).
+pub fn break_wait(function: &str) -> Option<&'static BreakWait> {
+    let base = function.split('.').next().unwrap_or(function);
+    BREAK_WAITS.iter().find(|w| w.function == base)
+}
+
+/// What a break-layouts waiter's wait variable is, relative to its page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WaitVar {
+    /// `&page->_refcount` (`wait_var_event(&page->_refcount, ...)`).
+    PageRefcount,
+    /// The page (folio) itself.
+    Page,
+}
+
+/// One refcount model of fsdax pages: what a waiter waits on and when its
+/// page is idle. The first row whose marker symbol the kernel has applies;
+/// the last row has none and applies otherwise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WaitModel {
+    /// A kernel function present only under this model.
+    pub marker: Option<&'static str>,
+    pub var: WaitVar,
+    /// `_refcount` of an idle fsdax page.
+    pub idle_refcount: u32,
+    pub note: &'static str,
+}
+
+/// The models, newest first. Since 38607c62b34b "fs/dax: properly refcount
+/// fs dax pages" (v6.15), which added `dax_break_layout`, an idle page is
+/// at 0 and waiters wait on the page; before it, at 1 and on `_refcount`.
+pub static WAIT_MODELS: &[WaitModel] = &[
+    WaitModel {
+        marker: Some("dax_break_layout"),
+        var: WaitVar::Page,
+        idle_refcount: 0,
+        note: "6.15+: wait_var_event(page), idle at refcount 0",
+    },
+    WaitModel {
+        marker: None,
+        var: WaitVar::PageRefcount,
+        idle_refcount: 1,
+        note: "before 6.15: wait_var_event(&page->_refcount), idle at refcount 1",
+    },
+];
+
+/// The model of a kernel, told by which marker symbols it has.
+pub fn wait_model(has: impl Fn(&str) -> bool) -> &'static WaitModel {
+    WAIT_MODELS
+        .iter()
+        .find(|m| m.marker.is_none_or(&has))
+        .expect("the last model has no marker")
+}
+
+/// The kernel's hashed wait queues behind `wait_var_event()`
+/// (`__var_waitqueue()` hashes the variable's address into it) and their
+/// size (`WAIT_TABLE_BITS` 8), stable since 4.16; and the wake function of
+/// every wait-variable entry in them.
+pub const WAIT_TABLE: &str = "bit_wait_table";
+pub const WAIT_TABLE_SIZE: u32 = 256;
+pub const VAR_WAKE_FUNCTION: &str = "var_wake_function";
+/// The function that indexes [`WAIT_TABLE`]: where its address is found
+/// when the table itself has no symbol (a kernel without
+/// CONFIG_KALLSYMS_ALL lists functions only).
+pub const WAIT_TABLE_USER: &str = "__var_waitqueue";
+
 pub fn spec(hook: HookId) -> &'static HookSpec {
     HOOKS
         .iter()
@@ -640,6 +749,21 @@ mod tests {
     use std::collections::{HashMap, HashSet};
 
     use super::*;
+
+    #[test]
+    fn break_waits_and_wait_models() {
+        assert_eq!(break_wait("ext4_break_layouts").map(|w| w.fs), Some("ext4"));
+        assert_eq!(
+            break_wait("dax_break_layout.isra.0").map(|w| w.function),
+            Some("dax_break_layout")
+        );
+        assert!(break_wait("ext4_punch_hole").is_none());
+        let new = wait_model(|s| s == "dax_break_layout");
+        assert_eq!((new.var, new.idle_refcount), (WaitVar::Page, 0));
+        let old = wait_model(|_| false);
+        assert_eq!((old.var, old.idle_refcount), (WaitVar::PageRefcount, 1));
+        assert!(WAIT_MODELS.last().is_some_and(|m| m.marker.is_none()));
+    }
 
     #[test]
     fn every_hook_has_exactly_one_row_and_programs_are_unique() {

@@ -5,9 +5,11 @@
 //! -> [`source`] (ring buffer, or a recorded trace) -> [`decode`] ->
 //! [`detect`] (pure) -> [`sink`]s, joined by [`pipeline`]. [`event`] and
 //! [`trace_file`] are the vocabulary they share. The probe plan ([`plan`]) is
-//! the only place that knows how kernels differ.
+//! the only place that knows how kernels differ. [`doctor`] explains a
+//! break-layouts wait that began before daxrace did.
 pub mod decode;
 pub mod detect;
+pub mod doctor;
 pub mod event;
 pub mod kernel;
 pub mod load;

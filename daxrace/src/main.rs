@@ -26,6 +26,9 @@ enum Cmd {
     Probes(cmd::probes::ProbesArgs),
     /// Run the detector on a recorded trace file.
     Replay(cmd::replay::ReplayArgs),
+    /// Find tasks asleep in a break-layouts wait now; say whether their
+    /// wake-up was lost (exit 10) or they wait on a pinned page.
+    Doctor(cmd::doctor::DoctorArgs),
     /// Write a man page per subcommand into DIR (for packaging).
     #[command(hide = true)]
     GenerateMan { dir: PathBuf },
@@ -42,6 +45,7 @@ fn main() {
         Cmd::Trace(a) => cmd::trace::run(a),
         Cmd::Probes(a) => cmd::probes::run(a),
         Cmd::Replay(a) => cmd::replay::run(a),
+        Cmd::Doctor(a) => cmd::doctor::run(a),
         Cmd::GenerateMan { dir } => cmd::docs::man_pages(Cli::command(), &dir).map(|files| {
             println!("{}", files.join("\n"));
             0

@@ -58,6 +58,14 @@ impl Pipeline {
         self.emit()
     }
 
+    /// Findings established outside the detector (the start-up check of
+    /// `run` and `trace`: waiters asleep before daxrace attached), to every
+    /// sink like the detector's own.
+    pub fn found_outside(&mut self, findings: Vec<Finding>) -> Result<(), TraceFileError> {
+        self.scratch.extend(findings);
+        self.emit()
+    }
+
     /// End of stream: report what is still open.
     pub fn finish(&mut self) -> Result<(), TraceFileError> {
         self.detector.finish(&mut self.scratch);

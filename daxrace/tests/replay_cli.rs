@@ -132,6 +132,50 @@ fn a_retry_bug_trace_replays_to_the_models_findings_and_exit_10() {
 }
 
 #[test]
+fn a_start_check_finding_carries_over_and_fails_the_replay() {
+    // A trace of a clean run that began beside a waiter already stranded:
+    // the start-up check's finding (seen_at_start) is recorded after the
+    // header. Replay cannot re-derive it from events, so it carries it.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(Variant::Fixed);
+    let run = model::run(&cfg, &choices(7));
+    let path = dir.path().join("start.jsonl");
+    write_trace(&path, &cfg, &run.events);
+    let text = std::fs::read_to_string(&path).expect("read back");
+    let (header, rest) = text.split_once('\n').expect("a header line");
+    let f = daxrace::detect::Finding::seen_at_start(
+        5_000_000_000,
+        daxrace::event::Filesystem::Ext4,
+        259 << 20,
+        12,
+        0xffff_8880_0400_0000,
+        0x48100,
+        1,
+        None,
+        0,
+        daxrace::event::Task {
+            pid: 157,
+            tid: 160,
+            comm: daxrace::event::Comm::new("pin-punch"),
+            cpu: 0,
+        },
+        Some(1_500_000_000),
+    );
+    let line = serde_json::to_string(&TraceLine::Finding(Box::new(f))).expect("serializes");
+    std::fs::write(&path, format!("{header}\n{line}\n{rest}")).expect("rewrite");
+    let (code, stderr) = replay(&path);
+    assert_eq!(code, 10, "{stderr}");
+    assert!(
+        stderr.contains("already asleep when daxrace started"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("replay agrees with the recording"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn a_fixed_kernel_trace_replays_clean() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = config(Variant::Fixed);

@@ -212,7 +212,7 @@ const SHARED: &[&str] = &[
 ];
 
 /// Subcommands with a man page of their own (besides daxrace.1).
-const MAN_SUBCOMMANDS: &[&str] = &["run", "trace", "probes", "replay"];
+const MAN_SUBCOMMANDS: &[&str] = &["run", "trace", "probes", "replay", "doctor"];
 
 /// Every file the package must hold (paths as `dpkg-deb -c` prints them,
 /// without the leading `./`); directories are not listed.

@@ -130,9 +130,26 @@ pub struct DetectArgs {
     /// Most watched pages tracked at once (older ones are dropped and counted).
     #[arg(long, default_value_t = 65536)]
     pub max_pages: usize,
+    /// Skip the start-up check for break-layouts waiters already asleep
+    /// (`daxrace doctor`'s check, reported as `lost_wakeup` findings with
+    /// `seen_at_start`).
+    #[arg(long)]
+    pub no_start_check: bool,
 }
 
+/// The confirming delay of the start-up check (`doctor --confirm-ms`'s default).
+pub const START_CHECK_CONFIRM: Duration = Duration::from_millis(200);
+
 impl DetectArgs {
+    /// The start-up check's findings (none when turned off).
+    pub fn start_check(&self) -> Vec<daxrace::detect::Finding> {
+        if self.no_start_check {
+            Vec::new()
+        } else {
+            super::doctor::start_check(START_CHECK_CONFIRM)
+        }
+    }
+
     pub fn config(&self, idle_refcount: i32, pin_bias: i32) -> DetectorConfig {
         DetectorConfig {
             idle_refcount,

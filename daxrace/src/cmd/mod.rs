@@ -1,5 +1,6 @@
 //! One file per subcommand, plus the options they share.
 pub mod docs;
+pub mod doctor;
 pub mod live;
 pub mod probes;
 pub mod replay;
@@ -11,6 +12,8 @@ use daxrace::{
     plan::{AttachPreference, Evidence},
 };
 
+/// Exit code of success (`doctor`: no lost wake-up).
+pub const EXIT_OK: i32 = 0;
 /// Exit code for daxrace's own errors (bad input, cannot attach).
 pub const EXIT_ERROR: i32 = 2;
 /// Exit code of `trace` and `replay` when findings of the `--fail-on` kinds

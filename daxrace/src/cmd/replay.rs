@@ -67,7 +67,17 @@ pub fn run(args: ReplayArgs) -> Result<i32> {
                     batch.clear();
                 }
             }
-            TraceLine::Finding(f) => recorded.push(*f),
+            TraceLine::Finding(f) => {
+                // The start-up check's findings came from outside the
+                // detector (waiters asleep before the trace began): no
+                // event can establish them again, so they carry over.
+                if f.seen_at_start {
+                    pipeline.feed(&batch)?;
+                    batch.clear();
+                    pipeline.found_outside(vec![(*f).clone()])?;
+                }
+                recorded.push(*f);
+            }
             TraceLine::Footer(f) => footer = Some(*f),
             TraceLine::Header(_) => bail!(
                 "{}:{}: a second header (two traces concatenated?)",

@@ -74,6 +74,8 @@ async fn run_async(args: RunArgs) -> Result<i32> {
     for line in hook_lines(&tracer.statuses) {
         eprintln!("daxrace: {line}");
     }
+    // Before capabilities go: kernel stacks need CAP_SYS_ADMIN.
+    let at_start = args.detect.start_check();
     if !args.keep_caps {
         // After attaching, a compromised daemon should not be root in all
         // but name; what remains is what attaching a late module's hooks needs.
@@ -114,6 +116,7 @@ async fn run_async(args: RunArgs) -> Result<i32> {
         None,
     )?;
     let (mut pipeline, mut source) = live::pipeline(&mut tracer, &args.detect, sinks)?;
+    pipeline.found_outside(at_start)?;
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let duration = args.duration;

@@ -53,6 +53,7 @@ async fn run_async(args: TraceArgs) -> Result<i32> {
         Some(args.command.clone()),
     )?;
     let (mut pipeline, mut source) = live::pipeline(&mut tracer, &args.detect, sinks)?;
+    pipeline.found_outside(args.detect.start_check())?;
 
     // Hooks are attached: now the command may start.
     let mut child = tokio::process::Command::new(&args.command[0])

@@ -93,6 +93,7 @@ impl Reporter<'_> {
             page_mapping: None,
             inferred: false,
             timeline: Vec::new(),
+            seen_at_start: false,
         }
     }
 

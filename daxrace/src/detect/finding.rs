@@ -130,6 +130,10 @@ pub struct Finding {
     pub inferred: bool,
     /// That page's transitions and the call's steps, oldest first, bounded.
     pub timeline: Vec<TimelineEntry>,
+    /// `lost_wakeup` found by the start-up check of `run` and `trace` (the
+    /// waiter was asleep before daxrace attached): no event of it was seen.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub seen_at_start: bool,
 }
 
 /// Splits `refcount - idle` into pins and references (see [`Finding::pins`]).
@@ -163,6 +167,49 @@ fn who(t: &Task) -> String {
 }
 
 impl Finding {
+    /// A `lost_wakeup` of a waiter that was asleep before daxrace started
+    /// (`daxrace doctor`'s check at the start of `run` and `trace`): its
+    /// page is idle and it still sleeps. Built outside the detector, which
+    /// never saw that wait begin.
+    #[allow(clippy::too_many_arguments)]
+    pub fn seen_at_start(
+        now_ns: u64,
+        fs: Filesystem,
+        dev: u32,
+        ino: u64,
+        mapping: u64,
+        pfn: u64,
+        refcount: i32,
+        pins: Option<u32>,
+        refs: u32,
+        task: Task,
+        asleep_ns: Option<u64>,
+    ) -> Finding {
+        Finding {
+            kind: FindingKind::LostWakeup,
+            ts_ns: now_ns,
+            fs,
+            dev,
+            ino,
+            mapping,
+            pfn,
+            refcount: Some(refcount),
+            pins,
+            refs: Some(refs),
+            task,
+            releaser: None,
+            pin_holders: Vec::new(),
+            break_call: None,
+            since_ns: asleep_ns.map(|a| now_ns.saturating_sub(a)),
+            released_ns: None,
+            duration_ns: asleep_ns,
+            page_mapping: None,
+            inferred: false,
+            timeline: Vec::new(),
+            seen_at_start: true,
+        }
+    }
+
     /// The refcount as words: "refcount 1025 (1 pin)".
     fn refcount_words(&self) -> String {
         let Some(rc) = self.refcount else {
@@ -227,6 +274,13 @@ impl Finding {
                 self.page_mapping.unwrap_or(0),
                 self.mapping,
                 who(&self.task)
+            ),
+            FindingKind::LostWakeup if self.seen_at_start => format!(
+                "{head}: waiter {} asleep {} on pfn {:#x} at {}, already asleep when daxrace started: the page is idle and nobody woke it (seen by the start-up check)",
+                who(&self.task),
+                format_duration(self.duration_ns.unwrap_or(0)),
+                self.pfn,
+                self.refcount_words()
             ),
             FindingKind::LostWakeup => format!(
                 "{head}: waiter {} asleep {} on pfn {:#x}, idle since {} released it ({}) with no wake-up",

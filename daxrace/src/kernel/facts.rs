@@ -183,8 +183,13 @@ impl KernelFacts {
         };
         warnings.extend(evidence.warning());
         let new_model = evidence.dax_break_layout;
-        c.idle_refcount = evidence.idle_refcount();
-        c.wait_on_refcount = if new_model { 0 } else { 1 };
+        // The idle refcount and what a waiter waits on come from the
+        // plan's table of refcount models, told by the same marker as the
+        // evidence (which only adds the cross-check's warning).
+        let model = daxrace_plan::wait_model(has);
+        debug_assert_eq!(model.idle_refcount, evidence.idle_refcount());
+        c.idle_refcount = model.idle_refcount;
+        c.wait_on_refcount = u32::from(model.var == daxrace_plan::WaitVar::PageRefcount);
         let vmemmap = kallsyms.get("vmemmap_base").filter(|s| s.addr != 0);
         match vmemmap {
             Some(s) => c.vmemmap_base_addr = s.addr,

@@ -2,7 +2,8 @@
 //! ([`btf`]) and the BTF objects of its modules ([`btf_objects`]), its
 //! symbols ([`kallsyms`] lists them, [`ksym`] looks them up one by one), the
 //! facts the detector depends on ([`facts`]), and the live patches that
-//! replaced functions ([`patched`]). [`bpf_sys`] holds the raw `bpf(2)`
+//! replaced functions ([`patched`]), and the tasks asleep on a wait
+//! variable ([`waiters`], for `daxrace doctor`). [`bpf_sys`] holds the raw `bpf(2)`
 //! commands these need and aya does not offer.
 pub mod bpf_sys;
 pub mod btf;
@@ -11,3 +12,4 @@ pub mod facts;
 pub mod kallsyms;
 pub mod ksym;
 pub mod patched;
+pub mod waiters;

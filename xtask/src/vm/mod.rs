@@ -7,6 +7,7 @@
 mod apt;
 mod coexist;
 mod dmesg;
+mod doctor;
 pub(crate) mod guest;
 mod initramfs;
 pub(crate) mod kernel;
@@ -86,6 +87,13 @@ pub struct VmArgs {
     /// series it says the bug is 6.1-only (default: every tested series).
     #[arg(long, conflicts_with_all = ["cmd", "test", "prometheus", "livepatch", "coexist", "systemd", "race2018"])]
     pub wakefix: bool,
+    /// Run only the `daxrace doctor` test: on 6.1 a breaker left asleep by
+    /// the lost wake-up must be named as such (exit 10) and the remedy must
+    /// free it; on later series slow-pin's waits must read "waiting on a
+    /// pinned page"; with no waiter "nothing waiting" (default: every
+    /// tested series).
+    #[arg(long, conflicts_with_all = ["cmd", "test", "prometheus", "livepatch", "coexist", "systemd", "race2018", "wakefix"])]
+    pub doctor: bool,
     /// DAX filesystems to create and mount (both: ext4 on /dev/pmem0, xfs on /dev/pmem1).
     #[arg(long, value_enum, default_value = "both")]
     pub fs: Fs,
@@ -146,6 +154,7 @@ pub fn run(args: VmArgs) -> Result<i32> {
         ("livepatch", args.livepatch),
         ("race2018", args.race2018),
         ("wakefix", args.wakefix),
+        ("doctor", args.doctor),
         ("coexist", args.coexist),
         ("systemd", args.systemd),
     ]

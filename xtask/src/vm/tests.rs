@@ -777,11 +777,14 @@ pub(super) type GuestTest = fn(&str, bool) -> Result<String>;
 ///   patch's counters and the kernel's WARN;
 /// - coexist: beside bpftrace on the same functions, and attach/detach
 ///   cycles under load;
-/// - systemd: the Debian package under a real systemd.
+/// - systemd: the Debian package under a real systemd;
+/// - doctor: `daxrace doctor` on a breaker the 6.1 lost wake-up left
+///   asleep, and on legitimate waits elsewhere.
 pub(super) const GUEST_TESTS: &[(&str, GuestTest)] = &[
     ("livepatch", super::livepatch::livepatch_e2e),
     ("race2018", super::race2018::race2018_e2e),
     ("wakefix", super::wakefix::wakefix_e2e),
+    ("doctor", super::doctor::doctor_e2e),
     ("coexist", super::coexist::coexist_e2e),
     ("systemd", |s, _| {
         super::systemd::systemd_test(s).map(|r| r.to_string())
