@@ -48,6 +48,9 @@ fn script(cycles: u32) -> String {
         s,
         r#"ours() {{ grep -cE 'bpf_prog_[0-9a-f]+_(kp|kr|fe|fx|raw|tp)_' /proc/kallsyms; }}
 progs() {{ grep -c ' bpf_prog_' /proc/kallsyms; }}
+# Where our processes sleep, when one would not end: a hang is reported
+# with its stacks instead of running into the host's guest timeout.
+stuck() {{ for t in /proc/[0-9]*/task/[0-9]*; do c=$(cat $t/comm 2>/dev/null); case $c in daxrace*|bpftrace) echo "@@STUCK $1 $c ${{t#/proc/}} $(cut -d' ' -f3 $t/stat) $(tr '\n' ' ' < $t/stack 2>/dev/null)";; esac; done; }}
 echo "@@CX baseline $(progs)"
 cat > /tmp/other.bt <<'BT'
 {BPFTRACE_SCRIPT}BT
@@ -66,7 +69,7 @@ if ! grep -q '@@BT-READY' /tmp/bt.out; then
 fi
 grep -q '@@BT-READY' /tmp/bt.out && echo "@@CX bpftrace ready"
 echo "== daxrace trace beside it"
-daxrace trace --json /tmp/both.jsonl -- daxrace-workload pin-punch --dir $DAX_EXT4 --seconds 4 --stall-timeout 3 --max-stalls 1 > /tmp/both.out 2>&1
+timeout -s KILL 600 daxrace trace --json /tmp/both.jsonl -- daxrace-workload pin-punch --dir $DAX_EXT4 --seconds 4 --stall-timeout 3 --max-stalls 1 > /tmp/both.out 2>&1
 echo "@@CX trace-exit $?"
 sed 's/^/@@TO /' /tmp/both.out
 kill -INT $BT; wait $BT
@@ -86,11 +89,14 @@ for i in $(seq 1 {cycles}); do
     j=0; while ! grep -q 'hooks attached' /tmp/c.out && kill -0 $DR 2>/dev/null && [ $j -lt 600 ]; do sleep 0.1; j=$((j+1)); done
     kill -9 $DR; wait $DR; killed=$((killed+1))
   else
-    daxrace run --no-metrics --duration 0 > /tmp/c.out 2>&1 && ok=$((ok+1)) || sed 's/^/@@CYCLEERR /' /tmp/c.out
+    timeout -s KILL 120 daxrace run --no-metrics --duration 0 > /tmp/c.out 2>&1 && ok=$((ok+1)) || {{ echo "@@CYCLEERR cycle $i exit $?"; sed 's/^/@@CYCLEERR /' /tmp/c.out; stuck cycle-$i; }}
   fi
 done
 # SIGTERM: a background job of this non-interactive shell ignores SIGINT.
-kill -TERM $PP; wait $PP
+kill -TERM $PP
+i=0; while kill -0 $PP 2>/dev/null && [ $i -lt 60 ]; do sleep 1; i=$((i+1)); done
+kill -0 $PP 2>/dev/null && {{ echo "@@CYCLEERR pin-punch did not end on SIGTERM"; stuck pin-punch; kill -9 $PP; }}
+wait $PP
 echo "@@CX cycles $ok $killed"
 i=0; while [ "$(ours)" -gt 0 ] && [ $i -lt 20 ]; do sleep 1; i=$((i+1)); done
 echo "@@CX after $(progs) $(ours)"
@@ -135,7 +141,7 @@ fn parse(lines: &[String]) -> Coexist {
                         .insert(name.trim_matches(['@', ':']).to_string(), n);
                 }
             }
-            ["@@CYCLEERR", ..] => c.cycle_errors.push(l.clone()),
+            ["@@CYCLEERR", ..] | ["@@STUCK", ..] => c.cycle_errors.push(l.clone()),
             ["@@TO", ..] => {
                 let text = l.split_once(' ').map_or("", |x| x.1).to_string();
                 if c.daxrace_busy.is_none() {
