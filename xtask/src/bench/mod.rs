@@ -105,6 +105,12 @@ pub struct BenchArgs {
     /// repeat.
     #[arg(long, default_value = "3", value_parser = parse_icount)]
     pub icount: Icount,
+    /// Make a new filesystem (mkfs, then an untraced warm-up) before every
+    /// rate phase, so that each starts from the same on-disk state (xfs's
+    /// punches and truncates otherwise get cheaper once, part-way through
+    /// a run).
+    #[arg(long)]
+    pub fresh_fs: bool,
     /// Keep RDRAND and RDSEED in the guest's CPU model (default: `-cpu
     /// max,-rdrand,-rdseed`, which cuts the residual noise).
     #[arg(long)]
@@ -319,6 +325,7 @@ fn workloads(args: &BenchArgs) -> (Workloads, Option<(u64, u64)>) {
             secs,
             loop_secs,
             mix,
+            fresh_fs: args.fresh_fs,
         },
         mix,
     )
