@@ -108,9 +108,9 @@ pub struct BenchArgs {
     #[arg(long, default_value = "3", value_parser = parse_icount)]
     pub icount: Icount,
     /// Make a new filesystem (mkfs, then an untraced warm-up) before every
-    /// rate phase, so that each starts from the same on-disk state (xfs's
-    /// punches and truncates otherwise get cheaper once, part-way through
-    /// a run).
+    /// rate phase, so that each starts from the same on-disk state. (It did
+    /// not remove the one step of xfs's punch and truncate cost seen
+    /// part-way through some runs: README, Overhead.)
     #[arg(long)]
     pub fresh_fs: bool,
     /// Keep RDRAND and RDSEED in the guest's CPU model (default: `-cpu
