@@ -133,6 +133,9 @@ pub fn parse(lines: &[String]) -> Parsed {
                 p.bt_mode.insert(mode.to_string(), m.to_string());
             }
             ["@@NOEVIDENCE"] => p.no_evidence = true,
+            ["@@FRESHFAIL", fs, what] => p.notes.push(format!(
+                "a fresh {fs} failed ({what}): its phase kept the old filesystem"
+            )),
             ["@@SAMEPLAN", ..] => p.same_plan = true,
             ["@@ATTACH", tracer, what] => p
                 .attached

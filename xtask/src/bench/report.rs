@@ -164,8 +164,13 @@ pub fn report(
     }
     let _ = writeln!(
         t,
-        "  alone: one operation in a loop on one thread (op-loop, {} guest s per phase); mix: pin-punch ({}), where pinned pages make breaks wait; daxrace-run: `daxrace run` (the daemon's default mode); daxrace-full: `daxrace run --evidence full` (every hook, as `daxrace trace`); twins: bpftrace scripts doing what each mode's programs do on the hooks that mode attached at start-up; empty progs: empty bpftrace programs on the full twin's probes (the floor); untraced (noise): the untraced phases compared in the same way with their untraced neighbours",
+        "  alone: one operation in a loop on one thread (op-loop, {} guest s per phase{}); mix: pin-punch ({}), where pinned pages make breaks wait; daxrace-run: `daxrace run` (the daemon's default mode); daxrace-full: `daxrace run --evidence full` (every hook, as `daxrace trace`); twins: bpftrace scripts doing what each mode's programs do on the hooks that mode attached at start-up; empty progs: empty bpftrace programs on the full twin's probes (the floor); untraced (noise): the untraced phases compared in the same way with their untraced neighbours",
         info.w.loop_secs,
+        if info.w.fresh_fs {
+            ", each phase on a fresh filesystem after an untraced warm-up"
+        } else {
+            ""
+        },
         match info.w.mix {
             Some((m, r)) => format!("a budget of {m} modifications and {r} reads per phase and filesystem"),
             None => format!("{} guest s", info.w.secs),

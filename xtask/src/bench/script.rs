@@ -39,6 +39,8 @@ pub struct Workloads {
     pub loop_secs: u32,
     /// The mix's budget: modifications, reads (none: it runs `secs`).
     pub mix: Option<(u64, u64)>,
+    /// A new filesystem (mkfs) before every rate phase.
+    pub fresh_fs: bool,
 }
 
 pub fn guest_script(rounds: u32, w: Workloads) -> String {
@@ -46,6 +48,7 @@ pub fn guest_script(rounds: u32, w: Workloads) -> String {
         secs,
         loop_secs,
         mix,
+        fresh_fs,
     } = w;
     let mut s = String::from("mkdir -p /tmp/bt\n");
     // Quoted here-documents: the probe text reaches the files verbatim.
@@ -69,6 +72,7 @@ pub fn guest_script(rounds: u32, w: Workloads) -> String {
         .replace("@SECS@", &secs.to_string())
         .replace("@LOOPSECS@", &loop_secs.to_string())
         .replace("@IDLESECS@", &loop_secs.to_string())
+        .replace("@FRESH@", if fresh_fs { "1" } else { "0" })
         .replace(
             "@MIX@",
             &mix.map_or(String::new(), |(m, r)| format!("--mods {m} --reads {r}")),
@@ -148,10 +152,12 @@ mod tests {
                 secs: 1,
                 loop_secs: 1,
                 mix: Some((10, 20)),
+                fresh_fs: true,
             },
         );
         assert!(script.contains("--mods 10 --reads 20"));
         assert!(!script.contains("@MIX@") && !script.contains("@IDLESECS@"));
+        assert!(script.contains("FRESH=1") && !script.contains("@FRESH@"));
         crate::vm::guest::tests::assert_sh_parses(&script);
     }
 }

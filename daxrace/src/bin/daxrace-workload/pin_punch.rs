@@ -136,10 +136,14 @@ impl Shared {
             .map(|g| g.load(Ordering::SeqCst))
             .collect()
     }
-    /// Whether both operation budgets are used up (no budget: never).
+    /// Whether the operation budgets are used up (a kind without a budget
+    /// runs until the other's is; with neither, never).
     fn budgets_spent(&self) -> bool {
-        self.reads.load(Ordering::SeqCst) >= self.read_budget
-            && self.mods.load(Ordering::SeqCst) >= self.mod_budget
+        let spent =
+            |n: &AtomicU64, budget: u64| budget == u64::MAX || n.load(Ordering::SeqCst) >= budget;
+        (self.read_budget != u64::MAX || self.mod_budget != u64::MAX)
+            && spent(&self.reads, self.read_budget)
+            && spent(&self.mods, self.mod_budget)
     }
     /// Takes one operation from a budget (counting it); false once the
     /// budget is spent.

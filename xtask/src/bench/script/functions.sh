@@ -4,6 +4,7 @@
 # (at shift 3, 1 s = 125 M instructions).
 S=@SECS@
 MIX="@MIX@"
+FRESH=@FRESH@
 TP=
 # The daemon's full-evidence flag, or nothing where `daxrace run` does not
 # take --evidence (clap: exit 2, "unexpected argument"): then both daxrace
@@ -76,6 +77,22 @@ workload() {
   if [ -n "$TP" ] && ! alive $TP; then
     echo "@@DIED $2 $1"; tail -n 20 /tmp/$1-$2.out 2>/dev/null | sed 's/^/  | /'
   fi
+}
+# fresh_fs: with --fresh-fs, a new filesystem on each DAX device (so that
+# every phase starts from the same on-disk state), warmed up untraced.
+fresh_fs() {
+  [ "$FRESH" = 1 ] || return 0
+  for fs in $DAX_FS; do
+    dev=$(awk -v m=/mnt/$fs '$2 == m { print $1 }' /proc/mounts)
+    sync
+    if ! umount /mnt/$fs; then echo "@@FRESHFAIL $fs umount"; continue; fi
+    case $fs in
+      ext4) /usr/sbin/mke2fs -q -F -t ext4 -E nodiscard $dev ;;
+      xfs) /usr/sbin/mkfs.xfs -q -f -m reflink=0 $dev ;;
+    esac
+    mount -t $fs -o dax $dev /mnt/$fs || echo "@@FRESHFAIL $fs mount"
+  done
+  loops warmup none > /dev/null
 }
 prog_stats() { daxrace-workload bpf-prog-stats --pid $TP | sed "s/^@@PROG /@@PROG $1 /"; }
 # attached: what the running tracer has attached now, as kind:symbol lines.

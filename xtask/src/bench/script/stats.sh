@@ -68,6 +68,7 @@ fi
 echo 0 > /proc/sys/kernel/bpf_stats_enabled
 # phase TAG TRACER: both workloads under TRACER (none: untraced).
 phase() {
+  fresh_fs
   echo "@@PHASE $1 $2"
   case $2 in
     none) loops $1 none; workload $1 none; return 0 ;;
