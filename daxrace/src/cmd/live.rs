@@ -313,7 +313,8 @@ impl PageHookSwitch {
         self.attaches += 1;
         if self.attaches == 1 {
             eprintln!(
-                "daxrace: a busy page is watched: page hooks attached ({} of them failed); they come off {} s after the last busy page",
+                // Not "hooks attached": that is the start-up line scripts wait for.
+                "daxrace: a busy page is watched: the page hooks are on ({} failed to attach); they come off {} s after the last busy page",
                 errors.len(),
                 PAGE_HOOKS_LINGER.as_secs()
             );

@@ -583,7 +583,7 @@ pub fn systemd_e2e(series: &str, deb: &Path) -> Result<SystemdReport> {
         .collect();
     if !page_hooks
         .iter()
-        .any(|l| l.contains("page hooks attached (0 of them failed)"))
+        .any(|l| l.contains("the page hooks are on (0 failed to attach)"))
         || page_hooks.iter().any(|l| l.contains("not attached"))
     {
         failures.push(format!(
