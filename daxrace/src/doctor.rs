@@ -247,14 +247,7 @@ pub struct Doctor {
 
 /// Whether this process has CAP_SYS_ADMIN (kernel stacks need it).
 fn has_sys_admin() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("CapEff:"))
-                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        })
-        .is_some_and(|c| c & (1 << 21) != 0)
+    crate::load::privs::has_capability(crate::load::privs::CAP_SYS_ADMIN)
 }
 
 fn symbol(lookup: &SymbolLookup, name: &'static str) -> Result<u64, DoctorError> {

@@ -29,17 +29,30 @@ pub fn block_on<F: Future<Output = Result<i32>>>(f: impl FnOnce() -> F) -> Resul
         .block_on(f())
 }
 
-/// Loads and attaches, enables BPF stats if asked, and says what attached
-/// and how long it took (start-up time, in ms, is returned too).
+/// A live run once attached: the tracer, the BPF statistics it keeps on,
+/// its start-up time (ms) and the start-up check's findings.
+pub struct Started {
+    pub tracer: Tracer,
+    pub stats: StatsGuard,
+    pub startup_ms: u128,
+    pub at_start: Vec<daxrace::detect::Finding>,
+}
+
+/// Loads and attaches, enables BPF stats if asked, makes the start-up check
+/// (after attaching, so no wait falls between the two; before the
+/// "hooks attached" line, which scripts take as the end of start-up), and
+/// says what attached and how long it took.
 pub fn attach(
     attach: &super::AttachArgs,
     evidence: daxrace::plan::Evidence,
     bpf_stats: bool,
-) -> Result<(Tracer, StatsGuard, u128)> {
+    detect: &DetectArgs,
+) -> Result<Started> {
     let started = std::time::Instant::now();
     let mut tracer = Tracer::load(&attach.options(evidence)?).context("cannot attach")?;
     let stats = enable_bpf_stats(&mut tracer, bpf_stats)?;
     super::print_warnings(&tracer);
+    let at_start = detect.start_check();
     let (attached, standby) = daxrace::plan::attached_and_standby(&tracer.statuses);
     let startup_ms = started.elapsed().as_millis();
     eprintln!(
@@ -52,7 +65,12 @@ pub fn attach(
         },
         tracer.kernel_release,
     );
-    Ok((tracer, stats, startup_ms))
+    Ok(Started {
+        tracer,
+        stats,
+        startup_ms,
+        at_start,
+    })
 }
 
 /// The sinks of a live run: findings on stderr, optional events on stdout,
@@ -105,15 +123,7 @@ pub fn pipeline(
 }
 
 /// CLOCK_MONOTONIC in ns: the clock `bpf_ktime_get_ns()` reads.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
+pub use daxrace::kernel::waiters::clock_ns as monotonic_ns;
 
 /// Detector limits, as flags.
 #[derive(clap::Args, Clone, Debug)]

@@ -65,8 +65,19 @@ async fn run_async(args: RunArgs) -> Result<i32> {
     } else {
         Some(MetricsServer::bind(args.listen).await?)
     };
-    let (mut tracer, _stats, _startup_ms) =
-        live::attach(&args.attach, daxrace::plan::Evidence::Quiet, args.bpf_stats)?;
+    // The start-up check runs in there, before capabilities go: kernel
+    // stacks need CAP_SYS_ADMIN.
+    let live::Started {
+        mut tracer,
+        stats: _stats,
+        at_start,
+        ..
+    } = live::attach(
+        &args.attach,
+        daxrace::plan::Evidence::Quiet,
+        args.bpf_stats,
+        &args.detect,
+    )?;
     let (attached, standby) = daxrace::plan::attached_and_standby(&tracer.statuses);
     // A daemon's log is all an operator has: say how each hook attached,
     // and why a cheaper flavour did not (e.g. fentry on a module function
@@ -74,8 +85,6 @@ async fn run_async(args: RunArgs) -> Result<i32> {
     for line in hook_lines(&tracer.statuses) {
         eprintln!("daxrace: {line}");
     }
-    // Before capabilities go: kernel stacks need CAP_SYS_ADMIN.
-    let at_start = args.detect.start_check();
     if !args.keep_caps {
         // After attaching, a compromised daemon should not be root in all
         // but name; what remains is what attaching a late module's hooks needs.

@@ -43,8 +43,17 @@ pub fn run(args: TraceArgs) -> Result<i32> {
 
 async fn run_async(args: TraceArgs) -> Result<i32> {
     let fail_kinds = args.fail_on.kinds()?;
-    let (mut tracer, _stats, startup_ms) =
-        live::attach(&args.attach, daxrace::plan::Evidence::Full, args.bpf_stats)?;
+    let live::Started {
+        mut tracer,
+        stats: _stats,
+        startup_ms,
+        at_start,
+    } = live::attach(
+        &args.attach,
+        daxrace::plan::Evidence::Full,
+        args.bpf_stats,
+        &args.detect,
+    )?;
     let sinks = live::sinks(
         &tracer,
         args.events,
@@ -53,7 +62,7 @@ async fn run_async(args: TraceArgs) -> Result<i32> {
         Some(args.command.clone()),
     )?;
     let (mut pipeline, mut source) = live::pipeline(&mut tracer, &args.detect, sinks)?;
-    pipeline.found_outside(args.detect.start_check())?;
+    pipeline.found_outside(at_start)?;
 
     // Hooks are attached: now the command may start.
     let mut child = tokio::process::Command::new(&args.command[0])

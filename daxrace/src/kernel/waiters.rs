@@ -428,19 +428,24 @@ mod tests {
         e
     }
 
-    #[test]
-    fn the_walk_finds_var_waiters_and_skips_other_entries() {
-        let table = 0xffff_ffff_8200_0000u64;
-        let wake = 0xffff_ffff_8100_1000u64;
-        let mut heads = vec![0u8; 4 * 24];
-        // Empty queues point at themselves.
-        for q in 0..4u64 {
+    /// `n` empty queue heads at `table`: each list points at itself.
+    fn empty_heads(table: u64, n: u64) -> Vec<u8> {
+        let mut heads = vec![0u8; (n * 24) as usize];
+        for q in 0..n {
             let list = table + q * 24 + 8;
             heads[(q * 24 + 8) as usize..(q * 24 + 16) as usize]
                 .copy_from_slice(&list.to_le_bytes());
             heads[(q * 24 + 16) as usize..(q * 24 + 24) as usize]
                 .copy_from_slice(&list.to_le_bytes());
         }
+        heads
+    }
+
+    #[test]
+    fn the_walk_finds_var_waiters_and_skips_other_entries() {
+        let table = 0xffff_ffff_8200_0000u64;
+        let wake = 0xffff_ffff_8100_1000u64;
+        let mut heads = empty_heads(table, 4);
         // Queue 2: a bit waiter (another func), then a var waiter.
         let list2 = table + 2 * 24 + 8;
         let (e1, e2) = (0xffff_c900_0001_0000u64, 0xffff_c900_0002_0000u64);
@@ -498,14 +503,7 @@ mod tests {
         let c = table_candidates(&code, at);
         assert!(c.contains(&table), "{c:x?}");
         // Only the real table reads as one.
-        let mut heads = vec![0u8; 4 * 24];
-        for q in 0..4u64 {
-            let list = table + q * 24 + 8;
-            heads[(q * 24 + 8) as usize..(q * 24 + 16) as usize]
-                .copy_from_slice(&list.to_le_bytes());
-            heads[(q * 24 + 16) as usize..(q * 24 + 24) as usize]
-                .copy_from_slice(&list.to_le_bytes());
-        }
+        let heads = empty_heads(table, 4);
         let mut m = Fake::default();
         m.put(table, heads);
         m.put(at, code.clone());

@@ -6,6 +6,7 @@ use std::io;
 
 use super::tracer::TraceError;
 
+pub const CAP_SYS_ADMIN: u32 = 21;
 pub const CAP_SYSLOG: u32 = 34;
 pub const CAP_PERFMON: u32 = 38;
 pub const CAP_BPF: u32 = 39;
@@ -23,7 +24,7 @@ pub fn names(caps: u64) -> String {
         (1, "CAP_DAC_OVERRIDE"),
         (2, "CAP_DAC_READ_SEARCH"),
         (12, "CAP_NET_ADMIN"),
-        (21, "CAP_SYS_ADMIN"),
+        (CAP_SYS_ADMIN, "CAP_SYS_ADMIN"),
         (24, "CAP_SYS_RESOURCE"),
         (CAP_SYSLOG, "CAP_SYSLOG"),
         (CAP_PERFMON, "CAP_PERFMON"),
@@ -43,6 +44,11 @@ pub fn names(caps: u64) -> String {
     } else {
         out.join(" ")
     }
+}
+
+/// Whether this process has `cap` in its effective set.
+pub fn has_capability(cap: u32) -> bool {
+    effective_caps() & (1 << cap) != 0
 }
 
 /// CapEff bits from /proc/self/status.
