@@ -66,8 +66,9 @@ fn main() {
         .args(["--target", "bpfel-unknown-none", "--target-dir"])
         .arg(&target_dir)
         .env("PATH", path)
-        // aya-ebpf needs asm_experimental_arch; allow unstable features for it alone.
-        .env("RUSTC_BOOTSTRAP", "aya_ebpf")
+        // aya-ebpf and the programs' one locked add (`dax::watch`) need
+        // asm_experimental_arch; allow unstable features for those alone.
+        .env("RUSTC_BOOTSTRAP", "aya_ebpf,daxrace")
         .env("CARGO_ENCODED_RUSTFLAGS", rustflags);
     // The outer (rustup) toolchain must not leak into Debian's cargo.
     for var in [

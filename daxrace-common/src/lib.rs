@@ -32,7 +32,7 @@ pub use config::KernelConfig;
 pub use counter::{Counter, COUNTER_COUNT};
 pub use dax::{bvec_pages, DaxEntry, XaEntry, PAGE_SHIFT, RANGE_WALK_STEPS};
 pub use record::{FsKind, FsOp, HookId, Record, RecordKind};
-pub use slots::WATCH_FRESH_NS;
+pub use slots::{SweepFlags, WATCH_FRESH_NS};
 pub use stats::{ring_wake_bytes, BreakStat, RING_WAKE_MAX_BYTES};
 
 /// Name of the ring buffer map that carries [`Record`]s to userspace.

@@ -3,8 +3,23 @@
 //! a 2 MiB block's number), never a hash map; a slot names its owner, and a
 //! lookup that finds another owner finds nothing. These are the indexes.
 
-/// How long a watched page counts as fresh after its last event.
+/// How long a watch counts as fresh after the busy scan that began it: a
+/// page evicting a fresh one counts `WatchFull`, and the sweep ends only
+/// watches older than this whose page is idle.
 pub const WATCH_FRESH_NS: u64 = 10_000_000_000;
+
+/// What the sweep of the watched pages (`rt_sweep_watched`, test-run by
+/// the daemon) does: `args[0]` of its run.
+pub struct SweepFlags;
+
+impl SweepFlags {
+    /// Report each watched page whose refcount changed since it was last
+    /// reported (quiet mode, while pin drops may go unseen).
+    pub const SAMPLE: u64 = 1;
+    /// End stale watches of idle pages, and close the page gate once none
+    /// is left.
+    pub const END_IDLE: u64 = 2;
+}
 
 /// Slots of the per-task tables (a power of two: `tid % TASK_SLOTS`).
 pub const TASK_SLOTS: u32 = 16384;

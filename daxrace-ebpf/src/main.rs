@@ -2,6 +2,8 @@
 //! the `EVENTS` ring buffer; which program attaches where is decided in
 //! userspace by the probe plan, never here.
 #![no_std]
+// A locked add, which the bpfel target offers only as inline assembly.
+#![feature(asm_experimental_arch)]
 #![no_main]
 
 mod context;

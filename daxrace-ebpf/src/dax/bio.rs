@@ -15,7 +15,7 @@ use daxrace_common::{bvec_pages, dax, slots::TASK_SLOTS, Counter, HookId, Record
 
 use super::{
     state::{fill_page, pfn_of, task_slot, tid, LoopCallback},
-    watch::{any_watched, block_maybe_watched, watched},
+    watch::{any_watched, block_maybe_watched, gate_open, watched},
 };
 use crate::emit::{config, count, count_add, new_record, read_at, submit};
 
@@ -298,7 +298,7 @@ extern "C" fn released_report_step(i: u32, _ctx: *mut c_void) -> i64 {
 /// the 6.12 verifier give up (E2BIG after minutes under emulation).
 #[inline(always)]
 fn bio_released(bio: u64) -> u32 {
-    if bio == 0 {
+    if bio == 0 || !gate_open() {
         return 0;
     }
     let cfg = config();

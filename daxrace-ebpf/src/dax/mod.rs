@@ -9,7 +9,8 @@
 //!
 //! Filtering happens here: a page becomes *watched* when a busy scan returns
 //! it; the page-put and release hooks (millions of calls a second under
-//! direct I/O) only emit records for watched pages and count the rest.
+//! direct I/O) only emit records for watched pages and count the rest, and
+//! with no page watched at all they return on one load (the page gate).
 //!
 //! One module per stage, in the order a race goes through them:
 //!
@@ -24,8 +25,9 @@
 //! - [`truncate`]: pages leaving their file, entry by entry;
 //! - [`range`]: range deletion (6.15+, and every kernel's in quiet mode)
 //!   and its walk of the file's entries;
-//! - [`sample`]: the watched pages' refcounts, read when the daemon asks
-//!   (quiet mode: the page hooks are attached only while pages are watched).
+//! - [`sweep`]: the watched pages, looked at when the daemon asks: their
+//!   refcounts (quiet mode attaches the page hooks only while pages are
+//!   watched), stale watches, and the page gate.
 //!
 //! Kernel facts behind each stage: `docs/kernels.md`.
 // In the order of the stages.
@@ -34,9 +36,9 @@ mod breaks;
 mod fs_op;
 mod pages;
 mod range;
-mod sample;
 mod scan;
 mod state;
+mod sweep;
 mod truncate;
 mod watch;
 

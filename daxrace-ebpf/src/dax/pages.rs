@@ -2,7 +2,9 @@
 //! truncation: waits and wake-ups on it (`init_wait_var_entry`,
 //! `wake_up_var`), and the devmap put paths that drop its pins
 //! (`__put_devmap_managed_page_refs` and the like before 6.15,
-//! `free_zone_device_folio` from 6.15). Unwatched pages are only counted.
+//! `free_zone_device_folio` from 6.15). Unwatched pages are only counted,
+//! and only while some page is watched: with none, the page gate sends
+//! every hook here back at once.
 use aya_ebpf::{
     macros::{fentry, kprobe},
     programs::{FEntryContext, ProbeContext},
@@ -11,7 +13,7 @@ use daxrace_common::{Counter, HookId, RecordKind};
 
 use super::{
     state::{fill_page, scalar_arg},
-    watch::watched,
+    watch::{gate_open, watched},
 };
 use crate::emit::{config, count, new_record, submit, Cfg};
 
@@ -23,6 +25,17 @@ fn var_to_page(cfg: Cfg, var: u64) -> u64 {
         var.wrapping_sub(cfg.page_refcount() as u64)
     } else {
         var
+    }
+}
+
+/// Runs a hook's body only while some page is watched: the gate is read
+/// before even the arguments.
+#[inline(always)]
+fn gated(body: impl FnOnce() -> u32) -> u32 {
+    if gate_open() {
+        body()
+    } else {
+        0
     }
 }
 
@@ -41,30 +54,34 @@ fn page_event(kind: RecordKind, hook: HookId, var: u64) -> u32 {
 
 #[kprobe]
 pub fn kp_wait_start(ctx: ProbeContext) -> u32 {
-    page_event(
-        RecordKind::WaitStart,
-        HookId::WaitStart,
-        ctx.arg::<u64>(1).unwrap_or(0),
-    )
+    gated(|| {
+        page_event(
+            RecordKind::WaitStart,
+            HookId::WaitStart,
+            ctx.arg::<u64>(1).unwrap_or(0),
+        )
+    })
 }
 
 #[fentry]
 pub fn fe_wait_start(ctx: FEntryContext) -> u32 {
-    page_event(RecordKind::WaitStart, HookId::WaitStart, ctx.arg::<u64>(1))
+    gated(|| page_event(RecordKind::WaitStart, HookId::WaitStart, ctx.arg::<u64>(1)))
 }
 
 #[kprobe]
 pub fn kp_wake_up(ctx: ProbeContext) -> u32 {
-    page_event(
-        RecordKind::WakeUp,
-        HookId::WakeUp,
-        ctx.arg::<u64>(0).unwrap_or(0),
-    )
+    gated(|| {
+        page_event(
+            RecordKind::WakeUp,
+            HookId::WakeUp,
+            ctx.arg::<u64>(0).unwrap_or(0),
+        )
+    })
 }
 
 #[fentry]
 pub fn fe_wake_up(ctx: FEntryContext) -> u32 {
-    page_event(RecordKind::WakeUp, HookId::WakeUp, ctx.arg::<u64>(0))
+    gated(|| page_event(RecordKind::WakeUp, HookId::WakeUp, ctx.arg::<u64>(0)))
 }
 
 /// The devmap put path: `refs` references are about to be dropped.
@@ -100,33 +117,35 @@ fn page_freed(page: u64) -> u32 {
 
 #[kprobe]
 pub fn kp_pin_dropped_refs(ctx: ProbeContext) -> u32 {
-    pin_dropped(
-        ctx.arg::<u64>(0).unwrap_or(0),
-        ctx.arg::<u32>(1).unwrap_or(0),
-    )
+    gated(|| {
+        pin_dropped(
+            ctx.arg::<u64>(0).unwrap_or(0),
+            ctx.arg::<u32>(1).unwrap_or(0),
+        )
+    })
 }
 
 #[kprobe]
 pub fn kp_pin_dropped_one(ctx: ProbeContext) -> u32 {
-    pin_dropped(ctx.arg::<u64>(0).unwrap_or(0), 1)
+    gated(|| pin_dropped(ctx.arg::<u64>(0).unwrap_or(0), 1))
 }
 
 #[kprobe]
 pub fn kp_page_freed(ctx: ProbeContext) -> u32 {
-    page_freed(ctx.arg::<u64>(0).unwrap_or(0))
+    gated(|| page_freed(ctx.arg::<u64>(0).unwrap_or(0)))
 }
 
 #[fentry]
 pub fn fe_pin_dropped_folio_refs(ctx: FEntryContext) -> u32 {
-    pin_dropped(scalar_arg(&ctx, 0), ctx.arg::<u32>(1))
+    gated(|| pin_dropped(scalar_arg(&ctx, 0), ctx.arg::<u32>(1)))
 }
 
 #[fentry]
 pub fn fe_pin_dropped_page_refs(ctx: FEntryContext) -> u32 {
-    pin_dropped(scalar_arg(&ctx, 0), ctx.arg::<u32>(1))
+    gated(|| pin_dropped(scalar_arg(&ctx, 0), ctx.arg::<u32>(1)))
 }
 
 #[fentry]
 pub fn fe_page_freed(ctx: FEntryContext) -> u32 {
-    page_freed(scalar_arg(&ctx, 0))
+    gated(|| page_freed(scalar_arg(&ctx, 0)))
 }

@@ -2,7 +2,8 @@
 //! the page hooks (millions of calls a second under direct I/O) look only
 //! for those. The watched-page table, the 2 MiB block hint that lets the
 //! multi-page walks skip blocks never watched, and the per-file lists the
-//! 6.15+ range deletion needs.
+//! 6.15+ range deletion needs; and the page gate, which lets those hooks
+//! return at once while no page is watched at all.
 use aya_ebpf::{macros::map, maps::Array};
 use daxrace_common::{
     slots::{self, BLOCK_SLOTS, FILE_SLOTS, PAGES_PER_FILE, WATCH_SLOTS},
@@ -55,6 +56,28 @@ static WATCHED_BLOCKS: Array<u64> = Array::with_max_entries(BLOCK_SLOTS, 0);
 #[no_mangle]
 static mut ANY_WATCHED: u64 = 0;
 
+/// Nonzero while a page may be watched: the page hooks (every page put,
+/// wake-up and bio release under direct I/O) return on it before anything
+/// else, so with no page watched they cost a load. Opened by every watch,
+/// after its slot is written; closed only by the sweep (`sample.rs`) once
+/// it found every slot empty and no watch began while it looked
+/// ([`WATCH_SEQ`]).
+#[no_mangle]
+static mut PAGE_GATE: u64 = 0;
+
+/// Watches begun since load. The sweep reads it before it looks at the
+/// slots and again after it closed the gate: a watch that moved it in
+/// between (its slot written behind the sweep's back) reopens the gate, so
+/// the gate is closed with a page watched for a few instructions at most.
+#[no_mangle]
+static mut WATCH_SEQ: u64 = 0;
+
+/// A locked add the sweep makes between closing the gate and reading
+/// [`WATCH_SEQ`] again: a full barrier on x86 (the load must not pass the
+/// store).
+#[no_mangle]
+static mut GATE_FENCE: u64 = 0;
+
 /// Files with watched pages, direct-mapped by a hash of the mapping's
 /// address: another file taking the slot makes the range hook miss the
 /// first file's pages, which then stay watched until recycled.
@@ -80,6 +103,57 @@ pub(super) fn watched(page: u64) -> bool {
 pub(super) fn any_watched() -> bool {
     // SAFETY: a plain u64 global.
     unsafe { core::ptr::read_volatile(&raw const ANY_WATCHED) != 0 }
+}
+
+/// Whether any page may be watched now (see [`PAGE_GATE`]).
+#[inline(always)]
+pub(super) fn gate_open() -> bool {
+    // SAFETY: a plain u64 global.
+    unsafe { core::ptr::read_volatile(&raw const PAGE_GATE) != 0 }
+}
+
+/// Watches begun so far (see [`WATCH_SEQ`]).
+#[inline(always)]
+pub(super) fn watch_seq() -> u64 {
+    // SAFETY: a plain u64 global, changed only by locked adds.
+    unsafe { core::ptr::read_volatile(&raw const WATCH_SEQ) }
+}
+
+/// Closes the gate if no watch began since `seq` (the sweep saw every slot
+/// empty). Returns whether it stayed closed.
+#[inline(always)]
+pub(super) fn close_gate(seq: u64) -> bool {
+    // SAFETY: a plain u64 global.
+    unsafe { core::ptr::write_volatile(&raw mut PAGE_GATE, 0) };
+    locked_add(&raw mut GATE_FENCE);
+    if watch_seq() != seq {
+        open_gate();
+        return false;
+    }
+    true
+}
+
+/// `lock *(u64 *)(p + 0) += 1`: BPF's atomic add without fetch (every
+/// kernel version; a `lock add` on x86, a full barrier). The bpfel target
+/// has no atomic read-modify-write in `core`. Also a compiler barrier
+/// (the assembly may touch memory).
+#[inline(always)]
+fn locked_add(v: *mut u64) {
+    // SAFETY: `v` is a u64 global (map memory).
+    unsafe {
+        core::arch::asm!(
+            "lock *(u64 *)({p} + 0) += {one}",
+            p = in(reg) v,
+            one = in(reg) 1u64,
+            options(nostack),
+        )
+    };
+}
+
+#[inline(always)]
+fn open_gate() {
+    // SAFETY: a plain u64 global; every writer but the sweep stores 1.
+    unsafe { core::ptr::write_volatile(&raw mut PAGE_GATE, 1) };
 }
 
 #[inline(always)]
@@ -131,6 +205,9 @@ pub(super) fn watch(page: u64, pfn: u64, now: u64, mapping: u64, index: u64, ref
         s.index = index;
         s.reported_refcount = refcount as i64;
     }
+    // After the slot: the sweep that saw it empty sees the count move.
+    locked_add(&raw mut WATCH_SEQ);
+    open_gate();
     if mapping > PAGE_MAPPING_DAX_COW {
         watch_in_file(page, mapping);
     }

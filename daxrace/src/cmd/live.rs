@@ -17,7 +17,7 @@ use daxrace::{
     source::ring::LiveSource,
     trace_file::{Footer, Header, TraceLine, FORMAT, VERSION},
 };
-use daxrace_common::Counter;
+use daxrace_common::{Counter, SweepFlags};
 
 /// Runs a command's async body on a single-threaded runtime: the pipeline is
 /// one consumer, and a second thread would only add locking.
@@ -292,9 +292,11 @@ pub fn print_program_stats(tracer: &Tracer) {
 /// the reads after it soon stop paying (`cargo xtask bench`).
 const PAGE_HOOKS_LINGER: Duration = Duration::from_secs(2);
 
-/// Quiet mode: the per-page hooks (pin drop, bio release, wake-up) are on
-/// only while a busy page may be watched; a sampler reads the watched
-/// pages' refcounts for what changed while they were off.
+/// The page hooks (pin drop, bio release, wake-up) and the sweep of the
+/// watched pages. Quiet mode attaches the hooks only while a busy page may
+/// be watched, and the sweep reads the watched pages' refcounts for what
+/// changed while they were off; in both modes the sweep ends stale watches
+/// and closes the page gate the hooks return on when no page is watched.
 #[derive(Default)]
 struct PageHookSwitch {
     last_busy: Option<tokio::time::Instant>,
@@ -330,23 +332,31 @@ impl PageHookSwitch {
             );
         }
         // A pin dropped between the scan and the attach is seen here.
-        Self::sample(tracer);
+        Self::sweep(tracer, SweepFlags::SAMPLE);
     }
 
-    /// Once a tick: sample while the hooks are on, and take them off when
-    /// nothing has been busy for a while and no call waits.
+    /// Once a tick, in both modes: the sweep ends stale watches and closes
+    /// the page gate once none is left (with the gate closed it returns at
+    /// once); in quiet mode it also samples while the hooks are on, and
+    /// they come off when nothing has been busy for a while and no call
+    /// waits.
     fn on_tick(&mut self, tracer: &mut Tracer, pipeline: &Pipeline) {
+        let sample = if self.last_busy.is_some() {
+            SweepFlags::SAMPLE
+        } else {
+            0
+        };
+        Self::sweep(tracer, SweepFlags::END_IDLE | sample);
         let Some(last) = self.last_busy else { return };
-        Self::sample(tracer);
         if last.elapsed() >= PAGE_HOOKS_LINGER && pipeline.detector.open_calls() == 0 {
             tracer.detach_page_hooks();
             self.last_busy = None;
         }
     }
 
-    fn sample(tracer: &Tracer) {
-        if let Err(e) = tracer.sample_watched() {
-            eprintln!("daxrace: cannot sample the watched pages: {e}");
+    fn sweep(tracer: &Tracer, flags: u64) {
+        if let Err(e) = tracer.sweep_watched(flags) {
+            eprintln!("daxrace: cannot sweep the watched pages: {e}");
         }
     }
 }

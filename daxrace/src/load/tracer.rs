@@ -33,7 +33,7 @@ use crate::{
 };
 
 /// The program that reads watched pages' refcounts on request.
-const SAMPLER: &str = "rt_sample_watched";
+const SWEEP: &str = "rt_sweep_watched";
 
 /// The compiled kernel programs (built by build.rs).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/daxrace.bpf.o"));
@@ -153,8 +153,9 @@ pub struct Tracer {
     /// (their plans, kept up to date with the kernel's changes).
     page_hooks: Vec<PlannedAttach>,
     page_hooks_on: bool,
-    /// The program that reads the watched pages' refcounts on request
-    /// (`rt_sample_watched`), where it loaded.
+    /// The sweep of the watched pages, run on request
+    /// (`rt_sweep_watched`: samples their refcounts, ends stale watches,
+    /// closes the page gate), where it loaded.
     sampler: Option<std::os::fd::OwnedFd>,
 }
 
@@ -403,12 +404,17 @@ impl Tracer {
                         .push(HookStatus::standby(spec.id, PER_ENTRY_OFF.into()));
                 }
             }
-            tracer.sampler = tracer.load_sampler();
-            if tracer.sampler.is_none() {
-                tracer.facts.warnings.push(format!(
-                    "quiet mode: {SAMPLER} did not load (it needs bpf_loop, 5.17+): a pin dropped before the page hooks attach is not seen (--evidence full sees it)"
-                ));
-            }
+        }
+        tracer.sampler = tracer.load_sampler();
+        if tracer.sampler.is_none() {
+            tracer.facts.warnings.push(format!(
+                "{SWEEP} did not load (it needs bpf_loop, 5.17+): once a page was watched the page hooks keep looking at every page{}",
+                if opts.evidence == Evidence::Quiet {
+                    ", and a pin dropped before they attach is not seen (--evidence full sees it)"
+                } else {
+                    ""
+                }
+            ));
         }
         log::debug!("plan attached in {:?}", t.elapsed());
         if tracer.statuses.iter().all(|s| !s.is_attached()) {
@@ -833,25 +839,28 @@ impl Tracer {
     /// `bpf_loop`) quiet mode still works; a pin dropped while the page
     /// hooks were off is then not seen.
     fn load_sampler(&mut self) -> Option<std::os::fd::OwnedFd> {
-        let prog = self.ebpf.program_mut(SAMPLER)?;
+        let prog = self.ebpf.program_mut(SWEEP)?;
         let p: &mut RawTracePoint = prog.try_into().ok()?;
         if let Err(e) = p.load() {
-            log::warn!("{SAMPLER}: {}", short_error(&e));
+            log::warn!("{SWEEP}: {}", short_error(&e));
             return None;
         }
         p.fd().ok()?.as_fd().try_clone_to_owned().ok()
     }
 
-    /// Reads the watched pages' refcounts now: each that changed since it
-    /// was last reported becomes a `PageSampled` record in the ring.
-    /// Nothing to do (`Ok(false)`) without the sampler.
-    pub fn sample_watched(&self) -> std::io::Result<bool> {
+    /// Runs the sweep of the watched pages (`daxrace_common::SweepFlags`): with
+    /// `SAMPLE`, each watched page whose refcount changed since it was
+    /// last reported becomes a `PageSampled` record in the ring; with
+    /// `END_IDLE`, stale watches of idle pages end and, with none left, the
+    /// page gate closes. Returns the watches left, or `None` without the
+    /// sweep.
+    pub fn sweep_watched(&self, flags: u64) -> std::io::Result<Option<u32>> {
         let Some(fd) = &self.sampler else {
-            return Ok(false);
+            return Ok(None);
         };
-        let mut args = [0u64; 1];
-        crate::kernel::bpf_sys::prog_test_run(fd.as_fd(), &mut args)?;
-        Ok(true)
+        let mut args = [flags];
+        let left = crate::kernel::bpf_sys::prog_test_run(fd.as_fd(), &mut args)?;
+        Ok(Some(left.max(0) as u32))
     }
 
     /// Takes the ring buffer (once) for the event reader.
