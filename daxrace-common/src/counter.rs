@@ -6,7 +6,9 @@ wire_enum! {
     pub enum Counter: u32 {
         /// A record could not be reserved in the ring buffer: it is lost.
         RingbufFull = 0 => "ringbuf_full",
-        /// A page-put or release hook fired on a page nobody is watching.
+        /// A page-put or release hook fired on a page nobody is watching,
+        /// while another page was (with none watched the page gate returns
+        /// before counting).
         PutUnwatched = 1 => "put_unwatched",
         /// A page-put or release hook fired on a watched page (a record was emitted).
         PutWatched = 2 => "put_watched",
