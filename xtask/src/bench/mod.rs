@@ -124,6 +124,14 @@ pub struct BenchArgs {
     /// filesystem in each phase.
     #[arg(long, default_value_t = 2)]
     pub loop_seconds: u32,
+    /// Guest seconds every tracer (daxrace, bpftrace, empty programs) runs
+    /// before a rate phase measures: the kernel keeps doing work for 10-15
+    /// guest s after a BPF tracer attaches (system time in no process,
+    /// there with the tracer stopped too: reads ran at 0.976-0.983 of
+    /// untraced, and 0.998 after), and the rows are the steady state a
+    /// daemon spends its days in. 0 measures from the ready line.
+    #[arg(long, default_value_t = 15)]
+    pub settle_seconds: u32,
     /// Skip the host pipeline benchmark.
     #[arg(long)]
     pub no_pipeline: bool,
@@ -328,6 +336,7 @@ fn workloads(args: &BenchArgs) -> (Workloads, Option<(u64, u64)>) {
             loop_secs,
             mix,
             fresh_fs: args.fresh_fs,
+            settle_secs: args.settle_seconds,
         },
         mix,
     )
@@ -341,7 +350,7 @@ fn bench_series(series: &str, args: &BenchArgs) -> Result<SeriesReport> {
     let script = guest_script(rounds, w);
     // Per phase: the workloads on two filesystems, one attach (bounded),
     // stop (bounded). Guest seconds; the host's deadline scales with icount.
-    let per_phase = 2 * u64::from(secs + 3 * loop_secs) + 60;
+    let per_phase = 2 * u64::from(secs + 3 * loop_secs) + u64::from(w.settle_secs) + 60;
     let phases = rate_phases(rounds).len() as u64;
     let tuning = args.tuning();
     let guest_s = 8 * (per_phase + ATTACH_LIMIT_S) + phases * (per_phase + 90) + 300;

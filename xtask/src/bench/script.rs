@@ -8,7 +8,7 @@ use super::{
     ATTACH_LIMIT_S, BT_FULL, BT_RUN, DR_FULL, DR_RUN, EMPTY, NONE,
 };
 
-/// Shell functions of the bench guest. `@ATTACH@`, `@SECS@`, `@LOOPSECS@`,
+/// Shell functions of the bench guest. `@ATTACH@`, `@SECS@`, `@LOOPSECS@`, `@SETTLE@`,
 /// `@IDLESECS@`, `@MIX@` are filled in.
 const GUEST_FUNCTIONS: &str = include_str!("script/functions.sh");
 /// The stats phase: each tracer once with BPF statistics on; each daxrace
@@ -41,6 +41,8 @@ pub struct Workloads {
     pub mix: Option<(u64, u64)>,
     /// A new filesystem (mkfs) before every rate phase.
     pub fresh_fs: bool,
+    /// Guest seconds a tracer runs before its rate phase measures.
+    pub settle_secs: u32,
 }
 
 pub fn guest_script(rounds: u32, w: Workloads) -> String {
@@ -49,6 +51,7 @@ pub fn guest_script(rounds: u32, w: Workloads) -> String {
         loop_secs,
         mix,
         fresh_fs,
+        settle_secs,
     } = w;
     let mut s = String::from("mkdir -p /tmp/bt\n");
     // Quoted here-documents: the probe text reaches the files verbatim.
@@ -73,6 +76,7 @@ pub fn guest_script(rounds: u32, w: Workloads) -> String {
         .replace("@LOOPSECS@", &loop_secs.to_string())
         .replace("@IDLESECS@", &loop_secs.to_string())
         .replace("@FRESH@", if fresh_fs { "1" } else { "0" })
+        .replace("@SETTLE@", &settle_secs.to_string())
         .replace(
             "@MIX@",
             &mix.map_or(String::new(), |(m, r)| format!("--mods {m} --reads {r}")),
@@ -153,10 +157,12 @@ mod tests {
                 loop_secs: 1,
                 mix: Some((10, 20)),
                 fresh_fs: true,
+                settle_secs: 3,
             },
         );
         assert!(script.contains("--mods 10 --reads 20"));
         assert!(!script.contains("@MIX@") && !script.contains("@IDLESECS@"));
+        assert!(script.contains("SETTLE=3") && !script.contains("@SETTLE@"));
         assert!(script.contains("FRESH=1") && !script.contains("@FRESH@"));
         crate::vm::guest::tests::assert_sh_parses(&script);
     }

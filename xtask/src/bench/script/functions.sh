@@ -5,6 +5,8 @@
 S=@SECS@
 MIX="@MIX@"
 FRESH=@FRESH@
+# Guest seconds a tracer runs before a rate phase measures (bench --settle-seconds).
+SETTLE=@SETTLE@
 TP=
 # The daemon's full-evidence flag, or nothing where `daxrace run` does not
 # take --evidence (clap: exit 2, "unexpected argument"): then both daxrace

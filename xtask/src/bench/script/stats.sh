@@ -78,5 +78,5 @@ phase() {
   # The lone operations first: they are the quiet path, which a mix just
   # before would not leave quiet (the daemon's page hooks stay on a moment
   # after the last busy page).
-  start_tracer $2 $1-$2 && { loops $1 $2; workload $1 $2; stop_tracer; }
+  start_tracer $2 $1-$2 && { sleep $SETTLE; loops $1 $2; workload $1 $2; stop_tracer; }
 }
