@@ -433,6 +433,14 @@ pub async fn drive(
     if let Some(m) = metrics {
         refresh_metrics(tracer, source, pipeline, m);
     }
+    if page_hooks.attaches > 1 {
+        // What quiet mode's saving cost: each attach and detach is a
+        // trampoline update.
+        eprintln!(
+            "daxrace: quiet mode: the page hooks were put on {} times",
+            page_hooks.attaches
+        );
+    }
     Ok(tracer.counters()?)
 }
 
