@@ -59,7 +59,7 @@ fn set_left(n: u64) {
 }
 
 /// Returns the watched pages left (at most `i32::MAX`); 0 also when the
-/// gate was already closed.
+/// gate was already closed, and so only when it is closed after `END_IDLE`.
 #[raw_tracepoint]
 pub fn rt_sweep_watched(ctx: RawTracePointContext) -> i32 {
     // SAFETY: a test run's context is the u64 array userspace passed (one
@@ -86,8 +86,9 @@ pub fn rt_sweep_watched(ctx: RawTracePointContext) -> i32 {
         )
     };
     let left = left();
-    if left == 0 && flags & SweepFlags::END_IDLE != 0 && close_gate(seq) {
-        return 0;
+    if left == 0 && flags & SweepFlags::END_IDLE != 0 {
+        // A watch that began while the sweep looked counts as one left.
+        return if close_gate(seq) { 0 } else { 1 };
     }
     left.min(i32::MAX as u64) as i32
 }

@@ -302,7 +302,17 @@ struct PageHookSwitch {
     last_busy: Option<tokio::time::Instant>,
     /// Times the page hooks were attached (said once, then counted).
     attaches: u64,
+    /// A page may be watched: a busy scan returned one since the last
+    /// sweep that closed the gate. While false the tick does not sweep, so
+    /// an idle daemon runs no program at all.
+    gate_maybe_open: bool,
+    /// The last sweep, for the backstop: a busy scan's record lost to a
+    /// full ring leaves this false with a page watched.
+    last_sweep: Option<tokio::time::Instant>,
 }
+
+/// How often the tick sweeps even when no busy page was reported.
+const SWEEP_BACKSTOP: Duration = Duration::from_secs(30);
 
 impl PageHookSwitch {
     /// A busy page was found: the kernel side now watches it.
@@ -314,6 +324,7 @@ impl PageHookSwitch {
         {
             return;
         }
+        self.gate_maybe_open = true;
         self.last_busy = Some(tokio::time::Instant::now());
         if tracer.page_hooks_on() {
             return;
@@ -332,21 +343,26 @@ impl PageHookSwitch {
             );
         }
         // A pin dropped between the scan and the attach is seen here.
-        Self::sweep(tracer, SweepFlags::SAMPLE);
+        self.sweep(tracer, SweepFlags::SAMPLE);
     }
 
-    /// Once a tick, in both modes: the sweep ends stale watches and closes
-    /// the page gate once none is left (with the gate closed it returns at
-    /// once); in quiet mode it also samples while the hooks are on, and
-    /// they come off when nothing has been busy for a while and no call
-    /// waits.
+    /// Once a tick, in both modes, while a page may be watched (and every
+    /// `SWEEP_BACKSTOP` regardless): the sweep ends stale watches and
+    /// closes the page gate once none is left; in quiet mode it also
+    /// samples while the hooks are on, and they come off when nothing has
+    /// been busy for a while and no call waits.
     fn on_tick(&mut self, tracer: &mut Tracer, pipeline: &Pipeline) {
         let sample = if self.last_busy.is_some() {
             SweepFlags::SAMPLE
         } else {
             0
         };
-        Self::sweep(tracer, SweepFlags::END_IDLE | sample);
+        let backstop = self
+            .last_sweep
+            .is_none_or(|t| t.elapsed() >= SWEEP_BACKSTOP);
+        if self.gate_maybe_open || backstop {
+            self.sweep(tracer, SweepFlags::END_IDLE | sample);
+        }
         let Some(last) = self.last_busy else { return };
         if last.elapsed() >= PAGE_HOOKS_LINGER && pipeline.detector.open_calls() == 0 {
             tracer.detach_page_hooks();
@@ -354,9 +370,12 @@ impl PageHookSwitch {
         }
     }
 
-    fn sweep(tracer: &Tracer, flags: u64) {
-        if let Err(e) = tracer.sweep_watched(flags) {
-            eprintln!("daxrace: cannot sweep the watched pages: {e}");
+    fn sweep(&mut self, tracer: &Tracer, flags: u64) {
+        self.last_sweep = Some(tokio::time::Instant::now());
+        match tracer.sweep_watched(flags) {
+            Ok(Some(0)) if flags & SweepFlags::END_IDLE != 0 => self.gate_maybe_open = false,
+            Ok(_) => {}
+            Err(e) => eprintln!("daxrace: cannot sweep the watched pages: {e}"),
         }
     }
 }
