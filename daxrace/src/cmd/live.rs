@@ -313,6 +313,8 @@ struct PageHookSwitch {
 
 /// How often the tick sweeps even when no busy page was reported.
 const SWEEP_BACKSTOP: Duration = Duration::from_secs(30);
+/// How often the tick sweeps to end watches while not sampling.
+const SWEEP_ENDING_EVERY: Duration = Duration::from_secs(5);
 
 impl PageHookSwitch {
     /// A busy page was found: the kernel side now watches it.
@@ -357,10 +359,12 @@ impl PageHookSwitch {
         } else {
             0
         };
-        let backstop = self
-            .last_sweep
-            .is_none_or(|t| t.elapsed() >= SWEEP_BACKSTOP);
-        if self.gate_maybe_open || backstop {
+        let since = |d: Duration| self.last_sweep.is_none_or(|t| t.elapsed() >= d);
+        // Sampling is what quiet mode's evidence needs each second; ending
+        // watches can wait (a sweep of every slot costs about 0.5 M
+        // instructions, and watches end only after 10 s anyway).
+        let due = sample != 0 || since(SWEEP_ENDING_EVERY);
+        if (self.gate_maybe_open && due) || since(SWEEP_BACKSTOP) {
             self.sweep(tracer, SweepFlags::END_IDLE | sample);
         }
         let Some(last) = self.last_busy else { return };
