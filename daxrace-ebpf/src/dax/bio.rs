@@ -15,7 +15,7 @@ use daxrace_common::{bvec_pages, dax, slots::TASK_SLOTS, Counter, HookId, Record
 
 use super::{
     state::{fill_page, pfn_of, task_slot, tid, LoopCallback},
-    watch::{any_watched, block_maybe_watched, gate_open, watched},
+    watch::{block_maybe_watched, gate_open, watched},
 };
 use crate::emit::{config, count, count_add, new_record, read_at, submit};
 
@@ -357,9 +357,9 @@ pub fn fx_bio_release(ctx: FExitContext) -> u32 {
 pub fn kp_bio_release(ctx: ProbeContext) -> u32 {
     let tid = tid();
     if let Some(st) = task_slot(&BIO_STASH, tid) {
-        if st.tid != 0 && st.tid != tid && any_watched() {
+        if st.tid != 0 && st.tid != tid && gate_open() {
             // Another task's bio between entry and return: its walk is
-            // lost (counted only where a page could be watched at all).
+            // lost (counted only while a page may be watched).
             count(Counter::TaskSlotCollision);
         }
         st.tid = tid;

@@ -23,7 +23,7 @@ pub(super) struct WatchSlot {
     pub(super) mapping: u64,
     pub(super) index: u64,
     /// The refcount last reported for the page (by its busy scan, or by the
-    /// sampler): the sampler reports only a change.
+    /// sweep): the sweep reports only a change.
     pub(super) reported_refcount: i64,
 }
 
@@ -52,14 +52,10 @@ pub(super) static WATCHED: Array<WatchSlot> = Array::with_max_entries(WATCH_SLOT
 #[map]
 static WATCHED_BLOCKS: Array<u64> = Array::with_max_entries(BLOCK_SLOTS, 0);
 
-/// Set once any page was watched (see [`any_watched`]).
-#[no_mangle]
-static mut ANY_WATCHED: u64 = 0;
-
 /// Nonzero while a page may be watched: the page hooks (every page put,
 /// wake-up and bio release under direct I/O) return on it before anything
 /// else, so with no page watched they cost a load. Opened by every watch,
-/// after its slot is written; closed only by the sweep (`sample.rs`) once
+/// after its slot is written; closed only by the sweep (`sweep.rs`) once
 /// it found every slot empty and no watch began while it looked
 /// ([`WATCH_SEQ`]).
 #[no_mangle]
@@ -95,14 +91,6 @@ fn watch_slot(page: u64) -> Option<&'static mut WatchSlot> {
 #[inline(always)]
 pub(super) fn watched(page: u64) -> bool {
     page != 0 && watch_slot(page).is_some_and(|s| s.page == page)
-}
-
-/// Whether a page was ever watched since load: before that, nothing a
-/// hook misses can have concerned a watched page.
-#[inline(always)]
-pub(super) fn any_watched() -> bool {
-    // SAFETY: a plain u64 global.
-    unsafe { core::ptr::read_volatile(&raw const ANY_WATCHED) != 0 }
 }
 
 /// Whether any page may be watched now (see [`PAGE_GATE`]).
@@ -173,8 +161,6 @@ fn mark_block_watched(pfn: u64) {
         // SAFETY: an array map value; every writer stores the same value.
         unsafe { core::ptr::write_volatile(v, 1) };
     }
-    // SAFETY: a plain u64 global, only ever set to 1.
-    unsafe { core::ptr::write_volatile(&raw mut ANY_WATCHED, 1) };
 }
 
 #[inline(always)]

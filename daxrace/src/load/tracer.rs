@@ -32,7 +32,7 @@ use crate::{
     },
 };
 
-/// The program that reads watched pages' refcounts on request.
+/// The sweep of the watched pages, test-run on request.
 const SWEEP: &str = "rt_sweep_watched";
 
 /// The compiled kernel programs (built by build.rs).
@@ -156,7 +156,7 @@ pub struct Tracer {
     /// The sweep of the watched pages, run on request
     /// (`rt_sweep_watched`: samples their refcounts, ends stale watches,
     /// closes the page gate), where it loaded.
-    sampler: Option<std::os::fd::OwnedFd>,
+    sweep: Option<std::os::fd::OwnedFd>,
 }
 
 /// Why a page hook is not attached in quiet mode, as statuses show it.
@@ -369,7 +369,7 @@ impl Tracer {
             evidence: opts.evidence,
             page_hooks: Vec::new(),
             page_hooks_on: false,
-            sampler: None,
+            sweep: None,
         };
         let plan = plan::resolve(
             &KernelView {
@@ -405,8 +405,8 @@ impl Tracer {
                 }
             }
         }
-        tracer.sampler = tracer.load_sampler();
-        if tracer.sampler.is_none() {
+        tracer.sweep = tracer.load_sweep();
+        if tracer.sweep.is_none() {
             tracer.facts.warnings.push(format!(
                 "{SWEEP} did not load (it needs bpf_loop, 5.17+): once a page was watched the page hooks keep looking at every page{}",
                 if opts.evidence == Evidence::Quiet {
@@ -835,10 +835,11 @@ impl Tracer {
         }
     }
 
-    /// Loads the sampler (never attached). Without it (a kernel too old for
-    /// `bpf_loop`) quiet mode still works; a pin dropped while the page
-    /// hooks were off is then not seen.
-    fn load_sampler(&mut self) -> Option<std::os::fd::OwnedFd> {
+    /// Loads the sweep (never attached). Without it (a kernel too old for
+    /// `bpf_loop`) both modes still work: the page gate stays open once a
+    /// page was watched, and in quiet mode a pin dropped while the page
+    /// hooks were off is not seen.
+    fn load_sweep(&mut self) -> Option<std::os::fd::OwnedFd> {
         let prog = self.ebpf.program_mut(SWEEP)?;
         let p: &mut RawTracePoint = prog.try_into().ok()?;
         if let Err(e) = p.load() {
@@ -855,7 +856,7 @@ impl Tracer {
     /// page gate closes. Returns the watches left, or `None` without the
     /// sweep.
     pub fn sweep_watched(&self, flags: u64) -> std::io::Result<Option<u32>> {
-        let Some(fd) = &self.sampler else {
+        let Some(fd) = &self.sweep else {
             return Ok(None);
         };
         let mut args = [flags];
