@@ -77,6 +77,37 @@ impl XaEntry {
         let width = (1u64 << shift) - 1;
         Some((start, start.saturating_add(width)))
     }
+
+    /// The first and last slot of a node (its first index `base`, its
+    /// `shift`) that hold indexes of `[first, last]`; `None` when none
+    /// does. A walk reads just these slots, in one kernel read.
+    #[inline(always)]
+    pub const fn slots_in_range(
+        base: u64,
+        shift: u32,
+        first: u64,
+        last: u64,
+    ) -> Option<(u32, u32)> {
+        let shift = shift & 63;
+        if last < base || first > last {
+            return None;
+        }
+        let lo = if first <= base {
+            0
+        } else {
+            (first - base) >> shift
+        };
+        if lo >= Self::SLOTS as u64 {
+            return None;
+        }
+        let hi = (last - base) >> shift;
+        let hi = if hi >= Self::SLOTS as u64 {
+            Self::SLOTS as u64 - 1
+        } else {
+            hi
+        };
+        Some((lo as u32, hi as u32))
+    }
 }
 
 /// The pages a bvec covers, counted from its `bv_page`: (index of the
@@ -162,6 +193,45 @@ mod tests {
         // A top node of shift 60: slots 0..=15 cover every pgoff_t.
         assert_eq!(XaEntry::slot_span(0, 60, 15), Some((15 << 60, u64::MAX)));
         assert_eq!(XaEntry::slot_span(0, 60, 16), None);
+    }
+
+    #[test]
+    fn a_range_reads_only_the_slots_it_covers() {
+        // A leaf at 128: indexes 140..=150 are its slots 12..=22.
+        assert_eq!(XaEntry::slots_in_range(128, 0, 140, 150), Some((12, 22)));
+        // A range from before the node to past its end: all 64.
+        assert_eq!(XaEntry::slots_in_range(128, 0, 0, u64::MAX), Some((0, 63)));
+        // Truncation to the end of a file of 1024 pages: a node of shift 6
+        // over indexes 0..=4095, from index 1008 (slot 15) on.
+        assert_eq!(
+            XaEntry::slots_in_range(0, 6, 1008, u64::MAX >> 12),
+            Some((15, 63))
+        );
+        // Ranges wholly before or after the node.
+        assert_eq!(XaEntry::slots_in_range(128, 0, 0, 127), None);
+        assert_eq!(XaEntry::slots_in_range(128, 0, 192, 300), None);
+        // The top node of shift 60 covers everything; the last slot holding
+        // an index is 15.
+        assert_eq!(XaEntry::slots_in_range(0, 60, 0, u64::MAX), Some((0, 15)));
+        // Every slot the answer names overlaps the range, and the slots
+        // just outside it do not.
+        for (base, shift, first, last) in [
+            (64u64, 0u32, 70u64, 90u64),
+            (0, 6, 100, 1000),
+            (4096, 6, 4000, 5000),
+        ] {
+            let (lo, hi) = XaEntry::slots_in_range(base, shift, first, last).unwrap();
+            for slot in lo..=hi {
+                let (s, e) = XaEntry::slot_span(base, shift, slot).unwrap();
+                assert!(s <= last && e >= first, "slot {slot} of {base}/{shift}");
+            }
+            if lo > 0 {
+                assert!(XaEntry::slot_span(base, shift, lo - 1).unwrap().1 < first);
+            }
+            if hi < 63 {
+                assert!(XaEntry::slot_span(base, shift, hi + 1).unwrap().0 > last);
+            }
+        }
     }
 
     #[test]

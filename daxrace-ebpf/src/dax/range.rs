@@ -144,22 +144,29 @@ extern "C" fn range_report_step(i: u32, ctx: *mut c_void) -> i64 {
 /// each: 48 bits, far more pages than any file has).
 const XA_LEVELS: usize = 8;
 
-/// Where the walk of one range deletion is: per level, the node, the first
-/// index it covers, its shift, and the next slot to visit. In a per-CPU map
-/// (the loop callback indexes it by level, which stack memory would not
+/// Slots of one node, as words.
+const NODE_SLOTS: usize = XaEntry::SLOTS as usize;
+
+/// Where the walk of one range deletion is: per level, the first slot in
+/// range and the next and last slot to visit, the node's first index and
+/// shift, and the node's slots in range, read at once when the walk
+/// entered it (`slots[level][i]` is slot `lo + i`). In a per-CPU map (the
+/// loop callback indexes it by level, which stack memory would not
 /// allow), for one program run at a time on this CPU.
 #[repr(C)]
 struct RangeWalk {
-    node: [u64; XA_LEVELS],
     base: [u64; XA_LEVELS],
     shift: [u32; XA_LEVELS],
+    lo: [u32; XA_LEVELS],
     next: [u32; XA_LEVELS],
+    hi: [u32; XA_LEVELS],
     /// Levels in use; 0 when the walk is over.
     depth: u32,
     _pad: u32,
     first: u64,
     last: u64,
     mapping: u64,
+    slots: [[u64; NODE_SLOTS]; XA_LEVELS],
 }
 
 #[map]
@@ -167,9 +174,10 @@ static RANGE_WALK: PerCpuArray<RangeWalk> = PerCpuArray::with_max_entries(1, 0);
 
 /// Reports every unwatched page of `mapping`'s entries in `[first, last]`
 /// that is above the idle refcount (the watched ones are reported by the
-/// caller). One slot per loop step, depth first, skipping subtrees outside
-/// the range; a walk that needs more than [`RANGE_WALK_STEPS`] steps is
-/// counted as cut.
+/// caller). Depth first, one slot in range per loop step: a node's slots
+/// in range are read in one kernel read when the walk enters it, and
+/// slots outside the range are never visited. A walk that needs more than
+/// [`RANGE_WALK_STEPS`] steps is counted as cut.
 #[inline(never)]
 fn walk_range_entries(mapping: u64, first: u64, last: u64) {
     let cfg = config();
@@ -189,14 +197,14 @@ fn walk_range_entries(mapping: u64, first: u64, last: u64) {
     };
     // SAFETY: this CPU's slot, only this program run uses it.
     let w = unsafe { &mut *w };
-    w.node[0] = node;
-    w.base[0] = 0;
-    w.shift[0] = read_at::<u8>(node, cfg.xa_node_shift()) as u32;
-    w.next[0] = 0;
-    w.depth = 1;
+    w.depth = 0;
     w.first = first;
     w.last = last;
     w.mapping = mapping;
+    enter_node(w, node, 0);
+    if w.depth == 0 {
+        return;
+    }
     // SAFETY: helper call with a callback; the callback finds its state in
     // the map above, not through the context pointer.
     unsafe {
@@ -212,6 +220,45 @@ fn walk_range_entries(mapping: u64, first: u64, last: u64) {
     }
 }
 
+/// Pushes `node` (first index `base`) on the walk with its slots in range,
+/// read in one kernel read; a node with none is not pushed.
+#[inline(always)]
+fn enter_node(w: &mut RangeWalk, node: u64, base: u64) {
+    if w.depth as usize >= XA_LEVELS {
+        return; // deeper than any file: not a page cache
+    }
+    let cfg = config();
+    let shift = read_at::<u8>(node, cfg.xa_node_shift()) as u32;
+    let Some((lo, hi)) = XaEntry::slots_in_range(base, shift, w.first, w.last) else {
+        return;
+    };
+    let level = w.depth as usize & (XA_LEVELS - 1);
+    let lo = lo & (XaEntry::SLOTS - 1);
+    let n = ((hi & (XaEntry::SLOTS - 1)) + 1).saturating_sub(lo);
+    if n == 0 {
+        return;
+    }
+    let src = node + cfg.xa_node_slots() as u64 + lo as u64 * 8;
+    // SAFETY: at most NODE_SLOTS words into this level's buffer; the
+    // helper zeroes it on failure (entry 0: nothing there).
+    let rc = unsafe {
+        aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+            w.slots[level].as_mut_ptr() as *mut c_void,
+            (n.min(XaEntry::SLOTS) * 8) as u32,
+            src as *const c_void,
+        )
+    };
+    if rc != 0 {
+        count(Counter::ReadFailed);
+    }
+    w.base[level] = base;
+    w.shift[level] = shift;
+    w.lo[level] = lo;
+    w.next[level] = lo;
+    w.hi[level] = lo + n - 1;
+    w.depth += 1;
+}
+
 extern "C" fn range_walk_step(_i: u32, _ctx: *mut c_void) -> i64 {
     let Some(w) = RANGE_WALK.get_ptr_mut(0) else {
         return 1;
@@ -224,35 +271,18 @@ extern "C" fn range_walk_step(_i: u32, _ctx: *mut c_void) -> i64 {
     }
     let level = (w.depth as usize - 1) & (XA_LEVELS - 1);
     let slot = w.next[level];
-    if slot >= XaEntry::SLOTS {
+    if slot > w.hi[level] {
         w.depth -= 1;
         return 0;
     }
     w.next[level] = slot + 1;
-    let Some((start, end)) = XaEntry::slot_span(w.base[level], w.shift[level], slot) else {
-        w.depth -= 1;
-        return 0;
-    };
-    if start > w.last {
-        // The node's later slots lie further still.
-        w.depth -= 1;
+    let entry = w.slots[level][(slot.wrapping_sub(w.lo[level]) as usize) & (NODE_SLOTS - 1)];
+    if entry == 0 {
         return 0;
     }
-    if end < w.first {
-        return 0;
-    }
-    let cfg = config();
-    let entry = read_at::<u64>(w.node[level], cfg.xa_node_slots() + slot * 8);
     if let Some(node) = XaEntry::node(entry) {
-        if w.depth as usize >= XA_LEVELS {
-            return 0; // deeper than any file: not a page cache
-        }
-        let down = w.depth as usize & (XA_LEVELS - 1);
-        w.node[down] = node;
-        w.base[down] = start;
-        w.shift[down] = read_at::<u8>(node, cfg.xa_node_shift()) as u32;
-        w.next[down] = 0;
-        w.depth += 1;
+        let start = w.base[level] + ((slot as u64) << (w.shift[level] & 63));
+        enter_node(w, node, start);
         return 0;
     }
     check_range_entry(entry, w.mapping);
@@ -260,8 +290,9 @@ extern "C" fn range_walk_step(_i: u32, _ctx: *mut c_void) -> i64 {
 }
 
 /// One entry of a deleted range: its page is reported when it is above idle
-/// and no watch of this file will report it. A subprogram, so that the loop
-/// callback stays short for the verifier.
+/// and no watch of this file will report it. The refcount is read first
+/// and alone (most truncated pages are idle). A subprogram, so that the
+/// loop callback stays short for the verifier.
 #[inline(never)]
 fn check_range_entry(entry: u64, mapping: u64) {
     let Some((pfn, _)) = DaxEntry::pfns(entry) else {
@@ -269,6 +300,10 @@ fn check_range_entry(entry: u64, mapping: u64) {
     };
     let cfg = config();
     let page = vmemmap(cfg) + pfn * cfg.page_struct_size() as u64;
+    if read_at::<i32>(page, cfg.page_refcount()) <= cfg.idle_refcount() as i32 {
+        count(Counter::DisassociateQuiet);
+        return;
+    }
     if watch_in(page, mapping).is_some() {
         return;
     }
