@@ -25,6 +25,11 @@ impl SweepFlags {
 pub const TASK_SLOTS: u32 = 16384;
 /// Slots of the watched-page table (a power of two).
 pub const WATCH_SLOTS: u32 = 16384;
+/// Watch slots per bucket of the sweep: a bucket no watch began in since
+/// the sweep last found it empty is passed over in one step.
+pub const WATCH_BUCKET_SLOTS: u32 = 64;
+/// Buckets of the watched-page table.
+pub const WATCH_BUCKETS: u32 = WATCH_SLOTS / WATCH_BUCKET_SLOTS;
 /// Slots of the watched-files table (a power of two).
 pub const FILE_SLOTS: u32 = 1024;
 /// Slots of the watched-blocks hint (a power of two): one per 2 MiB block
@@ -39,6 +44,9 @@ pub const PAGES_PER_FILE: usize = 4;
 const _: () = {
     assert!(TASK_SLOTS.is_power_of_two());
     assert!(WATCH_SLOTS.is_power_of_two());
+    assert!(
+        WATCH_BUCKET_SLOTS.is_power_of_two() && WATCH_BUCKETS * WATCH_BUCKET_SLOTS == WATCH_SLOTS
+    );
     assert!(FILE_SLOTS.is_power_of_two());
     assert!(BLOCK_SLOTS.is_power_of_two());
     assert!(PAGES_PER_FILE.is_power_of_two());
@@ -55,6 +63,12 @@ pub const fn task_slot(tid: u32) -> u32 {
 #[inline(always)]
 pub const fn watch_slot(page: u64) -> u32 {
     ((page >> 6) as u32) & (WATCH_SLOTS - 1)
+}
+
+/// The sweep's bucket of a watch slot.
+#[inline(always)]
+pub const fn watch_bucket(slot: u32) -> u32 {
+    (slot / WATCH_BUCKET_SLOTS) & (WATCH_BUCKETS - 1)
 }
 
 /// The slot of a file (`struct address_space *`). Mappings are embedded in

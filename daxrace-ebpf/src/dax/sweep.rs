@@ -22,11 +22,14 @@ use aya_ebpf::{
     programs::RawTracePointContext,
     EbpfContext,
 };
-use daxrace_common::{slots::WATCH_SLOTS, HookId, RecordKind, SweepFlags, WATCH_FRESH_NS};
+use daxrace_common::{
+    slots::{watch_bucket, WATCH_BUCKETS, WATCH_BUCKET_SLOTS, WATCH_SLOTS},
+    HookId, RecordKind, SweepFlags, WATCH_FRESH_NS,
+};
 
 use super::{
     state::{fill_page, LoopCallback},
-    watch::{close_gate, gate_open, watch_seq, WATCHED},
+    watch::{bucket_marked, clear_bucket, close_gate, gate_open, mark_bucket, watch_seq, WATCHED},
 };
 use crate::emit::{config, new_record, read_page, submit};
 
@@ -45,6 +48,23 @@ struct Sweep {
 /// that loaded the program runs it, one run at a time.
 #[no_mangle]
 static mut SWEEP_LEFT: u64 = 0;
+
+/// The next watch slot the sweep's callback looks at (in map memory for
+/// the reason [`SWEEP_LEFT`] is).
+#[no_mangle]
+static mut SWEEP_NEXT: u64 = 0;
+
+#[inline(always)]
+fn next() -> u64 {
+    // SAFETY: a plain u64 global (see SWEEP_LEFT).
+    unsafe { core::ptr::read_volatile(&raw const SWEEP_NEXT) }
+}
+
+#[inline(always)]
+fn set_next(n: u64) {
+    // SAFETY: as above.
+    unsafe { core::ptr::write_volatile(&raw mut SWEEP_NEXT, n) };
+}
 
 #[inline(always)]
 fn left() -> u64 {
@@ -76,10 +96,12 @@ pub fn rt_sweep_watched(ctx: RawTracePointContext) -> i32 {
         idle: config().idle_refcount() as i64,
     };
     set_left(0);
+    set_next(0);
+    // One step per bucket passed over, one per slot of a marked bucket.
     // SAFETY: helper call with a callback and a pointer to our stack.
     unsafe {
         bpf_loop(
-            WATCH_SLOTS,
+            WATCH_SLOTS + WATCH_BUCKETS,
             sweep_step as LoopCallback as *mut c_void,
             &mut sweep as *mut Sweep as *mut c_void,
             0,
@@ -93,9 +115,23 @@ pub fn rt_sweep_watched(ctx: RawTracePointContext) -> i32 {
     left.min(i32::MAX as u64) as i32
 }
 
-extern "C" fn sweep_step(i: u32, ctx: *mut c_void) -> i64 {
+extern "C" fn sweep_step(_step: u32, ctx: *mut c_void) -> i64 {
     // SAFETY: bpf_loop passes back the pointer given to it above.
     let sweep = unsafe { &*(ctx as *const Sweep) };
+    let i = next();
+    if i >= WATCH_SLOTS as u64 {
+        return 1;
+    }
+    let i = i as u32;
+    let bucket = watch_bucket(i);
+    if i % WATCH_BUCKET_SLOTS == 0 {
+        if !bucket_marked(bucket) {
+            set_next((i + WATCH_BUCKET_SLOTS) as u64);
+            return 0;
+        }
+        clear_bucket(bucket);
+    }
+    set_next(i as u64 + 1);
     let Some(s) = WATCHED.get_ptr_mut(i) else {
         return 1;
     };
@@ -120,6 +156,7 @@ extern "C" fn sweep_step(i: u32, ctx: *mut c_void) -> i64 {
         return 0;
     }
     set_left(left() + 1);
+    mark_bucket(bucket, 1);
     0
 }
 
