@@ -142,8 +142,11 @@ pub struct PageFields {
     pub index: u64,
 }
 
-/// Bytes of `struct page` read at once (its size on x86_64).
-const PAGE_READ: usize = 64;
+/// Bytes of `struct page` read at once: from the first of the fields the
+/// hooks need (`mapping`, `index`, `_refcount`: bytes 24-56 on x86_64).
+/// Half the page, so that a record's stack frame and a page read's fit
+/// the verifier's 512-byte stack with a callee or two below them.
+const PAGE_READ: usize = 32;
 
 /// A field of `T` at byte `offset` of a buffer of `N` words, or 0 where the
 /// offset is past the buffer or not aligned for `T` (struct page's fields
@@ -161,33 +164,38 @@ fn field_at<T: Copy + Default, const N: usize>(buf: &[u64; N], offset: usize) ->
     unsafe { core::ptr::read((buf.as_ptr() as *const u8).add(offset) as *const T) }
 }
 
-/// `page->_refcount` and `page->mapping` in one kernel read (one helper
-/// call instead of two: the disassociate hook runs on every truncated entry).
+/// `page->_refcount`, `page->mapping` and `page->index` in one kernel read
+/// (one helper call instead of three: the disassociate hook runs on every
+/// truncated entry).
 #[inline(always)]
 pub fn read_page(cfg: Cfg, page: u64) -> PageFields {
+    let (rc, mp, ix) = (
+        cfg.page_refcount() as usize,
+        cfg.page_mapping() as usize,
+        cfg.page_index() as usize,
+    );
+    // Constants to the verifier (read-only config).
+    let from = rc.min(mp).min(ix) & !7;
     // Not zeroed first: the helper writes every byte (zeroes on failure),
-    // and a zeroing here became a byte-wise `memset` call, most of this
-    // function's cost.
+    // and a zeroing here was a byte-wise `memset` call once.
     let mut buf = core::mem::MaybeUninit::<[u64; PAGE_READ / 8]>::uninit();
     // SAFETY: the helper writes PAGE_READ bytes into `buf`.
-    let rc = unsafe {
+    let ret = unsafe {
         aya_ebpf::helpers::generated::bpf_probe_read_kernel(
             buf.as_mut_ptr() as *mut c_void,
             PAGE_READ as u32,
-            page as *const c_void,
+            (page + from as u64) as *const c_void,
         )
     };
-    if rc != 0 && page != 0 {
+    if ret != 0 && page != 0 {
         count(Counter::ReadFailed);
     }
     // SAFETY: written by the helper above, in full.
     let buf = unsafe { buf.assume_init() };
-    // The offsets are constants to the verifier (read-only config); the
-    // bounds keep every access inside the buffer.
     PageFields {
-        refcount: field_at(&buf, cfg.page_refcount() as usize),
-        mapping: field_at(&buf, cfg.page_mapping() as usize),
-        index: field_at(&buf, cfg.page_index() as usize),
+        refcount: field_at(&buf, rc - from),
+        mapping: field_at(&buf, mp - from),
+        index: field_at(&buf, ix - from),
     }
 }
 
@@ -202,16 +210,23 @@ pub fn new_record(kind: RecordKind, hook: HookId) -> Record {
     r.pid = (id >> 32) as u32;
     r.tid = id as u32;
     r.cpu = unsafe { bpf_get_smp_processor_id() };
-    // Straight into the record (the helper zeroes it on failure): aya's
-    // wrapper returns a fresh array, zeroed and then copied byte by byte.
-    // SAFETY: `comm` is 16 bytes of the record.
-    unsafe {
-        aya_ebpf::helpers::generated::bpf_get_current_comm(
-            r.comm.as_mut_ptr() as *mut c_void,
-            r.comm.len() as u32,
-        )
-    };
+    r.comm = current_comm();
     r
+}
+
+/// The task's name, as two words (the helper zeroes them on failure).
+/// Into a buffer of its own rather than the record: a helper given the
+/// record's address keeps the compiler from building the record in place,
+/// and the copy of it cost a frame of stack. aya's wrapper zeroes and
+/// copies its array byte by byte.
+#[inline(always)]
+fn current_comm() -> [u8; 16] {
+    let mut comm = core::mem::MaybeUninit::<[u64; 2]>::uninit();
+    // SAFETY: the helper writes the 16 bytes.
+    unsafe {
+        aya_ebpf::helpers::generated::bpf_get_current_comm(comm.as_mut_ptr() as *mut c_void, 16);
+        core::mem::transmute::<[u64; 2], [u8; 16]>(comm.assume_init())
+    }
 }
 
 /// Fills `ino`, `dev` from a `struct inode *`.
