@@ -361,8 +361,7 @@ impl PageHookSwitch {
         };
         let since = |d: Duration| self.last_sweep.is_none_or(|t| t.elapsed() >= d);
         // Sampling is what quiet mode's evidence needs each second; ending
-        // watches can wait (a sweep of every slot costs about 0.5 M
-        // instructions, and watches end only after 10 s anyway).
+        // watches can wait (they end only after 10 s anyway).
         let due = sample != 0 || since(SWEEP_ENDING_EVERY);
         if (self.gate_maybe_open && due) || since(SWEEP_BACKSTOP) {
             self.sweep(tracer, SweepFlags::END_IDLE | sample);
