@@ -1008,10 +1008,6 @@ fn short_error(e: &aya::programs::ProgramError) -> String {
         s = format!("{s}: {c}");
         cause = c.source();
     }
-    if std::env::var_os("DAXRACE_VERIFIER_LOG").is_some() {
-        // For developers: the whole refusal, verifier log included.
-        eprintln!("daxrace: DAXRACE_VERIFIER_LOG: {s}");
-    }
     if s.contains("event_source/devices/kprobe") {
         return "kprobes are not available on this kernel (CONFIG_KPROBES off?)".into();
     }
