@@ -233,18 +233,22 @@ fn enter_node(w: &mut RangeWalk, node: u64, base: u64) {
         return;
     };
     let level = w.depth as usize & (XA_LEVELS - 1);
-    let lo = lo & (XaEntry::SLOTS - 1);
-    let n = ((hi & (XaEntry::SLOTS - 1)) + 1).saturating_sub(lo);
-    if n == 0 {
+    if hi < lo {
         return;
     }
+    let lo = lo & (XaEntry::SLOTS - 1);
+    // 1 to 64, and so for 6.1's verifier too, which cannot relate `hi` to
+    // `lo` and sees their difference as possibly negative: the mask is
+    // done in assembly, where the compiler (which knows it changes
+    // nothing) cannot drop it.
+    let n = opaque_mask(hi.wrapping_sub(lo) as u64, (XaEntry::SLOTS - 1) as u64) as u32 + 1;
     let src = node + cfg.xa_node_slots() as u64 + lo as u64 * 8;
     // SAFETY: at most NODE_SLOTS words into this level's buffer; the
     // helper zeroes it on failure (entry 0: nothing there).
     let rc = unsafe {
         aya_ebpf::helpers::generated::bpf_probe_read_kernel(
             w.slots[level].as_mut_ptr() as *mut c_void,
-            (n.min(XaEntry::SLOTS) * 8) as u32,
+            n * 8,
             src as *const c_void,
         )
     };
@@ -257,6 +261,22 @@ fn enter_node(w: &mut RangeWalk, node: u64, base: u64) {
     w.next[level] = lo;
     w.hi[level] = lo + n - 1;
     w.depth += 1;
+}
+
+/// `x & mask` in one instruction the compiler cannot reason away, for a
+/// bound the verifier must see.
+#[inline(always)]
+fn opaque_mask(mut x: u64, mask: u64) -> u64 {
+    // SAFETY: a register-only ALU instruction.
+    unsafe {
+        core::arch::asm!(
+            "{x} &= {m}",
+            x = inout(reg) x,
+            m = in(reg) mask,
+            options(pure, nomem, nostack),
+        )
+    };
+    x
 }
 
 extern "C" fn range_walk_step(_i: u32, _ctx: *mut c_void) -> i64 {
