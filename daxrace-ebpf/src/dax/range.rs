@@ -19,7 +19,7 @@ use super::{
     truncate::send_disassociated,
     watch::{clear_pages, file_slot, watch_in},
 };
-use crate::emit::{config, count, new_record, read_at, read_page, submit, vmemmap};
+use crate::emit::{config, count, count_add, new_record, read_at, read_page, submit, vmemmap};
 
 /// `dax_delete_mapping_range(mapping, start, end)` (6.15+): every entry of
 /// the byte range `[start, end]` leaves the file, each through
@@ -166,6 +166,9 @@ struct RangeWalk {
     first: u64,
     last: u64,
     mapping: u64,
+    /// Entries found idle, counted once the walk is over (one counter
+    /// update per range instead of one per entry).
+    idle: u64,
     slots: [[u64; NODE_SLOTS]; XA_LEVELS],
 }
 
@@ -187,8 +190,8 @@ fn walk_range_entries(mapping: u64, first: u64, last: u64) {
     }
     let Some(node) = XaEntry::node(head) else {
         // A file of one entry keeps it in the root, at index 0.
-        if first == 0 {
-            check_range_entry(head, mapping);
+        if first == 0 && !check_range_entry(head, mapping) {
+            count(Counter::DisassociateQuiet);
         }
         return;
     };
@@ -201,6 +204,7 @@ fn walk_range_entries(mapping: u64, first: u64, last: u64) {
     w.first = first;
     w.last = last;
     w.mapping = mapping;
+    w.idle = 0;
     enter_node(w, node, 0);
     if w.depth == 0 {
         return;
@@ -218,6 +222,7 @@ fn walk_range_entries(mapping: u64, first: u64, last: u64) {
     if w.depth != 0 {
         count(Counter::RangeWalkCut);
     }
+    count_add(Counter::DisassociateQuiet, w.idle);
 }
 
 /// Pushes `node` (first index `base`) on the walk with its slots in range,
@@ -290,13 +295,23 @@ extern "C" fn range_walk_step(_i: u32, _ctx: *mut c_void) -> i64 {
         return 1;
     }
     let level = (w.depth as usize - 1) & (XA_LEVELS - 1);
-    let slot = w.next[level];
-    if slot > w.hi[level] {
+    let (lo, hi) = (w.lo[level], w.hi[level]);
+    let at = |slot: u32| (slot.wrapping_sub(lo) as usize) & (NODE_SLOTS - 1);
+    // Empty slots (a truncation to the end of the file is mostly those)
+    // are passed over several to a step.
+    let mut slot = w.next[level];
+    let mut skipped = 0;
+    while skipped < EMPTY_SLOTS_PER_STEP && slot <= hi && w.slots[level][at(slot)] == 0 {
+        slot += 1;
+        skipped += 1;
+    }
+    if slot > hi {
+        w.next[level] = slot;
         w.depth -= 1;
         return 0;
     }
     w.next[level] = slot + 1;
-    let entry = w.slots[level][(slot.wrapping_sub(w.lo[level]) as usize) & (NODE_SLOTS - 1)];
+    let entry = w.slots[level][at(slot)];
     if entry == 0 {
         return 0;
     }
@@ -305,34 +320,39 @@ extern "C" fn range_walk_step(_i: u32, _ctx: *mut c_void) -> i64 {
         enter_node(w, node, start);
         return 0;
     }
-    check_range_entry(entry, w.mapping);
+    if !check_range_entry(entry, w.mapping) {
+        w.idle += 1;
+    }
     0
 }
 
+/// Empty slots one step of the walk passes over at most.
+const EMPTY_SLOTS_PER_STEP: u32 = 16;
+
 /// One entry of a deleted range: its page is reported when it is above idle
 /// and no watch of this file will report it. The refcount is read first
-/// and alone (most truncated pages are idle). A subprogram, so that the
-/// loop callback stays short for the verifier.
+/// and alone (most truncated pages are idle). Returns false for an idle
+/// page, which the caller counts. A subprogram, so that the loop callback
+/// stays short for the verifier.
 #[inline(never)]
-fn check_range_entry(entry: u64, mapping: u64) {
+fn check_range_entry(entry: u64, mapping: u64) -> bool {
     let Some((pfn, _)) = DaxEntry::pfns(entry) else {
-        return; // not a DAX page: empty, zero page, sibling or retry entry
+        return true; // not a DAX page: empty, zero page, sibling or retry entry
     };
     let cfg = config();
     let page = vmemmap(cfg) + pfn * cfg.page_struct_size() as u64;
     if read_at::<i32>(page, cfg.page_refcount()) <= cfg.idle_refcount() as i32 {
-        count(Counter::DisassociateQuiet);
-        return;
+        return false;
     }
     if watch_in(page, mapping).is_some() {
-        return;
+        return true;
     }
     let f = read_page(cfg, page);
-    if f.refcount > cfg.idle_refcount() as i32 {
-        send_disassociated(page, pfn, &f, mapping, true);
-    } else {
-        count(Counter::DisassociateQuiet);
+    if f.refcount <= cfg.idle_refcount() as i32 {
+        return false;
     }
+    send_disassociated(page, pfn, &f, mapping, true);
+    true
 }
 
 #[kprobe]
