@@ -57,6 +57,31 @@ pub struct KernelConfig {
     pub vmemmap_default: u64,
 }
 
+/// Bytes of `struct page` the hooks read at once: from the first of the
+/// fields they need (`mapping`, `index`, `_refcount`), 8-aligned. Half the
+/// page, so that a record's stack frame and a page read's fit the
+/// verifier's 512-byte stack with a callee or two below them.
+pub const PAGE_READ_BYTES: usize = 32;
+
+/// Where the page read starts (`offset & !7` of the lowest of the three
+/// fields' offsets), and whether all three fit in [`PAGE_READ_BYTES`] from
+/// there (they do on every x86_64 kernel: bytes 24-56; one that does not
+/// reads as 0).
+#[inline(always)]
+pub const fn page_read_window(refcount: usize, mapping: usize, index: usize) -> (usize, bool) {
+    let lowest = if refcount < mapping {
+        refcount
+    } else {
+        mapping
+    };
+    let lowest = if index < lowest { index } else { lowest };
+    let from = lowest & !7;
+    let fits = refcount + 4 <= from + PAGE_READ_BYTES
+        && mapping + 8 <= from + PAGE_READ_BYTES
+        && index + 8 <= from + PAGE_READ_BYTES;
+    (from, fits)
+}
+
 impl KernelConfig {
     /// Offsets seen on x86_64 from 4.18 to 6.18 (docs/kernels.md); used only when
     /// BTF is missing, and then with a warning.
@@ -95,3 +120,21 @@ const _: () = {
     assert!(core::mem::size_of::<KernelConfig>() == 24 * 4 + 16);
     assert!(core::mem::align_of::<KernelConfig>() == 8);
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_page_read_covers_the_fields_it_needs() {
+        let d = KernelConfig::X86_64_DEFAULTS;
+        let (from, fits) = page_read_window(
+            d.page_refcount as usize,
+            d.page_mapping as usize,
+            d.page_index as usize,
+        );
+        assert_eq!((from, fits), (24, true));
+        // A layout spread wider than the read is told, not read as zeros.
+        assert_eq!(page_read_window(52, 8, 32), (8, false));
+    }
+}

@@ -10,6 +10,7 @@ use aya_ebpf::{
     maps::{PerCpuArray, RingBuf},
 };
 use daxrace_common::{
+    config::{page_read_window, PAGE_READ_BYTES},
     ring_wake_bytes, Counter, HookId, KernelConfig, Record, RecordKind, COUNTER_COUNT,
 };
 
@@ -142,12 +143,6 @@ pub struct PageFields {
     pub index: u64,
 }
 
-/// Bytes of `struct page` read at once: from the first of the fields the
-/// hooks need (`mapping`, `index`, `_refcount`: bytes 24-56 on x86_64).
-/// Half the page, so that a record's stack frame and a page read's fit
-/// the verifier's 512-byte stack with a callee or two below them.
-const PAGE_READ: usize = 32;
-
 /// A field of `T` at byte `offset` of a buffer of `N` words, or 0 where the
 /// offset is past the buffer or not aligned for `T` (struct page's fields
 /// are naturally aligned, so the second never happens on a real kernel).
@@ -174,16 +169,17 @@ pub fn read_page(cfg: Cfg, page: u64) -> PageFields {
         cfg.page_mapping() as usize,
         cfg.page_index() as usize,
     );
-    // Constants to the verifier (read-only config).
-    let from = rc.min(mp).min(ix) & !7;
+    // Constants to the verifier (read-only config); userspace warns where
+    // the fields do not fit (`KernelFacts::gather`).
+    let (from, _) = page_read_window(rc, mp, ix);
     // Not zeroed first: the helper writes every byte (zeroes on failure),
     // and a zeroing here was a byte-wise `memset` call once.
-    let mut buf = core::mem::MaybeUninit::<[u64; PAGE_READ / 8]>::uninit();
-    // SAFETY: the helper writes PAGE_READ bytes into `buf`.
+    let mut buf = core::mem::MaybeUninit::<[u64; PAGE_READ_BYTES / 8]>::uninit();
+    // SAFETY: the helper writes PAGE_READ_BYTES bytes into `buf`.
     let ret = unsafe {
         aya_ebpf::helpers::generated::bpf_probe_read_kernel(
             buf.as_mut_ptr() as *mut c_void,
-            PAGE_READ as u32,
+            PAGE_READ_BYTES as u32,
             (page + from as u64) as *const c_void,
         )
     };

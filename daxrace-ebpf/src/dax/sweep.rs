@@ -54,28 +54,17 @@ static mut SWEEP_LEFT: u64 = 0;
 #[no_mangle]
 static mut SWEEP_NEXT: u64 = 0;
 
+/// Reads one of the sweep's counters above.
 #[inline(always)]
-fn next() -> u64 {
-    // SAFETY: a plain u64 global (see SWEEP_LEFT).
-    unsafe { core::ptr::read_volatile(&raw const SWEEP_NEXT) }
+fn get(v: *const u64) -> u64 {
+    // SAFETY: one of this file's plain u64 globals.
+    unsafe { core::ptr::read_volatile(v) }
 }
 
 #[inline(always)]
-fn set_next(n: u64) {
+fn set(v: *mut u64, n: u64) {
     // SAFETY: as above.
-    unsafe { core::ptr::write_volatile(&raw mut SWEEP_NEXT, n) };
-}
-
-#[inline(always)]
-fn left() -> u64 {
-    // SAFETY: a plain u64 global (see SWEEP_LEFT).
-    unsafe { core::ptr::read_volatile(&raw const SWEEP_LEFT) }
-}
-
-#[inline(always)]
-fn set_left(n: u64) {
-    // SAFETY: as above.
-    unsafe { core::ptr::write_volatile(&raw mut SWEEP_LEFT, n) };
+    unsafe { core::ptr::write_volatile(v, n) };
 }
 
 /// Returns the watched pages left (at most `i32::MAX`); 0 also when the
@@ -95,8 +84,8 @@ pub fn rt_sweep_watched(ctx: RawTracePointContext) -> i32 {
         now: unsafe { bpf_ktime_get_ns() },
         idle: config().idle_refcount() as i64,
     };
-    set_left(0);
-    set_next(0);
+    set(&raw mut SWEEP_LEFT, 0);
+    set(&raw mut SWEEP_NEXT, 0);
     // One step per bucket passed over, one per slot of a marked bucket.
     // SAFETY: helper call with a callback and a pointer to our stack.
     unsafe {
@@ -107,7 +96,7 @@ pub fn rt_sweep_watched(ctx: RawTracePointContext) -> i32 {
             0,
         )
     };
-    let left = left();
+    let left = get(&raw const SWEEP_LEFT);
     if left == 0 && flags & SweepFlags::END_IDLE != 0 {
         // A watch that began while the sweep looked counts as one left.
         return if close_gate(seq) { 0 } else { 1 };
@@ -118,7 +107,7 @@ pub fn rt_sweep_watched(ctx: RawTracePointContext) -> i32 {
 extern "C" fn sweep_step(_step: u32, ctx: *mut c_void) -> i64 {
     // SAFETY: bpf_loop passes back the pointer given to it above.
     let sweep = unsafe { &*(ctx as *const Sweep) };
-    let i = next();
+    let i = get(&raw const SWEEP_NEXT);
     if i >= WATCH_SLOTS as u64 {
         return 1;
     }
@@ -126,12 +115,12 @@ extern "C" fn sweep_step(_step: u32, ctx: *mut c_void) -> i64 {
     let bucket = watch_bucket(i);
     if i % WATCH_BUCKET_SLOTS == 0 {
         if !bucket_marked(bucket) {
-            set_next((i + WATCH_BUCKET_SLOTS) as u64);
+            set(&raw mut SWEEP_NEXT, (i + WATCH_BUCKET_SLOTS) as u64);
             return 0;
         }
         clear_bucket(bucket);
     }
-    set_next(i as u64 + 1);
+    set(&raw mut SWEEP_NEXT, i as u64 + 1);
     let Some(s) = WATCHED.get_ptr_mut(i) else {
         return 1;
     };
@@ -155,7 +144,7 @@ extern "C" fn sweep_step(_step: u32, ctx: *mut c_void) -> i64 {
         s.page = 0;
         return 0;
     }
-    set_left(left() + 1);
+    set(&raw mut SWEEP_LEFT, get(&raw const SWEEP_LEFT) + 1);
     mark_bucket(bucket, 1);
     0
 }

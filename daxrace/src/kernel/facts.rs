@@ -168,6 +168,21 @@ impl KernelFacts {
             xa_node_slots: offset(btf, "xa_node", "slots", d.xa_node_slots, w),
             ..d
         };
+        if !daxrace_common::config::page_read_window(
+            c.page_refcount as usize,
+            c.page_mapping as usize,
+            c.page_index as usize,
+        )
+        .1
+        {
+            warnings.push(format!(
+                "struct page's mapping ({}), index ({}) and _refcount ({}) span more than the {} bytes the hooks read at once: they read as 0, and no pinned page is seen",
+                c.page_mapping,
+                c.page_index,
+                c.page_refcount,
+                daxrace_common::config::PAGE_READ_BYTES
+            ));
+        }
         // Since "fs/dax: properly refcount fs dax pages" (v6.15) an idle fsdax
         // page has refcount 0 and waiters wait on the page itself. The same
         // series added dax_break_layout(): its presence tells the model, and
