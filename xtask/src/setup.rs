@@ -104,6 +104,9 @@ fn bpf_linker_ok() -> bool {
         .unwrap_or(false)
 }
 
+/// How long apt-get waits for another apt's lock (seconds).
+const APT_LOCK_WAIT: &str = "DPkg::Lock::Timeout=900";
+
 pub fn setup() -> Result<()> {
     let missing: Vec<_> = PACKAGES.iter().filter(|(p, _)| !installed(p)).collect();
     if !missing.is_empty() {
@@ -121,9 +124,11 @@ pub fn setup() -> Result<()> {
         for (p, why) in &missing {
             println!("  {p:<26} {why}");
         }
-        run(Command::new("apt-get").args(["update", "-q"]))?;
+        // Waits for another apt (a second xtask, unattended upgrades)
+        // instead of failing on its lock.
+        run(Command::new("apt-get").args(["-o", APT_LOCK_WAIT, "update", "-q"]))?;
         run(Command::new("apt-get")
-            .args(["install", "-y", "-q"])
+            .args(["-o", APT_LOCK_WAIT, "install", "-y", "-q"])
             .args(missing.iter().map(|(p, _)| *p))
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
     }
