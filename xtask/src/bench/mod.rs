@@ -110,7 +110,7 @@ pub struct BenchArgs {
     /// Make a new filesystem (mkfs, then an untraced warm-up) before every
     /// rate phase, so that each starts from the same on-disk state. (It did
     /// not remove the one step of xfs's punch and truncate cost seen
-    /// part-way through runs: `--warm-until-uptime` does.)
+    /// part-way through some runs: README, Overhead.)
     #[arg(long)]
     pub fresh_fs: bool,
     /// Keep RDRAND and RDSEED in the guest's CPU model (default: `-cpu
@@ -132,14 +132,6 @@ pub struct BenchArgs {
     /// daemon spends its days in. 0 measures from the ready line.
     #[arg(long, default_value_t = 15)]
     pub settle_seconds: u32,
-    /// Untraced warm-up until the guest has been up this many seconds
-    /// before the rate phases: xfs's punches and truncates get about 20%
-    /// cheaper once per boot, some seconds after the low 32 bits of
-    /// jiffies wrap (300 s after boot; seen at 316-318 s on 6.12 and
-    /// 334-336 s on 7.3), and a phase that straddles that step cannot be
-    /// compared with its neighbours. 0: no wait.
-    #[arg(long, default_value_t = 400)]
-    pub warm_until_uptime: u32,
     /// Skip the host pipeline benchmark.
     #[arg(long)]
     pub no_pipeline: bool,
@@ -345,7 +337,6 @@ fn workloads(args: &BenchArgs) -> (Workloads, Option<(u64, u64)>) {
             mix,
             fresh_fs: args.fresh_fs,
             settle_secs: args.settle_seconds,
-            warm_until_uptime: args.warm_until_uptime,
         },
         mix,
     )
@@ -362,10 +353,7 @@ fn bench_series(series: &str, args: &BenchArgs) -> Result<SeriesReport> {
     let per_phase = 2 * u64::from(secs + 3 * loop_secs) + u64::from(w.settle_secs) + 60;
     let phases = rate_phases(rounds).len() as u64;
     let tuning = args.tuning();
-    let guest_s = 8 * (per_phase + ATTACH_LIMIT_S)
-        + phases * (per_phase + 90)
-        + 300
-        + u64::from(w.warm_until_uptime);
+    let guest_s = 8 * (per_phase + ATTACH_LIMIT_S) + phases * (per_phase + 90) + 300;
     let timeout = Duration::from_secs(guest_s * u64::from(tuning.host_time_scale()));
     println!(
         "bench: {series}: {} {}; QEMU {}; one boot, stats phase then {phases} rate phases (mix {} per filesystem, {} s per lone operation; several minutes)",

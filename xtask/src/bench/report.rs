@@ -164,8 +164,7 @@ pub fn report(
     }
     let _ = writeln!(
         t,
-        "  rate phases began after an untraced warm-up to {} s of guest uptime (--warm-until-uptime: past xfs's once-per-boot step); every tracer ran {} guest s before its phase measured (--settle-seconds); alone: one operation in a loop on one thread (op-loop, {} guest s per phase{}); mix: pin-punch ({}), where pinned pages make breaks wait; daxrace-run: `daxrace run` (the daemon's default mode); daxrace-full: `daxrace run --evidence full` (every hook, as `daxrace trace`); twins: bpftrace scripts doing what each mode's programs do on the hooks that mode attached at start-up; empty progs: empty bpftrace programs on the full twin's probes (the floor); untraced (noise): the untraced phases compared in the same way with their untraced neighbours",
-        info.w.warm_until_uptime,
+        "  every tracer ran {} guest s before its phase measured (--settle-seconds); alone: one operation in a loop on one thread (op-loop, {} guest s per phase{}); mix: pin-punch ({}), where pinned pages make breaks wait; daxrace-run: `daxrace run` (the daemon's default mode); daxrace-full: `daxrace run --evidence full` (every hook, as `daxrace trace`); twins: bpftrace scripts doing what each mode's programs do on the hooks that mode attached at start-up; empty progs: empty bpftrace programs on the full twin's probes (the floor); untraced (noise): the untraced phases compared in the same way with their untraced neighbours",
         info.w.settle_secs,
         info.w.loop_secs,
         if info.w.fresh_fs {

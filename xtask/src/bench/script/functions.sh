@@ -68,13 +68,6 @@ loops() {
     done
   done
 }
-# warm_up UPTIME: untraced op-loops at least once, then until the guest
-# has been up UPTIME seconds (past xfs's once-per-boot step).
-warm_up() {
-  loops warmup none > /dev/null
-  while [ "$(cut -d. -f1 /proc/uptime)" -lt "$1" ]; do loops warmup none > /dev/null; done
-  echo "@@WARM $(cut -d' ' -f1 /proc/uptime)"
-}
 # workload TAG TRACER: pin-punch on each DAX filesystem, one JSON line each.
 workload() {
   for fs in $DAX_FS; do
