@@ -49,8 +49,11 @@ pub struct KernelConfig {
     /// hooks that see a whole range look only at files whose last break met
     /// a busy page, so that a quiet truncate costs one early return.
     pub quiet: u32,
-    /// Keeps the u64 fields aligned without implicit padding.
-    pub reserved: u32,
+    /// Type id of `struct page` in vmlinux's BTF where the kernel has the
+    /// `bpf_rdonly_cast` kfunc (6.2+), else 0. With it a hook reads a
+    /// page's refcount with one load instead of a `bpf_probe_read_kernel`
+    /// call (see [`KFUNC_CALL_MARKER`]).
+    pub page_btf_id: u32,
     /// Address of the kernel variable `vmemmap_base` (0: use the default base).
     pub vmemmap_base_addr: u64,
     /// Used when `vmemmap_base_addr` is 0.
@@ -109,10 +112,44 @@ impl KernelConfig {
         xa_node_shift: 0,
         xa_node_slots: 40,
         quiet: 0,
-        reserved: 0,
+        page_btf_id: 0,
         vmemmap_base_addr: 0,
         vmemmap_default: 0xffff_ea00_0000_0000,
     };
+}
+
+/// The eBPF object's calls of the `bpf_rdonly_cast` kfunc, as the
+/// assembler emits them (`call` with src_reg 2, BPF_PSEUDO_KFUNC_CALL, and
+/// this marker as imm, little-endian): aya cannot relocate kfunc calls, so
+/// the loader writes vmlinux's BTF id of the kfunc into the imm before
+/// loading, or, on a kernel without it, turns the call into `r0 = 0`,
+/// which sends the hook to its helper read.
+pub const KFUNC_CALL_MARKER: u64 = 0x7ead_0001_0000_2085;
+/// `r0 = 0` (BPF_ALU64 | BPF_MOV | BPF_K).
+pub const MOV_R0_ZERO: u64 = 0x0000_0000_0000_00b7;
+
+/// Rewrites the kfunc calls of an eBPF object ([`KFUNC_CALL_MARKER`]) to
+/// call `bpf_rdonly_cast` (its vmlinux BTF type id), or to `r0 = 0` when
+/// the kernel has none. Instructions sit on 8-byte boundaries of their
+/// section, and sections of code on 8-byte boundaries of the file.
+/// Returns how many were rewritten.
+pub fn patch_kfunc_calls(object: &mut [u8], rdonly_cast_id: Option<u32>) -> usize {
+    let mut n = 0;
+    for insn in object.chunks_exact_mut(8) {
+        if u64::from_le_bytes([
+            insn[0], insn[1], insn[2], insn[3], insn[4], insn[5], insn[6], insn[7],
+        ]) != KFUNC_CALL_MARKER
+        {
+            continue;
+        }
+        let new = match rdonly_cast_id {
+            Some(id) => (u64::from(id) << 32) | (KFUNC_CALL_MARKER & 0xffff_ffff),
+            None => MOV_R0_ZERO,
+        };
+        insn.copy_from_slice(&new.to_le_bytes());
+        n += 1;
+    }
+    n
 }
 
 const _: () = {
@@ -123,6 +160,21 @@ const _: () = {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn kfunc_calls_get_the_id_or_become_r0_zero() {
+        let mut obj = [0u8; 32];
+        obj[8..16].copy_from_slice(&super::KFUNC_CALL_MARKER.to_le_bytes());
+        // Not on an instruction boundary: left alone.
+        obj[20..28].copy_from_slice(&super::KFUNC_CALL_MARKER.to_le_bytes());
+        let mut with = obj;
+        assert_eq!(super::patch_kfunc_calls(&mut with, Some(0x1234)), 1);
+        assert_eq!(&with[8..16], &[0x85, 0x20, 0, 0, 0x34, 0x12, 0, 0]);
+        assert_eq!(&with[20..28], &obj[20..28]);
+        let mut without = obj;
+        assert_eq!(super::patch_kfunc_calls(&mut without, None), 1);
+        assert_eq!(&without[8..16], &[0xb7, 0, 0, 0, 0, 0, 0, 0]);
+    }
+
     use super::*;
 
     #[test]

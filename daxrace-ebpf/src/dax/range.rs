@@ -19,7 +19,9 @@ use super::{
     truncate::send_disassociated,
     watch::{clear_pages, file_slot, watch_in},
 };
-use crate::emit::{config, count, count_add, new_record, read_at, read_page, submit, vmemmap};
+use crate::emit::{
+    config, count, count_add, new_record, page_refcount, read_at, read_page, submit, vmemmap,
+};
 
 /// `dax_delete_mapping_range(mapping, start, end)` (6.15+): every entry of
 /// the byte range `[start, end]` leaves the file, each through
@@ -341,7 +343,7 @@ fn check_range_entry(entry: u64, mapping: u64) -> bool {
     };
     let cfg = config();
     let page = vmemmap(cfg) + pfn * cfg.page_struct_size() as u64;
-    if read_at::<i32>(page, cfg.page_refcount()) <= cfg.idle_refcount() as i32 {
+    if page_refcount(cfg, page) <= cfg.idle_refcount() as i32 {
         return false;
     }
     if watch_in(page, mapping).is_some() {

@@ -416,6 +416,23 @@ impl Btf {
         }
     }
 
+    /// The type id of `struct name`.
+    pub fn struct_id(&self, name: &str) -> Option<u32> {
+        self.id_of(KIND_STRUCT, name)
+    }
+
+    /// The type id of function `name` (a kfunc's, for a call to it).
+    pub fn func_type_id(&self, name: &str) -> Option<u32> {
+        self.id_of(KIND_FUNC, name)
+    }
+
+    fn id_of(&self, kind: u8, name: &str) -> Option<u32> {
+        self.types
+            .iter()
+            .position(|t| t.kind == kind && self.name(t.name_off) == name)
+            .map(|i| i as u32)
+    }
+
     /// Whether the struct exists at all (e.g. `struct folio`).
     pub fn has_struct(&self, name: &str) -> bool {
         self.find(KIND_STRUCT, name).is_some()

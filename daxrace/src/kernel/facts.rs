@@ -21,6 +21,10 @@ pub struct KernelFacts {
     /// pins are plain references.
     pub pin_bias: u32,
     pub vmemmap_base_symbol: bool,
+    /// vmlinux's BTF id of the `bpf_rdonly_cast` kfunc (6.2+): the hooks
+    /// then read page refcounts with plain loads (`page_refcount` in the
+    /// eBPF object), else with `bpf_probe_read_kernel`.
+    pub rdonly_cast_id: Option<u32>,
     /// What the idle refcount was told from.
     pub idle_refcount_evidence: IdleRefcountEvidence,
     /// Things that were guessed rather than read; each is a warning to show.
@@ -224,6 +228,12 @@ impl KernelFacts {
         } else {
             0
         };
+        // A plain load of page->_refcount needs the kfunc that types an
+        // address as a struct page (6.2+), and that struct's id.
+        let (rdonly_cast_id, page_btf_id) = btf
+            .and_then(|b| Some((b.func_type_id("bpf_rdonly_cast")?, b.struct_id("page")?)))
+            .unzip();
+        c.page_btf_id = page_btf_id.unwrap_or(0);
         KernelFacts {
             config: c,
             page_refcount_offset: c.page_refcount,
@@ -237,6 +247,7 @@ impl KernelFacts {
             },
             pin_bias,
             vmemmap_base_symbol: vmemmap.is_some(),
+            rdonly_cast_id,
             idle_refcount_evidence: evidence,
             warnings,
         }

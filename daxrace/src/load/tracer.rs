@@ -342,11 +342,29 @@ impl Tracer {
         // and nothing public avoids it: about 25 ms natively, once per start
         // (vendor/aya/PATCHES.md). aya 0.15 reads it only for objects that
         // need it.
+        // A copy to patch, as aligned as the original: the ELF parser reads
+        // its headers in place.
+        let mut words = vec![0u64; OBJECT.len().div_ceil(8)];
+        // SAFETY: the u64 buffer holds at least OBJECT.len() bytes, and u8
+        // has no alignment or validity requirement.
+        let object = unsafe {
+            std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), OBJECT.len())
+        };
+        object.copy_from_slice(OBJECT);
+        let kfunc_calls = daxrace_common::config::patch_kfunc_calls(object, facts.rdonly_cast_id);
+        log::debug!(
+            "{kfunc_calls} bpf_rdonly_cast call(s) {}",
+            if facts.rdonly_cast_id.is_some() {
+                "linked"
+            } else {
+                "turned into helper reads (no such kfunc)"
+            }
+        );
         let ebpf = EbpfLoader::new()
             .btf(None)
             .override_global(daxrace_common::CONFIG_GLOBAL, &facts.config, true)
             .map_max_entries(EVENTS_MAP, opts.ring_buffer_bytes)
-            .load(OBJECT)
+            .load(object)
             .map_err(TraceError::Load)?;
         log::debug!("object loaded in {:?}", t.elapsed());
         let mut tracer = Tracer {
