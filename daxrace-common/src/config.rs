@@ -160,22 +160,22 @@ const _: () = {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn kfunc_calls_get_the_id_or_become_r0_zero() {
         let mut obj = [0u8; 32];
-        obj[8..16].copy_from_slice(&super::KFUNC_CALL_MARKER.to_le_bytes());
+        obj[8..16].copy_from_slice(&KFUNC_CALL_MARKER.to_le_bytes());
         // Not on an instruction boundary: left alone.
-        obj[20..28].copy_from_slice(&super::KFUNC_CALL_MARKER.to_le_bytes());
+        obj[20..28].copy_from_slice(&KFUNC_CALL_MARKER.to_le_bytes());
         let mut with = obj;
-        assert_eq!(super::patch_kfunc_calls(&mut with, Some(0x1234)), 1);
+        assert_eq!(patch_kfunc_calls(&mut with, Some(0x1234)), 1);
         assert_eq!(&with[8..16], &[0x85, 0x20, 0, 0, 0x34, 0x12, 0, 0]);
         assert_eq!(&with[20..28], &obj[20..28]);
         let mut without = obj;
-        assert_eq!(super::patch_kfunc_calls(&mut without, None), 1);
+        assert_eq!(patch_kfunc_calls(&mut without, None), 1);
         assert_eq!(&without[8..16], &[0xb7, 0, 0, 0, 0, 0, 0, 0]);
     }
-
-    use super::*;
 
     #[test]
     fn the_page_read_covers_the_fields_it_needs() {

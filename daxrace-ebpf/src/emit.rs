@@ -211,7 +211,8 @@ pub fn page_refcount(cfg: Cfg, page: u64) -> i32 {
         // argument, typed. r1-r5 are clobbered as by any call.
         unsafe {
             core::arch::asm!(
-                ".quad 0x7ead000100002085",
+                ".quad {marker}",
+                marker = const daxrace_common::config::KFUNC_CALL_MARKER,
                 inout("r1") page => _,
                 inout("r2") id as u64 => _,
                 lateout("r0") typed,

@@ -300,9 +300,7 @@ impl Btf {
     }
 
     fn find(&self, kind: u8, name: &str) -> Option<&Type> {
-        self.types
-            .iter()
-            .find(|t| t.kind == kind && self.name(t.name_off) == name)
+        self.types.get(self.id_of(kind, name)? as usize)
     }
 
     /// Follows typedefs, const, volatile and the like to the underlying type.

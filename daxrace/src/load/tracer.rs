@@ -337,11 +337,6 @@ impl Tracer {
             PatchedFunctions::livepatch_names(std::path::Path::new(LIVEPATCH_DIR));
         let patched = PatchedFunctions::read();
         log::debug!("module BTF in {:?}", t.elapsed());
-        // The object has no CO-RE relocations: the loader needs no kernel BTF
-        // (`btf(None)`). aya 0.14's `new()` parses vmlinux's BTF all the same
-        // and nothing public avoids it: about 25 ms natively, once per start
-        // (vendor/aya/PATCHES.md). aya 0.15 reads it only for objects that
-        // need it.
         // A copy to patch, as aligned as the original: the ELF parser reads
         // its headers in place.
         let mut words = vec![0u64; OBJECT.len().div_ceil(8)];
@@ -360,6 +355,11 @@ impl Tracer {
                 "turned into helper reads (no such kfunc)"
             }
         );
+        // The object has no CO-RE relocations: the loader needs no kernel BTF
+        // (`btf(None)`). aya 0.14's `new()` parses vmlinux's BTF all the same
+        // and nothing public avoids it: about 25 ms natively, once per start
+        // (vendor/aya/PATCHES.md). aya 0.15 reads it only for objects that
+        // need it.
         let ebpf = EbpfLoader::new()
             .btf(None)
             .override_global(daxrace_common::CONFIG_GLOBAL, &facts.config, true)
