@@ -54,6 +54,17 @@ pub struct KernelConfig {
     /// page's refcount with one load instead of a `bpf_probe_read_kernel`
     /// call (see [`KFUNC_CALL_MARKER`]).
     pub page_btf_id: u32,
+    /// 1 where the hooks can read the current task's name and ids through
+    /// `bpf_get_current_task_btf` (kernel BTF present, and the offsets
+    /// below found in it): two loads for the name instead of a
+    /// `bpf_get_current_comm` call (about 140 guest instructions, the
+    /// dearest part of a record), two for the ids. 0: the helpers.
+    pub task_btf: u32,
+    /// Offsets of `comm`, `pid` (the thread id) and `tgid` (the process
+    /// id) in `struct task_struct`.
+    pub task_comm: u32,
+    pub task_pid: u32,
+    pub task_tgid: u32,
     /// Address of the kernel variable `vmemmap_base` (0: use the default base).
     pub vmemmap_base_addr: u64,
     /// Used when `vmemmap_base_addr` is 0.
@@ -113,6 +124,10 @@ impl KernelConfig {
         xa_node_slots: 40,
         quiet: 0,
         page_btf_id: 0,
+        task_btf: 0,
+        task_comm: 0,
+        task_pid: 0,
+        task_tgid: 0,
         vmemmap_base_addr: 0,
         vmemmap_default: 0xffff_ea00_0000_0000,
     };
@@ -153,8 +168,8 @@ pub fn patch_kfunc_calls(object: &mut [u8], rdonly_cast_id: Option<u32>) -> usiz
 }
 
 const _: () = {
-    // 24 u32 offsets and flags, then two u64: no padding.
-    assert!(core::mem::size_of::<KernelConfig>() == 24 * 4 + 16);
+    // 28 u32 offsets and flags, then two u64: no padding.
+    assert!(core::mem::size_of::<KernelConfig>() == 28 * 4 + 16);
     assert!(core::mem::align_of::<KernelConfig>() == 8);
 };
 

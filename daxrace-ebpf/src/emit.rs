@@ -55,6 +55,10 @@ macro_rules! config_fields {
 
 config_fields!(
     page_btf_id: u32,
+    task_btf: u32,
+    task_comm: u32,
+    task_pid: u32,
+    task_tgid: u32,
     page_refcount: u32,
     page_mapping: u32,
     page_struct_size: u32,
@@ -160,11 +164,24 @@ fn field_at<T: Copy + Default, const N: usize>(buf: &[u64; N], offset: usize) ->
     unsafe { core::ptr::read((buf.as_ptr() as *const u8).add(offset) as *const T) }
 }
 
-/// `page->_refcount`, `page->mapping` and `page->index` in one kernel read
-/// (one helper call instead of three: the disassociate hook runs on every
-/// truncated entry).
+/// `page->_refcount`, `page->mapping` and `page->index`: three loads where
+/// the kernel types the address as a `struct page` ([`typed_page`]), else
+/// one kernel read of the window that holds them (one helper call instead
+/// of three: the disassociate hook runs on every truncated entry).
 #[inline(always)]
 pub fn read_page(cfg: Cfg, page: u64) -> PageFields {
+    if let Some(typed) = typed_page(cfg, page) {
+        // SAFETY: loads through a pointer the verifier types as a struct
+        // page: it checks each offset against the struct and makes the
+        // loads fault-safe.
+        return unsafe {
+            PageFields {
+                refcount: load_u32(typed, cfg.page_refcount()) as i32,
+                mapping: load_pointer_number(typed, page, cfg.page_mapping()),
+                index: load_u64(typed, cfg.page_index()),
+            }
+        };
+    }
     let (rc, mp, ix) = (
         cfg.page_refcount() as usize,
         cfg.page_mapping() as usize,
@@ -196,49 +213,114 @@ pub fn read_page(cfg: Cfg, page: u64) -> PageFields {
     }
 }
 
-/// `page->_refcount` with one load where the kernel types the address as a
-/// `struct page` for us (`bpf_rdonly_cast`, 6.2+: the verifier inlines it
-/// and turns the load into one that cannot fault), else with a helper
-/// read (about 100 guest instructions against a few). A bad address reads
-/// 0 on the load's path, as the helper's failure does (uncounted there).
+/// The page's address typed as a `struct page` (`bpf_rdonly_cast`, 6.2+:
+/// the verifier inlines the call and turns loads through the result into
+/// ones that cannot fault, reading 0 at a bad address), or `None` where
+/// the kernel has no such kfunc: then the caller reads with a helper
+/// (about 100 guest instructions a call, against one per load).
+#[inline(always)]
+fn typed_page(cfg: Cfg, page: u64) -> Option<u64> {
+    let id = cfg.page_btf_id();
+    if id == 0 {
+        return None;
+    }
+    let typed: u64;
+    // SAFETY: the kfunc call the loader links (or turns into `r0 = 0`,
+    // `KFUNC_CALL_MARKER`); it reads nothing and returns its first
+    // argument, typed. r1-r5 are clobbered as by any call.
+    unsafe {
+        core::arch::asm!(
+            ".quad {marker}",
+            marker = const daxrace_common::config::KFUNC_CALL_MARKER,
+            inout("r1") page => _,
+            inout("r2") id as u64 => _,
+            lateout("r0") typed,
+            out("r3") _,
+            out("r4") _,
+            out("r5") _,
+        )
+    };
+    (typed != 0).then_some(typed)
+}
+
+/// A u32 at `base + offset`, where `base` is a pointer the verifier types
+/// (it checks the offset, a constant from the read-only config).
+///
+/// # Safety
+/// `base` must be a typed kernel pointer ([`typed_page`],
+/// `bpf_get_current_task_btf`), which the verifier makes fault-safe.
+#[inline(always)]
+unsafe fn load_u32(base: u64, offset: u32) -> u32 {
+    let v: u64;
+    core::arch::asm!(
+        "{p} += {off}",
+        "{v} = *(u32 *)({p} + 0)",
+        p = inout(reg) base => _,
+        off = in(reg) offset as u64,
+        v = lateout(reg) v,
+        options(nostack, readonly),
+    );
+    v as u32
+}
+
+/// A u64 at `base + offset`; see [`load_u32`].
+///
+/// # Safety
+/// As for [`load_u32`].
+#[inline(always)]
+unsafe fn load_u64(base: u64, offset: u32) -> u64 {
+    let v: u64;
+    core::arch::asm!(
+        "{p} += {off}",
+        "{v} = *(u64 *)({p} + 0)",
+        p = inout(reg) base => _,
+        off = in(reg) offset as u64,
+        v = lateout(reg) v,
+        options(nostack, readonly),
+    );
+    v
+}
+
+/// A pointer field at `base + offset` as a number. The load gives the
+/// verifier a typed pointer, on which a hook could do no arithmetic (the
+/// watch table hashes a page's mapping); the difference of two pointers is
+/// a number to a privileged program, so the field minus the typed
+/// `base + offset`, plus that address as a number, is the field's value.
+/// (A failed load reads 0, and gives 0 here too.)
+///
+/// # Safety
+/// As for [`load_u32`]; `base_number` is `base`'s value, and the field
+/// must be a pointer in BTF (userspace checks `page.mapping`), or the
+/// verifier refuses the subtraction.
+#[inline(always)]
+unsafe fn load_pointer_number(base: u64, base_number: u64, offset: u32) -> u64 {
+    let v: u64;
+    core::arch::asm!(
+        "{p} += {off}",
+        "{v} = *(u64 *)({p} + 0)",
+        "{v} -= {p}",
+        "{v} += {q}",
+        p = inout(reg) base => _,
+        off = in(reg) offset as u64,
+        q = in(reg) base_number.wrapping_add(offset as u64),
+        // Written before `q` is read: not a `lateout`, which may share
+        // an input's register.
+        v = out(reg) v,
+        options(nostack, readonly),
+    );
+    v
+}
+
+/// `page->_refcount` alone, with one load where the page can be typed
+/// ([`typed_page`]). A bad address reads 0 on the load's path, as the
+/// helper's failure does (uncounted there).
 #[inline(always)]
 pub fn page_refcount(cfg: Cfg, page: u64) -> i32 {
-    let id = cfg.page_btf_id();
-    if id != 0 {
-        let typed: u64;
-        // SAFETY: the kfunc call the loader links (or turns into `r0 = 0`,
-        // `KFUNC_CALL_MARKER`); it reads nothing and returns its first
-        // argument, typed. r1-r5 are clobbered as by any call.
-        unsafe {
-            core::arch::asm!(
-                ".quad {marker}",
-                marker = const daxrace_common::config::KFUNC_CALL_MARKER,
-                inout("r1") page => _,
-                inout("r2") id as u64 => _,
-                lateout("r0") typed,
-                out("r3") _,
-                out("r4") _,
-                out("r5") _,
-            )
-        };
-        if typed != 0 {
-            let v: u64;
-            // SAFETY: a load through the typed pointer; the verifier checks
-            // the offset against struct page and makes the load fault-safe.
-            unsafe {
-                core::arch::asm!(
-                    "{p} += {off}",
-                    "{v} = *(u32 *)({p} + 0)",
-                    p = inout(reg) typed => _,
-                    off = in(reg) cfg.page_refcount() as u64,
-                    v = lateout(reg) v,
-                    options(nostack, readonly),
-                )
-            };
-            return v as u32 as i32;
-        }
+    match typed_page(cfg, page) {
+        // SAFETY: a typed pointer, see `load_u32`.
+        Some(typed) => unsafe { load_u32(typed, cfg.page_refcount()) as i32 },
+        None => read_at::<i32>(page, cfg.page_refcount()),
     }
-    read_at::<i32>(page, cfg.page_refcount())
 }
 
 /// A record with the task, CPU and time filled in.
@@ -248,11 +330,26 @@ pub fn new_record(kind: RecordKind, hook: HookId) -> Record {
     r.kind = kind as u16;
     r.hook = hook as u16;
     r.ts_ns = unsafe { bpf_ktime_get_ns() };
-    let id = bpf_get_current_pid_tgid();
-    r.pid = (id >> 32) as u32;
-    r.tid = id as u32;
+    let cfg = config();
+    if cfg.task_btf() != 0 {
+        // SAFETY: the helper returns `current`, typed (never null); the
+        // loads go through it (see `load_u32`).
+        unsafe {
+            let task = aya_ebpf::helpers::generated::bpf_get_current_task_btf() as u64;
+            r.pid = load_u32(task, cfg.task_tgid());
+            r.tid = load_u32(task, cfg.task_pid());
+            r.comm = core::mem::transmute::<[u64; 2], [u8; 16]>([
+                load_u64(task, cfg.task_comm()),
+                load_u64(task, cfg.task_comm() + 8),
+            ]);
+        }
+    } else {
+        let id = bpf_get_current_pid_tgid();
+        r.pid = (id >> 32) as u32;
+        r.tid = id as u32;
+        r.comm = current_comm();
+    }
     r.cpu = unsafe { bpf_get_smp_processor_id() };
-    r.comm = current_comm();
     r
 }
 

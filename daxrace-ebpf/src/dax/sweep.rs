@@ -31,7 +31,7 @@ use super::{
     state::{fill_page, LoopCallback},
     watch::{bucket_marked, clear_bucket, close_gate, gate_open, mark_bucket, watch_seq, WATCHED},
 };
-use crate::emit::{config, new_record, read_page, submit};
+use crate::emit::{config, new_record, page_refcount, submit};
 
 /// What the sweep's callback needs and counts.
 #[repr(C)]
@@ -131,7 +131,7 @@ extern "C" fn sweep_step(_step: u32, ctx: *mut c_void) -> i64 {
     if page == 0 {
         return 0;
     }
-    let refcount = read_page(config(), page).refcount as i64;
+    let refcount = page_refcount(config(), page) as i64;
     if sweep.flags & SweepFlags::SAMPLE != 0 && refcount != s.reported_refcount {
         s.reported_refcount = refcount;
         report_sampled(page);

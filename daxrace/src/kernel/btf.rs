@@ -22,6 +22,7 @@ pub enum BtfError {
     Format(&'static str),
 }
 
+const KIND_PTR: u8 = 2;
 const KIND_STRUCT: u8 = 4;
 const KIND_UNION: u8 = 5;
 const KIND_TYPEDEF: u8 = 8;
@@ -321,17 +322,29 @@ impl Btf {
         let t = self
             .find(KIND_STRUCT, struct_name)
             .or_else(|| self.find(KIND_UNION, struct_name))?;
-        self.member_bits(t, member, 0).map(|bits| bits / 8)
+        self.member_bits(t, member, 0).map(|(bits, _)| bits / 8)
     }
 
-    fn member_bits(&self, t: &Type, member: &str, depth: u32) -> Option<u32> {
+    /// Whether `member` of `struct name` is a pointer (after typedefs and
+    /// qualifiers): a load of it through a typed pointer gives the program
+    /// a pointer, not a number.
+    pub fn member_is_pointer(&self, struct_name: &str, member: &str) -> Option<bool> {
+        let t = self
+            .find(KIND_STRUCT, struct_name)
+            .or_else(|| self.find(KIND_UNION, struct_name))?;
+        let (_, m) = self.member_bits(t, member, 0)?;
+        Some(self.resolve(m.type_id)?.kind == KIND_PTR)
+    }
+
+    /// The member's bit offset, and the member itself.
+    fn member_bits(&self, t: &Type, member: &str, depth: u32) -> Option<(u32, Member)> {
         if depth > 8 || !(t.kind == KIND_STRUCT || t.kind == KIND_UNION) {
             return None;
         }
         let ms = &self.members[t.first_member as usize..(t.first_member + t.vlen as u32) as usize];
         for m in ms {
             if self.name(m.name_off) == member {
-                return Some(m.bit_offset);
+                return Some((m.bit_offset, *m));
             }
         }
         for m in ms
@@ -339,8 +352,8 @@ impl Btf {
             .filter(|m| m.name_off == 0 || self.name(m.name_off).is_empty())
         {
             if let Some(inner) = self.resolve(m.type_id) {
-                if let Some(bits) = self.member_bits(inner, member, depth + 1) {
-                    return Some(m.bit_offset + bits);
+                if let Some((bits, found)) = self.member_bits(inner, member, depth + 1) {
+                    return Some((m.bit_offset + bits, found));
                 }
             }
         }
@@ -632,6 +645,10 @@ mod tests {
         assert_eq!(btf.member_offset("page", "_refcount"), Some(52));
         assert_eq!(btf.member_offset("page", "mapping"), Some(24));
         assert_eq!(btf.struct_size("page"), Some(64));
+        assert_eq!(btf.member_is_pointer("page", "mapping"), Some(true));
+        assert_eq!(btf.member_is_pointer("page", "_refcount"), Some(false));
+        assert_eq!(btf.member_is_pointer("task_struct", "comm"), Some(false));
+        assert_eq!(btf.member_is_pointer("page", "no_such_member"), None);
     }
 
     #[test]

@@ -228,12 +228,28 @@ impl KernelFacts {
         } else {
             0
         };
-        // A plain load of page->_refcount needs the kfunc that types an
-        // address as a struct page (6.2+), and that struct's id.
+        // Plain loads of a page's fields need the kfunc that types an
+        // address as a struct page (6.2+), and that struct's id. The hooks
+        // turn the `mapping` they load back into a number by subtracting
+        // the typed page (`read_page` in the eBPF crate), which the
+        // verifier allows only when the load gave a pointer.
         let (rdonly_cast_id, page_btf_id) = btf
+            .filter(|b| b.member_is_pointer("page", "mapping") == Some(true))
             .and_then(|b| Some((b.func_type_id("bpf_rdonly_cast")?, b.struct_id("page")?)))
             .unzip();
         c.page_btf_id = page_btf_id.unwrap_or(0);
+        // The current task's name and ids by plain loads need BTF (the
+        // helper that types `current` is verified against it) and the
+        // three offsets; without them the hooks call the helpers.
+        if let Some((comm, pid, tgid)) = btf.and_then(|b| {
+            Some((
+                b.member_offset("task_struct", "comm")?,
+                b.member_offset("task_struct", "pid")?,
+                b.member_offset("task_struct", "tgid")?,
+            ))
+        }) {
+            (c.task_btf, c.task_comm, c.task_pid, c.task_tgid) = (1, comm, pid, tgid);
+        }
         KernelFacts {
             config: c,
             page_refcount_offset: c.page_refcount,
