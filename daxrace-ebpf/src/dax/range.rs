@@ -20,7 +20,7 @@ use super::{
     watch::{clear_pages, file_slot, watch_in},
 };
 use crate::emit::{
-    config, count, count_add, new_record, page_refcount, read_at, read_page, submit, vmemmap,
+    config, count, count_add, new_record, page_refcount, read_at, read_page, submit, vmemmap, Cfg,
 };
 
 /// `dax_delete_mapping_range(mapping, start, end)` (6.15+): every entry of
@@ -179,9 +179,10 @@ static RANGE_WALK: PerCpuArray<RangeWalk> = PerCpuArray::with_max_entries(1, 0);
 
 /// Reports every unwatched page of `mapping`'s entries in `[first, last]`
 /// that is above the idle refcount (the watched ones are reported by the
-/// caller). Depth first, one slot in range per loop step: a node's slots
-/// in range are read in one kernel read when the walk enters it, and
-/// slots outside the range are never visited. A walk that needs more than
+/// caller). Depth first, a loop step passing over up to
+/// [`SLOTS_PER_STEP`] empty slots and idle pages and stopping at a node or
+/// a busy page: a node's slots in range are read in one kernel read when
+/// the walk enters it, and slots outside the range are never visited. A walk that needs more than
 /// [`RANGE_WALK_STEPS`] steps is counted as cut.
 #[inline(never)]
 fn walk_range_entries(mapping: u64, first: u64, last: u64) {
@@ -299,13 +300,22 @@ extern "C" fn range_walk_step(_i: u32, _ctx: *mut c_void) -> i64 {
     let level = (w.depth as usize - 1) & (XA_LEVELS - 1);
     let (lo, hi) = (w.lo[level], w.hi[level]);
     let at = |slot: u32| (slot.wrapping_sub(lo) as usize) & (NODE_SLOTS - 1);
-    // Empty slots (a truncation to the end of the file is mostly those)
-    // are passed over several to a step.
+    // Empty slots and idle pages (a truncation is mostly those) are
+    // passed over several to a step: a step costs more than the refcount
+    // load that tells an idle page.
+    let cfg = config();
     let mut slot = w.next[level];
-    let mut skipped = 0;
-    while skipped < EMPTY_SLOTS_PER_STEP && slot <= hi && w.slots[level][at(slot)] == 0 {
+    let mut passed = 0;
+    while passed < SLOTS_PER_STEP && slot <= hi {
+        let entry = w.slots[level][at(slot)];
+        if entry != 0 {
+            if !idle_dax_entry(cfg, entry) {
+                break;
+            }
+            w.idle += 1;
+        }
         slot += 1;
-        skipped += 1;
+        passed += 1;
     }
     if slot > hi {
         w.next[level] = slot;
@@ -328,8 +338,22 @@ extern "C" fn range_walk_step(_i: u32, _ctx: *mut c_void) -> i64 {
     0
 }
 
-/// Empty slots one step of the walk passes over at most.
-const EMPTY_SLOTS_PER_STEP: u32 = 16;
+/// Empty slots and idle pages one step of the walk passes over at most.
+const SLOTS_PER_STEP: u32 = 16;
+
+/// Whether `entry` is a DAX page at or below the idle refcount (what most
+/// entries of a truncated range are). A node, a zero-page or empty entry,
+/// or a busy page is not: the step gives those to the slower path.
+#[inline(always)]
+fn idle_dax_entry(cfg: Cfg, entry: u64) -> bool {
+    match DaxEntry::pfns(entry) {
+        Some((pfn, _)) => {
+            let page = vmemmap(cfg) + pfn * cfg.page_struct_size() as u64;
+            page_refcount(cfg, page) <= cfg.idle_refcount() as i32
+        }
+        None => false,
+    }
+}
 
 /// One entry of a deleted range: its page is reported when it is above idle
 /// and no watch of this file will report it. The refcount is read first
