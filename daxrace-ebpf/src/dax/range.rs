@@ -240,7 +240,12 @@ fn enter_node(w: &mut RangeWalk, node: u64, base: u64) {
     let Some((lo, hi)) = XaEntry::slots_in_range(base, shift, w.first, w.last) else {
         return;
     };
-    let level = w.depth as usize & (XA_LEVELS - 1);
+    // Masked in assembly too: the compiler knows the check above makes
+    // the mask a no-op and may drop it, and 6.1's verifier then cannot
+    // bound the buffer the read below writes. (The plain mask keeps the
+    // index in bounds for the compiler, which would otherwise add a
+    // panicking check.)
+    let level = opaque_mask(w.depth as u64, (XA_LEVELS - 1) as u64) as usize & (XA_LEVELS - 1);
     if hi < lo {
         return;
     }
