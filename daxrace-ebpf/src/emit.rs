@@ -243,42 +243,45 @@ fn typed_page(cfg: Cfg, page: u64) -> Option<u64> {
     (typed != 0).then_some(typed)
 }
 
-/// A u32 at `base + offset`, where `base` is a pointer the verifier types
-/// (it checks the offset, a constant from the read-only config).
-///
-/// # Safety
-/// `base` must be a typed kernel pointer ([`typed_page`],
-/// `bpf_get_current_task_btf`), which the verifier makes fault-safe.
-#[inline(always)]
-unsafe fn load_u32(base: u64, offset: u32) -> u32 {
-    let v: u64;
-    core::arch::asm!(
-        "{p} += {off}",
-        "{v} = *(u32 *)({p} + 0)",
-        p = inout(reg) base => _,
-        off = in(reg) offset as u64,
-        v = lateout(reg) v,
-        options(nostack, readonly),
-    );
-    v as u32
+/// A load of `$size` (`u32`, `u64`) at `$base + $offset`, where `$base`
+/// is a pointer the verifier types (`typed_page`,
+/// `bpf_get_current_task_btf`): it checks the offset, a constant from the
+/// read-only config, and makes the load fault-safe. Unsafe: `$base` must
+/// be such a pointer.
+macro_rules! typed_load {
+    ($size:literal, $base:expr, $offset:expr) => {{
+        let v: u64;
+        // SAFETY: the caller's (see above).
+        unsafe {
+            core::arch::asm!(
+                "{p} += {off}",
+                concat!("{v} = *(", $size, " *)({p} + 0)"),
+                p = inout(reg) $base => _,
+                off = in(reg) $offset as u64,
+                v = lateout(reg) v,
+                options(nostack, readonly),
+            )
+        };
+        v
+    }};
 }
 
-/// A u64 at `base + offset`; see [`load_u32`].
+/// A u32 at `base + offset` ([`typed_load`]).
+///
+/// # Safety
+/// `base` must be a typed kernel pointer.
+#[inline(always)]
+unsafe fn load_u32(base: u64, offset: u32) -> u32 {
+    typed_load!("u32", base, offset) as u32
+}
+
+/// A u64 at `base + offset` ([`typed_load`]).
 ///
 /// # Safety
 /// As for [`load_u32`].
 #[inline(always)]
 unsafe fn load_u64(base: u64, offset: u32) -> u64 {
-    let v: u64;
-    core::arch::asm!(
-        "{p} += {off}",
-        "{v} = *(u64 *)({p} + 0)",
-        p = inout(reg) base => _,
-        off = in(reg) offset as u64,
-        v = lateout(reg) v,
-        options(nostack, readonly),
-    );
-    v
+    typed_load!("u64", base, offset)
 }
 
 /// A pointer field at `base + offset` as a number. The load gives the

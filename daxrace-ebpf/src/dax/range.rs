@@ -15,12 +15,12 @@ use daxrace_common::{
 };
 
 use super::{
-    state::{fill_page, scalar_arg, task_slot, tid, LoopCallback, RECENT_BUSY},
+    state::{fill_page, page_of, scalar_arg, task_slot, tid, LoopCallback, RECENT_BUSY},
     truncate::send_disassociated,
     watch::{clear_pages, file_slot, watch_in},
 };
 use crate::emit::{
-    config, count, count_add, new_record, page_refcount, read_at, read_page, submit, vmemmap, Cfg,
+    config, count, count_add, new_record, page_refcount, read_at, read_page, submit, Cfg,
 };
 
 /// `dax_delete_mapping_range(mapping, start, end)` (6.15+): every entry of
@@ -182,8 +182,8 @@ static RANGE_WALK: PerCpuArray<RangeWalk> = PerCpuArray::with_max_entries(1, 0);
 /// caller). Depth first, a loop step passing over up to
 /// [`SLOTS_PER_STEP`] empty slots and idle pages and stopping at a node or
 /// a busy page: a node's slots in range are read in one kernel read when
-/// the walk enters it, and slots outside the range are never visited. A walk that needs more than
-/// [`RANGE_WALK_STEPS`] steps is counted as cut.
+/// the walk enters it, and slots outside the range are never visited. A
+/// walk that needs more than [`RANGE_WALK_STEPS`] steps is counted as cut.
 #[inline(never)]
 fn walk_range_entries(mapping: u64, first: u64, last: u64) {
     let cfg = config();
@@ -352,10 +352,7 @@ const SLOTS_PER_STEP: u32 = 16;
 #[inline(always)]
 fn idle_dax_entry(cfg: Cfg, entry: u64) -> bool {
     match DaxEntry::pfns(entry) {
-        Some((pfn, _)) => {
-            let page = vmemmap(cfg) + pfn * cfg.page_struct_size() as u64;
-            page_refcount(cfg, page) <= cfg.idle_refcount() as i32
-        }
+        Some((pfn, _)) => page_refcount(cfg, page_of(cfg, pfn)) <= cfg.idle_refcount() as i32,
         None => false,
     }
 }
@@ -371,7 +368,7 @@ fn check_range_entry(entry: u64, mapping: u64) -> bool {
         return true; // not a DAX page: empty, zero page, sibling or retry entry
     };
     let cfg = config();
-    let page = vmemmap(cfg) + pfn * cfg.page_struct_size() as u64;
+    let page = page_of(cfg, pfn);
     if page_refcount(cfg, page) <= cfg.idle_refcount() as i32 {
         return false;
     }

@@ -94,6 +94,12 @@ pub(super) fn task_slot<T>(map: &Array<T>, tid: u32) -> Option<&mut T> {
         .map(|p| unsafe { &mut *p })
 }
 
+/// The `struct page` of frame `pfn`.
+#[inline(always)]
+pub(super) fn page_of(cfg: Cfg, pfn: u64) -> u64 {
+    vmemmap(cfg) + pfn * cfg.page_struct_size() as u64
+}
+
 /// The frame number of `page` ([`dax::pfn_of`]).
 #[inline(always)]
 pub(super) fn pfn_of(cfg: Cfg, page: u64) -> u64 {

@@ -13,11 +13,12 @@ use daxrace_common::{Counter, DaxEntry, HookId, RecordKind};
 
 use super::{
     state::{
-        fill_from_mapping, pfn_of, task_slot, tid, LoopCallback, PAGE_MAPPING_DAX_COW, RECENT_BUSY,
+        fill_from_mapping, page_of, pfn_of, task_slot, tid, LoopCallback, PAGE_MAPPING_DAX_COW,
+        RECENT_BUSY,
     },
     watch::{block_maybe_watched, unwatch, watched},
 };
-use crate::emit::{config, count, new_record, read_page, submit, vmemmap, PageFields};
+use crate::emit::{config, count, new_record, read_page, submit, PageFields};
 
 /// `dax_disassociate_entry(entry, mapping, trunc)`: the entry's pages leave
 /// the file (one, or 512 for a 2 MiB entry).
@@ -27,7 +28,7 @@ fn disassociate(entry: u64, mapping: u64, trunc: bool) -> u32 {
         return 0; // the kernel maps no page for these
     };
     let cfg = config();
-    let page = vmemmap(cfg) + pfn * cfg.page_struct_size() as u64;
+    let page = page_of(cfg, pfn);
     if pages > 1 {
         count(Counter::PmdEntry);
         disassociate_pmd_tail(page, pfn, mapping, trunc);
