@@ -259,7 +259,9 @@ macro_rules! typed_load {
                 p = inout(reg) $base => _,
                 off = in(reg) $offset as u64,
                 v = lateout(reg) v,
-                options(nostack, readonly),
+                // `pure`: a load whose value goes unused (a page's index on
+                // a quiet path) is dropped.
+                options(pure, nostack, readonly),
             )
         };
         v
@@ -309,7 +311,7 @@ unsafe fn load_pointer_number(base: u64, base_number: u64, offset: u32) -> u64 {
         // Written before `q` is read: not a `lateout`, which may share
         // an input's register.
         v = out(reg) v,
-        options(nostack, readonly),
+        options(pure, nostack, readonly),
     );
     v
 }

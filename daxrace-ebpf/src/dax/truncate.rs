@@ -16,7 +16,7 @@ use super::{
         fill_from_mapping, page_of, pfn_of, task_slot, tid, LoopCallback, PAGE_MAPPING_DAX_COW,
         RECENT_BUSY,
     },
-    watch::{block_maybe_watched, unwatch, watched},
+    watch::{block_maybe_watched, gate_open, unwatch, watched},
 };
 use crate::emit::{config, count, new_record, read_page, submit, PageFields};
 
@@ -33,7 +33,9 @@ fn disassociate(entry: u64, mapping: u64, trunc: bool) -> u32 {
         count(Counter::PmdEntry);
         disassociate_pmd_tail(page, pfn, mapping, trunc);
     }
-    let is_watched = watched(page);
+    // The gate first: closed, no page is watched, and a truncated entry's
+    // quiet path skips the watch table's lookup.
+    let is_watched = gate_open() && watched(page);
     if !(is_watched || trunc || mapping != 0) {
         // The 6.15+ clone on an unwatched page: neither a pinned truncation
         // nor a mismatch can be seen without the flag and the mapping, so
