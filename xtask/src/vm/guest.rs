@@ -137,7 +137,7 @@ fn module_params(name: &str) -> &'static str {
     }
 }
 
-fn init_script(spec: &Spec) -> String {
+fn init_script(spec: &Spec, tuning: &Tuning) -> String {
     let mut s = String::from(
         r#"#!/bin/sh
 # PID 1 of the daxrace test guest (written by `cargo xtask vm`).
@@ -175,6 +175,13 @@ ip link set lo up 2>/dev/null || echo "vm: warning: cannot bring lo up"
         s += r#"i=0; while [ ! -e /sys/class/net/eth0 ]; do i=$((i+1)); [ $i -gt 100 ] && fail "no eth0: the virtio_net module or the virtio-net-pci device is missing"; sleep 0.05; done
 ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 || fail "cannot configure eth0"
 "#;
+    }
+    if tuning.no_rdrand {
+        // Without RDRAND the kernel's random number generator comes ready
+        // only minutes in under icount, and XFS transactions cost about 20%
+        // more until then (`seed_rng` in
+        // daxrace/src/bin/daxrace-workload/bench.rs says why).
+        s += "daxrace-workload seed-rng || fail \"cannot seed the kernel's random number generator\"\n";
     }
     s += r#"mount -t configfs configfs /sys/kernel/config 2>/dev/null
 wait_dev() { i=0; while [ ! -b "$1" ]; do i=$((i+1)); [ $i -gt 100 ] && fail "no $1: the pmem (nd_e820, nd_pmem) or brd module did not create it"; sleep 0.05; done; }
@@ -340,7 +347,7 @@ fn boot_inner(
     let work = cache.join("run");
     std::fs::create_dir_all(&work)?;
     let initrd = work.join(format!("initramfs-{}.cpio", std::process::id()));
-    let script = init_script(spec);
+    let script = init_script(spec, &extras.tuning);
     let modules: Vec<PathBuf> = if spec.forward.is_some() {
         let mut m = spec.kernel.modules.clone();
         m.extend(spec.kernel.net_modules.iter().cloned());
@@ -694,11 +701,19 @@ pub(crate) mod tests {
             stream: false,
             forward: Some((20000, 9712)),
         };
-        let script = init_script(&spec);
+        let script = init_script(&spec, &Tuning::default());
         assert!(script.contains("insmod /lib/modules/brd.ko rd_nr=1"));
         assert!(script.contains("insmod /lib/modules/virtio_net.ko"));
         assert!(script.contains("export DAX_XFS=/mnt/xfs"));
+        assert!(!script.contains("seed-rng"));
         assert_sh_parses(&script);
+        let no_rdrand = Tuning {
+            no_rdrand: true,
+            ..Tuning::default()
+        };
+        let seeded = init_script(&spec, &no_rdrand);
+        assert!(seeded.contains("daxrace-workload seed-rng ||"));
+        assert_sh_parses(&seeded);
     }
 
     #[test]

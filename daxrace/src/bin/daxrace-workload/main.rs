@@ -133,6 +133,11 @@ enum Cmd {
     /// line in its output file.
     #[command(hide = true)]
     WaitLine(bench::WaitLineArgs),
+    /// For `cargo xtask bench` guests without RDRAND: credits a fixed seed
+    /// to the kernel's entropy pool, so its random number generator is
+    /// ready before anything is measured.
+    #[command(hide = true)]
+    SeedRng,
 }
 
 fn main() {
@@ -157,6 +162,7 @@ fn main() {
         Cmd::Race2018(a) => race2018::run(a),
         Cmd::BpfProgStats(a) => bench::prog_stats(a),
         Cmd::WaitLine(a) => bench::wait_line(a),
+        Cmd::SeedRng => bench::seed_rng(),
     };
     match res {
         Ok(code) => std::process::exit(code),
