@@ -108,13 +108,13 @@ pub struct BenchArgs {
     #[arg(long, default_value = "3", value_parser = parse_icount)]
     pub icount: Icount,
     /// Make a new filesystem (mkfs, then an untraced warm-up) before every
-    /// rate phase, so that each starts from the same on-disk state. (It did
-    /// not remove the one step of xfs's punch and truncate cost seen
-    /// part-way through some runs: README, Overhead.)
+    /// rate phase, so that each starts from the same on-disk state.
     #[arg(long)]
     pub fresh_fs: bool,
     /// Keep RDRAND and RDSEED in the guest's CPU model (default: `-cpu
-    /// max,-rdrand,-rdseed`, which cuts the residual noise).
+    /// max,-rdrand,-rdseed`, which cuts the residual noise; the guest then
+    /// seeds its random number generator at boot, `daxrace-workload
+    /// seed-rng`).
     #[arg(long)]
     pub rdrand: bool,
     /// Boot with KASLR (default: `nokaslr`, the same layout every boot).
