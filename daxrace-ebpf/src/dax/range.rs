@@ -20,7 +20,7 @@ use super::{
     watch::{clear_pages, file_slot, watch_in},
 };
 use crate::emit::{
-    config, count, count_add, new_record, page_refcount, read_at, read_page, submit, Cfg,
+    config, count, count_add, new_record, page_refcount, read_at, read_page, submit, vmemmap, Cfg,
 };
 
 /// `dax_delete_mapping_range(mapping, start, end)` (6.15+): every entry of
@@ -309,19 +309,27 @@ extern "C" fn range_walk_step(_i: u32, _ctx: *mut c_void) -> i64 {
     // passed over several to a step: a step costs more than the refcount
     // load that tells an idle page.
     let cfg = config();
-    let mut slot = w.next[level];
-    let mut passed = 0;
-    while passed < SLOTS_PER_STEP && slot <= hi {
-        let entry = w.slots[level][at(slot)];
+    let pages = IdleTest::of(cfg);
+    // In 64-bit buffer positions rather than u32 slots, which cost a
+    // zero-extension each use.
+    let slots = &w.slots[level];
+    let last = u64::from(hi.wrapping_sub(lo)) & (NODE_SLOTS as u64 - 1);
+    let mut at_slot = u64::from(w.next[level].wrapping_sub(lo));
+    let mut passed = 0u64;
+    while passed < SLOTS_PER_STEP as u64 && at_slot <= last {
+        // Masked in assembly: a plain mask the compiler turns into a
+        // pointer bumped each pass, which the verifier cannot bound.
+        let entry = slots[opaque_mask(at_slot, NODE_SLOTS as u64 - 1) as usize & (NODE_SLOTS - 1)];
         if entry != 0 {
-            if !idle_dax_entry(cfg, entry) {
+            if !pages.idle_dax_entry(cfg, entry) {
                 break;
             }
             w.idle += 1;
         }
-        slot += 1;
+        at_slot += 1;
         passed += 1;
     }
+    let slot = lo.wrapping_add(at_slot as u32);
     if slot > hi {
         w.next[level] = slot;
         w.depth -= 1;
@@ -346,14 +354,35 @@ extern "C" fn range_walk_step(_i: u32, _ctx: *mut c_void) -> i64 {
 /// Empty slots and idle pages one step of the walk passes over at most.
 const SLOTS_PER_STEP: u32 = 16;
 
-/// Whether `entry` is a DAX page at or below the idle refcount (what most
-/// entries of a truncated range are). A node, a zero-page or empty entry,
-/// or a busy page is not: the step gives those to the slower path.
-#[inline(always)]
-fn idle_dax_entry(cfg: Cfg, entry: u64) -> bool {
-    match DaxEntry::pfns(entry) {
-        Some((pfn, _)) => page_refcount(cfg, page_of(cfg, pfn)) <= cfg.idle_refcount() as i32,
-        None => false,
+/// What the idle test of a step's entries needs, loaded once a step
+/// rather than once an entry (the kfunc call between two entries' loads
+/// keeps the compiler from hoisting them itself).
+struct IdleTest {
+    vmemmap: u64,
+    page_size: u64,
+    idle: i32,
+}
+
+impl IdleTest {
+    #[inline(always)]
+    fn of(cfg: Cfg) -> Self {
+        IdleTest {
+            vmemmap: vmemmap(cfg),
+            page_size: cfg.page_struct_size() as u64,
+            idle: cfg.idle_refcount() as i32,
+        }
+    }
+
+    /// Whether `entry` is a DAX page at or below the idle refcount (what
+    /// most entries of a truncated range are). A node, a zero-page or
+    /// empty entry, or a busy page is not: the step gives those to the
+    /// slower path.
+    #[inline(always)]
+    fn idle_dax_entry(&self, cfg: Cfg, entry: u64) -> bool {
+        match DaxEntry::pfns(entry) {
+            Some((pfn, _)) => page_refcount(cfg, self.vmemmap + pfn * self.page_size) <= self.idle,
+            None => false,
+        }
     }
 }
 
