@@ -1,6 +1,7 @@
 //! Hidden helpers for `cargo xtask bench` in a guest that has no bpftool:
 //! per-program BPF run statistics with what each program is attached to,
-//! and the time from a tracer's launch to the line saying it is ready.
+//! the time from a tracer's launch to the line saying it is ready, and a
+//! seed for the random number generator of a guest without RDRAND.
 use std::{
     collections::BTreeMap,
     path::PathBuf,
